@@ -1,0 +1,81 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// ReadinessFunc reports whether the proxy can serve: nil when ready.
+type ReadinessFunc func(ctx context.Context) error
+
+// Server is the admin HTTP server.
+type Server struct {
+	http *http.Server
+	ln   net.Listener
+	log  *slog.Logger
+}
+
+// New builds the admin handler: /healthz answers while the process runs, /readyz asks ready,
+// /metrics exports gatherer.
+func New(listen string, gatherer prometheus.Gatherer, ready ReadinessFunc, log *slog.Logger) *Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := ready(ctx); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	return &Server{
+		http: &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		log:  log,
+	}
+}
+
+// Listen binds the admin address.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.http.Addr)
+	if err != nil {
+		return fmt.Errorf("admin listen on %s: %w", s.http.Addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the bound address; nil before Listen.
+func (s *Server) Addr() net.Addr {
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve serves until Shutdown.
+func (s *Server) Serve() error {
+	if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin server: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops the server, letting in-flight requests finish until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.http.Shutdown(ctx)
+}

@@ -1,0 +1,2 @@
+// Package admin serves pgcanary's operator HTTP endpoints: /healthz, /readyz and /metrics.
+package admin

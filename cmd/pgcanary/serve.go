@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pgcanary/pgcanary/admin"
+	"github.com/pgcanary/pgcanary/config"
+	"github.com/pgcanary/pgcanary/proxy"
+)
+
+func newServeCmd() *cobra.Command {
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy in front of a PostgreSQL server",
+		Long: `Run the proxy. Clients connect to --listen as they would to PostgreSQL; each session is relayed
+to --upstream with authentication passed through. Operator endpoints (/healthz, /readyz, /metrics)
+listen on --admin.
+
+Settings come from the defaults, then --config FILE, then the command-line flags, each overriding
+the one before. SIGTERM or SIGINT stops accepting clients, lets each session finish its current
+transaction for up to --drain-timeout, closes the rest and exits 0.`,
+		Example: `  pgcanary serve --upstream 127.0.0.1:5432
+  pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := config.Defaults()
+			if configFile != "" {
+				var err error
+				if cfg, err = config.Load(configFile); err != nil {
+					return &exitError{code: 2, err: err}
+				}
+			}
+			if err := applyFlags(cmd.Flags(), &cfg); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			if cfg.Upstream == "" {
+				return &exitError{code: 2, err: errors.New("no upstream: set --upstream host:port or upstream: in the config file")}
+			}
+			return serve(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	d := config.Defaults()
+	f.StringVar(&configFile, "config", "", "YAML configuration file; flags given on the command line override it")
+	f.String("listen", d.Listen, "address for client connections (host:port)")
+	f.String("upstream", "", "the PostgreSQL server (host:port)")
+	f.String("admin", d.Admin.Listen, "address of the admin HTTP endpoint: /healthz, /readyz, /metrics")
+	f.String("log-level", d.LogLevel, "debug, info, warn or error")
+	f.String("log-format", d.LogFormat, "text or json")
+	f.Duration("drain-timeout", d.DrainTimeout, "on SIGTERM/SIGINT, how long sessions may take to reach idle before they are closed")
+	f.Duration("connect-timeout", d.ConnectTimeout, "timeout for connecting to the upstream, TLS included")
+	f.String("tls-cert", "", "PEM certificate offered to clients that request TLS (with --tls-key); without it clients get 'N'")
+	f.String("tls-key", "", "PEM private key for --tls-cert")
+	f.String("upstream-sslmode", d.UpstreamTLS.SSLMode, "TLS to the upstream: disable, prefer, require, verify-ca or verify-full (libpq meanings)")
+	f.String("upstream-sslrootcert", "", "PEM CA bundle to verify the upstream's certificate (verify-ca, verify-full; with require it verifies the chain)")
+	f.String("max-message-size", "1GiB", "largest message accepted from a client (bytes, or with KiB, MiB, GiB); larger frames are refused with 08P01")
+	return cmd
+}
+
+// applyFlags copies the flags the user set over cfg, so the file fills in only what flags leave out.
+func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
+	var err error
+	f.Visit(func(fl *pflag.Flag) {
+		v := fl.Value.String()
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = v
+		case "upstream":
+			cfg.Upstream = v
+		case "admin":
+			cfg.Admin.Listen = v
+		case "log-level":
+			cfg.LogLevel = v
+		case "log-format":
+			cfg.LogFormat = v
+		case "drain-timeout":
+			cfg.DrainTimeout, _ = f.GetDuration(fl.Name)
+		case "connect-timeout":
+			cfg.ConnectTimeout, _ = f.GetDuration(fl.Name)
+		case "tls-cert":
+			cfg.TLS.Cert = v
+		case "tls-key":
+			cfg.TLS.Key = v
+		case "upstream-sslmode":
+			cfg.UpstreamTLS.SSLMode = v
+		case "upstream-sslrootcert":
+			cfg.UpstreamTLS.SSLRootCert = v
+		case "max-message-size":
+			var n config.ByteSize
+			n, err = config.ParseByteSize(v)
+			if err != nil {
+				err = fmt.Errorf("--max-message-size: %w", err)
+			}
+			cfg.MaxMessageSize = n
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid settings: %w", err)
+	}
+	return nil
+}
+
+func newLogger(cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(strings.ToLower(cfg.LogLevel)))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func serve(ctx context.Context, cfg config.Config) error {
+	log := newLogger(cfg)
+	mode, err := proxy.ParseSSLMode(cfg.UpstreamTLS.SSLMode)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	var clientTLS *tls.Config
+	if cfg.TLS.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("load client-side TLS certificate: %w", err)}
+		}
+		clientTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(proxy.Config{
+		Listen:         cfg.Listen,
+		Upstream:       proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
+		TLS:            clientTLS,
+		MaxMessageSize: int(cfg.MaxMessageSize),
+		ConnectTimeout: cfg.ConnectTimeout,
+		Logger:         log,
+		Metrics:        proxy.NewPromMetrics(reg),
+	})
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	adm := admin.New(cfg.Admin.Listen, reg, srv.CheckUpstream, log)
+	if err := adm.Listen(); err != nil {
+		srv.Close()
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx) }()
+	go func() { errc <- adm.Serve() }()
+	log.Info("pgcanary serving", "listen", srv.Addr().String(), "upstream", cfg.Upstream, "admin", adm.Addr().String(),
+		"upstream_sslmode", string(mode), "client_tls", clientTLS != nil)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining sessions", "drain_timeout", cfg.DrainTimeout, "sessions", srv.Sessions())
+	case serveErr = <-errc:
+		log.Error("server stopped", "err", serveErr)
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancel()
+	_ = srv.Shutdown(dctx)
+	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer acancel()
+	_ = adm.Shutdown(actx)
+	log.Info("stopped")
+	return serveErr
+}

@@ -1,0 +1,141 @@
+package proxy
+
+// requestKind names the frontend message that an expected response belongs to.
+type requestKind uint8
+
+const (
+	reqQuery        requestKind = iota + 1 // simple Query: everything up to ReadyForQuery
+	reqParse                               // ParseComplete
+	reqBind                                // BindComplete
+	reqExecute                             // DataRow*, then CommandComplete, EmptyQueryResponse or PortalSuspended
+	reqDescribe                            // [ParameterDescription], then RowDescription or NoData
+	reqClose                               // CloseComplete
+	reqSync                                // ReadyForQuery
+	reqFunctionCall                        // FunctionCallResponse, then ReadyForQuery
+)
+
+func (k requestKind) String() string {
+	switch k {
+	case reqQuery:
+		return "Query"
+	case reqParse:
+		return "Parse"
+	case reqBind:
+		return "Bind"
+	case reqExecute:
+		return "Execute"
+	case reqDescribe:
+		return "Describe"
+	case reqClose:
+		return "Close"
+	case reqSync:
+		return "Sync"
+	case reqFunctionCall:
+		return "FunctionCall"
+	}
+	return "unknown"
+}
+
+// responseAction says what the server reader does with the responses to one request.
+type responseAction uint8
+
+const (
+	actPass     responseAction = iota // relay to the client unchanged
+	actSuppress                       // the proxy sent the request itself: the client never sees the answer
+)
+
+// expected is one FIFO entry: the request a response belongs to and how to treat it. Later
+// stages (mirrored writes, routed reads) hang their response transforms here.
+type expected struct {
+	kind   requestKind
+	action responseAction
+	name   string // Parse and Close of a named statement: the statement, committed on success
+}
+
+// fifo is a growable ring of expected responses. Postgres answers requests strictly in order, so
+// the server reader only ever looks at the head. Callers serialize access (session.mu).
+type fifo struct {
+	buf        []expected
+	head, size int
+}
+
+func (q *fifo) push(e expected) {
+	if q.size == len(q.buf) {
+		n := 2 * len(q.buf)
+		if n == 0 {
+			n = 16
+		}
+		nb := make([]expected, n)
+		for i := 0; i < q.size; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.size)%len(q.buf)] = e
+	q.size++
+}
+
+func (q *fifo) len() int { return q.size }
+
+// front returns the head entry; ok is false when nothing is outstanding.
+func (q *fifo) front() (e expected, ok bool) {
+	if q.size == 0 {
+		return expected{}, false
+	}
+	return q.buf[q.head], true
+}
+
+func (q *fifo) pop() {
+	if q.size == 0 {
+		return
+	}
+	q.buf[q.head] = expected{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.size--
+}
+
+// skipToSync drops the entries the server will not answer after an error in the extended
+// protocol: it discards every message until the next Sync.
+func (q *fifo) skipToSync() {
+	for q.size > 0 && q.buf[q.head].kind != reqSync {
+		q.pop()
+	}
+}
+
+// responseEffect says how one backend message moves the FIFO.
+type responseEffect uint8
+
+const (
+	effNone      responseEffect = iota // part of the head's response, or asynchronous
+	effPop                             // completes the head's response
+	effPopToSync                       // an error in the extended protocol: the head and all up to Sync
+)
+
+// effectOf classifies backend message typ against the request at the head of the FIFO. It is a
+// pure function so the protocol rules are testable on their own (fifo_test.go).
+func effectOf(typ byte, head requestKind) responseEffect {
+	switch typ {
+	case 'Z': // ReadyForQuery ends Query, Sync and FunctionCall
+		return effPop
+	case '1', '2', '3': // ParseComplete, BindComplete, CloseComplete
+		return effPop
+	case 'T', 'n': // RowDescription, NoData
+		if head == reqDescribe {
+			return effPop
+		}
+	case 'C', 'I', 's': // CommandComplete, EmptyQueryResponse, PortalSuspended
+		if head == reqExecute {
+			return effPop
+		}
+	case 'E':
+		switch head {
+		case reqQuery, reqSync, reqFunctionCall:
+			return effNone // ReadyForQuery still follows
+		case 0:
+			return effNone // an error outside any request (e.g. FATAL on shutdown)
+		default:
+			return effPopToSync
+		}
+	}
+	return effNone
+}

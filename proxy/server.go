@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// DefaultMaxMessageSize matches Postgres's own limit on a client message (PQ_LARGE_MESSAGE_LIMIT
+// is 1 GiB minus one; a value over it could not be stored anyway).
+const DefaultMaxMessageSize = 1 << 30
+
+// Config configures a Server.
+type Config struct {
+	Listen   string   // address for clients, host:port
+	Upstream Upstream // the PostgreSQL server
+	// TLS, when set, is offered to clients that send SSLRequest; otherwise they get 'N'.
+	TLS            *tls.Config
+	MaxMessageSize int           // largest client message body accepted; default DefaultMaxMessageSize
+	ConnectTimeout time.Duration // upstream connect and TLS handshake; default 10s
+	Logger         *slog.Logger
+	Metrics        Metrics
+}
+
+// Server accepts client connections and relays each to the upstream server.
+type Server struct {
+	listen         string
+	upstream       Upstream
+	tls            *tls.Config
+	maxMessageSize int
+	connectTimeout time.Duration
+	log            *slog.Logger
+	metrics        Metrics
+	keys           *cancelKeys
+
+	mu       sync.Mutex
+	ln       net.Listener
+	sessions map[*session]struct{}
+	draining bool
+	wg       sync.WaitGroup
+}
+
+// New validates cfg and returns a Server that is not yet listening.
+func New(cfg Config) (*Server, error) {
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if cfg.MaxMessageSize < 1024 {
+		return nil, fmt.Errorf("max message size %d is too small (at least 1024 bytes)", cfg.MaxMessageSize)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
+	if err := cfg.Upstream.prepare(); err != nil {
+		return nil, err
+	}
+	return &Server{
+		listen:         cfg.Listen,
+		upstream:       cfg.Upstream,
+		tls:            cfg.TLS,
+		maxMessageSize: cfg.MaxMessageSize,
+		connectTimeout: cfg.ConnectTimeout,
+		log:            cfg.Logger,
+		metrics:        cfg.Metrics,
+		keys:           newCancelKeys(),
+		sessions:       make(map[*session]struct{}),
+	}, nil
+}
+
+// Listen binds the client address. Split from Serve so callers know the address (port 0 in tests)
+// and can report a bind error before starting anything else.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.listen, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	return nil
+}
+
+// Addr is the bound client address; nil before Listen.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve accepts clients until Shutdown or Close. It returns nil after a shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln == nil {
+		return errors.New("proxy: Serve called before Listen")
+	}
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and similar: wait a little and keep serving.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff < time.Second {
+				backoff *= 2
+			}
+			s.log.Error("accept", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		backoff = 0
+		s.startSession(ctx, conn)
+	}
+}
+
+func (s *Server) startSession(ctx context.Context, conn net.Conn) {
+	sess := newSession(s, conn)
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	s.sessions[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.metrics.ClientConnected()
+	go func() {
+		defer s.wg.Done()
+		defer s.metrics.ClientDisconnected()
+		defer func() {
+			s.mu.Lock()
+			delete(s.sessions, sess)
+			s.mu.Unlock()
+		}()
+		sess.run(ctx)
+	}()
+}
+
+// Sessions returns how many client sessions are open.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops accepting, lets sessions finish what they are doing until each is idle (closing
+// it then), and when ctx ends closes whatever is left. It returns when every session is gone.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range sessions {
+		sess.drain()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	left := len(s.sessions)
+	for sess := range s.sessions {
+		go sess.close()
+	}
+	s.mu.Unlock()
+	<-done
+	s.log.Info("drain timeout: closed busy sessions", "sessions", left)
+	return nil
+}
+
+// Close stops accepting and closes every session at once.
+func (s *Server) Close() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = s.Shutdown(ctx)
+}
+
+// CheckUpstream reports whether the upstream accepts TCP connections; it backs /readyz.
+func (s *Server) CheckUpstream(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", s.upstream.Addr)
+	if err != nil {
+		return fmt.Errorf("upstream %s: %w", s.upstream.Addr, err)
+	}
+	return conn.Close()
+}

@@ -1,0 +1,573 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+const (
+	// ioBufferSize is the read buffer per direction. A pgbench-sized exchange fits many times over;
+	// larger messages are read past it without growing it.
+	ioBufferSize = 32 << 10
+	// flushThreshold bounds how much output a loop holds before writing even while more input is
+	// buffered, so a long pipeline or COPY streams instead of accumulating.
+	flushThreshold = 64 << 10
+	// directWriteThreshold: bodies at least this large skip the output buffer and go straight to
+	// the socket (one writev with the header), saving a copy of a large value.
+	directWriteThreshold = 64 << 10
+	// startupTimeout bounds startup and authentication, like Postgres's authentication_timeout.
+	startupTimeout = time.Minute
+	// maxServerMessage: the server side is trusted; its limit only guards against a corrupt length.
+	maxServerMessage = 1<<31 - 1
+)
+
+var noDeadline time.Time
+
+// session relays one client connection to one server connection.
+//
+// Two goroutines own the two directions. The client loop reads client messages, records what
+// response each one expects, and writes to the server; the server loop reads server messages,
+// matches them against the FIFO of expected responses, and writes to the client. Neither waits on
+// the other: Postgres answers requests in order, so the FIFO head always names the request a
+// server message belongs to.
+type session struct {
+	srv    *Server
+	log    *slog.Logger
+	client net.Conn
+	server net.Conn
+	cr     *frameReader // client messages (after startup)
+	sr     *frameReader // server messages
+
+	sout []byte // server-bound output; only the client loop touches it
+
+	cmu  sync.Mutex // guards cout and writes to client
+	cout []byte     // client-bound output
+
+	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
+	fifo        fifo
+	txStatus    byte // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
+	ready       bool // startup finished
+	draining    bool // close as soon as the session is idle
+	closing     bool // no more requests go upstream
+	serverFatal bool // the server sent FATAL: its EOF is expected
+	statements  map[string]struct{}
+
+	key       backendKey // the key this client knows us by
+	closeOnce sync.Once
+}
+
+func newSession(srv *Server, client net.Conn) *session {
+	return &session{
+		srv:        srv,
+		client:     client,
+		log:        srv.log.With("client", client.RemoteAddr().String()),
+		statements: make(map[string]struct{}),
+		cout:       make([]byte, 0, 8<<10),
+		sout:       make([]byte, 0, 8<<10),
+	}
+}
+
+// run serves the session until either side goes away.
+func (s *session) run(ctx context.Context) {
+	defer s.close()
+	_ = s.client.SetDeadline(time.Now().Add(startupTimeout))
+	params, startup, ok := s.negotiateStartup(ctx)
+	if !ok {
+		return
+	}
+	s.log = s.log.With("user", params["user"], "database", params["database"])
+	if !s.connectUpstream(ctx, startup) {
+		return
+	}
+	defer func() {
+		if s.key.pid != 0 {
+			s.srv.keys.unregister(s.key.pid)
+		}
+	}()
+	if !s.relayAuth() {
+		return
+	}
+	_ = s.client.SetDeadline(noDeadline)
+	_ = s.server.SetDeadline(noDeadline)
+	s.log.Debug("session ready")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serverLoop()
+	}()
+	s.clientLoop()
+	s.close()
+	<-done
+}
+
+// negotiateStartup handles SSLRequest, GSSENCRequest and CancelRequest until the client sends its
+// StartupMessage, which it returns raw (to relay unchanged) and decoded.
+func (s *session) negotiateStartup(ctx context.Context) (map[string]string, []byte, bool) {
+	tlsDone := false
+	for {
+		body, err := readStartupPacket(s.client)
+		if err != nil {
+			if errors.Is(err, errMalformed) {
+				s.fatalToClient(codeProtocolViolation, "invalid startup packet: "+err.Error())
+			} else if !isClosed(err) {
+				s.log.Debug("read startup packet", "err", err)
+			}
+			return nil, nil, false
+		}
+		code := binary.BigEndian.Uint32(body)
+		switch {
+		case code == sslRequestCode && !tlsDone:
+			if s.srv.tls == nil {
+				if _, err := s.client.Write([]byte{'N'}); err != nil {
+					return nil, nil, false
+				}
+				continue
+			}
+			if _, err := s.client.Write([]byte{'S'}); err != nil {
+				return nil, nil, false
+			}
+			tc := tls.Server(s.client, s.srv.tls)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				s.log.Info("client TLS handshake failed", "err", err)
+				return nil, nil, false
+			}
+			s.client = tc
+			tlsDone = true
+		case code == gssEncRequestCode && !tlsDone:
+			if _, err := s.client.Write([]byte{'N'}); err != nil {
+				return nil, nil, false
+			}
+		case code == cancelRequestCode:
+			s.handleCancel(ctx, body)
+			return nil, nil, false
+		case code>>16 == 3:
+			params, err := startupParams(body)
+			if err != nil {
+				s.fatalToClient(codeProtocolViolation, err.Error())
+				return nil, nil, false
+			}
+			return params, body, true
+		default:
+			s.fatalToClient(codeFeatureNotSupported, fmt.Sprintf("unsupported frontend protocol %d.%d: pgcanary speaks 3.x", code>>16, code&0xffff))
+			return nil, nil, false
+		}
+	}
+}
+
+func (s *session) handleCancel(ctx context.Context, body []byte) {
+	if len(body) < 12 {
+		return
+	}
+	pid := binary.BigEndian.Uint32(body[4:8])
+	key, ok := s.srv.keys.lookup(pid, body[8:])
+	if !ok {
+		s.log.Debug("cancel request with unknown key ignored", "pid", pid)
+		return
+	}
+	if err := forwardCancel(ctx, &s.srv.upstream, key); err != nil {
+		s.log.Warn("forward cancel request", "err", err)
+	}
+}
+
+// connectUpstream dials the server and sends the client's StartupMessage unchanged.
+func (s *session) connectUpstream(ctx context.Context, startup []byte) bool {
+	dctx, cancel := context.WithTimeout(ctx, s.srv.connectTimeout)
+	defer cancel()
+	conn, err := s.srv.upstream.dial(dctx)
+	if err != nil {
+		s.srv.metrics.UpstreamConnectError()
+		s.log.Warn("connect to upstream", "upstream", s.srv.upstream.Addr, "err", err)
+		s.fatalToClient(codeUnableToConnect, fmt.Sprintf("pgcanary could not connect to upstream %s: %v", s.srv.upstream.Addr, err))
+		return false
+	}
+	s.mu.Lock()
+	s.server = conn
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return false
+	}
+	_ = conn.SetDeadline(time.Now().Add(startupTimeout))
+	msg := make([]byte, 4, 4+len(startup))
+	binary.BigEndian.PutUint32(msg, uint32(4+len(startup)))
+	msg = append(msg, startup...)
+	if _, err := conn.Write(msg); err != nil {
+		s.fatalToClient(codeUnableToConnect, fmt.Sprintf("pgcanary could not send startup to upstream %s: %v", s.srv.upstream.Addr, err))
+		return false
+	}
+	s.sr = newFrameReader(bufio.NewReaderSize(conn, ioBufferSize), maxServerMessage)
+	s.cr = newFrameReader(bufio.NewReaderSize(s.client, ioBufferSize), s.srv.maxMessageSize)
+	return true
+}
+
+// relayAuth relays authentication between client and server until the first ReadyForQuery. The
+// proxy never sees a password in the clear unless the server asks for cleartext.
+func (s *session) relayAuth() bool {
+	for {
+		typ, body, err := s.sr.next()
+		if err != nil {
+			s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost upstream %s during startup: %v", s.srv.upstream.Addr, err))
+			return false
+		}
+		needReply := false
+		switch typ {
+		case 'R':
+			if len(body) < 4 {
+				s.fatalToClient(codeProtocolViolation, "malformed authentication request from upstream")
+				return false
+			}
+			switch binary.BigEndian.Uint32(body) {
+			case 0, 12: // AuthenticationOk, SASLFinal
+			case 3, 5, 11: // cleartext, MD5, SASLContinue
+				needReply = true
+			case 10: // SASL
+				body = stripChannelBinding(body)
+				needReply = true
+			default:
+				s.fatalToClient(codeInvalidAuthorization, fmt.Sprintf("pgcanary cannot relay authentication method %d (GSSAPI, SSPI and Kerberos are not supported)", binary.BigEndian.Uint32(body)))
+				return false
+			}
+		case 'K':
+			if len(body) < 8 {
+				s.fatalToClient(codeProtocolViolation, "malformed BackendKeyData from upstream")
+				return false
+			}
+			server := backendKey{pid: binary.BigEndian.Uint32(body), secret: append([]byte(nil), body[4:]...)}
+			key, err := s.srv.keys.register(server)
+			if err != nil {
+				s.fatalToClient(codeConnectionFailure, err.Error())
+				return false
+			}
+			s.key = key
+			kb := make([]byte, 4, 4+len(key.secret))
+			binary.BigEndian.PutUint32(kb, key.pid)
+			body = append(kb, key.secret...)
+		case 'E':
+			s.toClient(typ, body)
+			s.flushClient()
+			return false
+		case 'Z':
+			if len(body) != 1 {
+				s.fatalToClient(codeProtocolViolation, "malformed ReadyForQuery from upstream")
+				return false
+			}
+			s.mu.Lock()
+			s.txStatus, s.ready = body[0], true
+			s.mu.Unlock()
+			s.toClient(typ, body)
+			return s.flushClient() == nil
+		}
+		s.toClient(typ, body)
+		if needReply || !s.sr.frameReady() {
+			if s.flushClient() != nil {
+				return false
+			}
+		}
+		if needReply {
+			ctyp, cbody, err := s.cr.next()
+			if err != nil {
+				s.clientReadFailed(err)
+				return false
+			}
+			if ctyp != 'p' {
+				s.fatalToClient(codeProtocolViolation, fmt.Sprintf("expected a password message, got message type %q", ctyp))
+				return false
+			}
+			s.toServer(ctyp, cbody)
+			if s.flushServer() != nil {
+				return false
+			}
+		}
+	}
+}
+
+// clientLoop reads client messages, records the response each expects, and relays them.
+func (s *session) clientLoop() {
+	for {
+		typ, body, err := s.cr.next()
+		if err != nil {
+			s.clientReadFailed(err)
+			return
+		}
+		kind, name, err := classifyFrontend(typ, body)
+		if err != nil {
+			s.fatalToClient(codeProtocolViolation, err.Error())
+			return
+		}
+		if typ == 'X' { // Terminate: pass it on so the server ends the backend cleanly
+			s.toServer(typ, body)
+			_ = s.flushServer()
+			return
+		}
+		if kind != 0 {
+			s.mu.Lock()
+			if s.closing {
+				s.mu.Unlock()
+				return
+			}
+			if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' {
+				s.closing = true
+				s.mu.Unlock()
+				s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+				return
+			}
+			s.fifo.push(expected{kind: kind, name: name})
+			s.mu.Unlock()
+		}
+		s.toServer(typ, body)
+		if !s.cr.frameReady() || len(s.sout) >= flushThreshold {
+			if err := s.flushServer(); err != nil {
+				return // the server loop reports the lost upstream
+			}
+		}
+	}
+}
+
+// classifyFrontend validates a client message just enough to know the response it expects, and
+// for Parse and Close of a prepared statement, its name.
+func classifyFrontend(typ byte, body []byte) (requestKind, string, error) {
+	switch typ {
+	case 'Q':
+		if len(body) == 0 || body[len(body)-1] != 0 {
+			return 0, "", fmt.Errorf("malformed Query message")
+		}
+		return reqQuery, "", nil
+	case 'P':
+		name, _, ok := cstring(body)
+		if !ok {
+			return 0, "", fmt.Errorf("malformed Parse message")
+		}
+		return reqParse, string(name), nil
+	case 'B':
+		return reqBind, "", nil
+	case 'E':
+		return reqExecute, "", nil
+	case 'D', 'C':
+		if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') {
+			return 0, "", fmt.Errorf("malformed Describe or Close message")
+		}
+		if typ == 'D' {
+			return reqDescribe, "", nil
+		}
+		if body[0] == 'S' {
+			name, _, ok := cstring(body[1:])
+			if !ok {
+				return 0, "", fmt.Errorf("malformed Close message")
+			}
+			return reqClose, string(name), nil
+		}
+		return reqClose, "", nil
+	case 'S':
+		return reqSync, "", nil
+	case 'F':
+		return reqFunctionCall, "", nil
+	case 'H', 'd', 'c', 'f', 'X': // Flush and COPY data answer nothing of their own
+		return 0, "", nil
+	}
+	return 0, "", fmt.Errorf("invalid frontend message type %d", typ)
+}
+
+// serverLoop reads server messages, moves the FIFO, and relays them to the client.
+func (s *session) serverLoop() {
+	for {
+		typ, body, err := s.sr.next()
+		if err != nil {
+			s.mu.Lock()
+			expectedEOF := s.closing || s.serverFatal
+			s.mu.Unlock()
+			if !expectedEOF {
+				s.log.Warn("upstream connection lost", "err", err)
+				s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost the connection to upstream %s: %v", s.srv.upstream.Addr, err))
+			}
+			s.close()
+			return
+		}
+		s.mu.Lock()
+		head, _ := s.fifo.front()
+		switch typ {
+		case 'Z':
+			if len(body) == 1 {
+				s.txStatus = body[0]
+			}
+		case '1':
+			if head.kind == reqParse && head.name != "" {
+				s.statements[head.name] = struct{}{}
+			}
+		case '3':
+			if head.kind == reqClose && head.name != "" {
+				delete(s.statements, head.name)
+			}
+		case 'E':
+			if isFatalError(body) {
+				s.serverFatal = true
+			}
+		}
+		switch effectOf(typ, head.kind) {
+		case effPop:
+			s.fifo.pop()
+		case effPopToSync:
+			s.fifo.pop()
+			s.fifo.skipToSync()
+		}
+		idleDrain := s.draining && typ == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
+		if idleDrain {
+			s.closing = true
+		}
+		s.mu.Unlock()
+
+		s.cmu.Lock()
+		s.appendClient(typ, body)
+		var werr error
+		if !s.sr.frameReady() || len(s.cout) >= flushThreshold {
+			werr = s.flushClientLocked()
+		}
+		s.cmu.Unlock()
+		if werr != nil {
+			s.close()
+			return
+		}
+		if idleDrain {
+			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+			s.close()
+			return
+		}
+	}
+}
+
+// drain asks the session to close as soon as it is idle; an idle session closes now.
+func (s *session) drain() {
+	s.mu.Lock()
+	s.draining = true
+	idle := s.ready && !s.closing && s.fifo.len() == 0 && s.txStatus == 'I'
+	if idle {
+		s.closing = true
+	}
+	s.mu.Unlock()
+	if idle {
+		s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+		s.close()
+	}
+}
+
+// close ends both connections once. A server that still runs a statement gets Terminate first.
+func (s *session) close() {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		server := s.server
+		s.mu.Unlock()
+		_ = s.client.Close()
+		if server != nil {
+			_ = server.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = server.Write([]byte{'X', 0, 0, 0, 4})
+			_ = server.Close()
+		}
+	})
+}
+
+func (s *session) clientReadFailed(err error) {
+	switch {
+	case errors.Is(err, errMalformed), errors.Is(err, errTooLarge):
+		s.log.Warn("closing client after protocol violation", "err", err)
+		s.fatalToClient(codeProtocolViolation, err.Error())
+	case isClosed(err):
+	default:
+		s.log.Debug("client read", "err", err)
+	}
+}
+
+// toServer appends a message for the server; large bodies are written through directly.
+func (s *session) toServer(typ byte, body []byte) {
+	if len(body) >= directWriteThreshold {
+		if err := s.flushServer(); err != nil {
+			return
+		}
+		hdr := appendHeader(make([]byte, 0, headerLen), typ, len(body))
+		bufs := net.Buffers{hdr, body}
+		n, _ := bufs.WriteTo(s.server)
+		s.srv.metrics.BytesToServer(int(n))
+		return
+	}
+	s.sout = appendHeader(s.sout, typ, len(body))
+	s.sout = append(s.sout, body...)
+}
+
+func (s *session) flushServer() error {
+	if len(s.sout) == 0 {
+		return nil
+	}
+	n, err := s.server.Write(s.sout)
+	s.srv.metrics.BytesToServer(n)
+	s.sout = resetBuffer(s.sout)
+	return err
+}
+
+// toClient appends a message for the client (startup phase, single goroutine).
+func (s *session) toClient(typ byte, body []byte) {
+	s.cmu.Lock()
+	s.appendClient(typ, body)
+	s.cmu.Unlock()
+}
+
+// appendClient appends to the client buffer; large bodies are written through. Holds cmu.
+func (s *session) appendClient(typ byte, body []byte) {
+	if len(body) >= directWriteThreshold {
+		if s.flushClientLocked() != nil {
+			return
+		}
+		hdr := appendHeader(make([]byte, 0, headerLen), typ, len(body))
+		bufs := net.Buffers{hdr, body}
+		n, _ := bufs.WriteTo(s.client)
+		s.srv.metrics.BytesToClient(int(n))
+		return
+	}
+	s.cout = appendHeader(s.cout, typ, len(body))
+	s.cout = append(s.cout, body...)
+}
+
+func (s *session) flushClient() error {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return s.flushClientLocked()
+}
+
+func (s *session) flushClientLocked() error {
+	if len(s.cout) == 0 {
+		return nil
+	}
+	n, err := s.client.Write(s.cout)
+	s.srv.metrics.BytesToClient(n)
+	s.cout = resetBuffer(s.cout)
+	return err
+}
+
+// fatalToClient sends a FATAL ErrorResponse from the proxy, after whatever is already queued.
+func (s *session) fatalToClient(code, msg string) {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	s.cout = appendError(s.cout, severityFatal, code, msg)
+	_ = s.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = s.flushClientLocked()
+}
+
+// resetBuffer empties an output buffer, dropping it if a large message grew it.
+func resetBuffer(b []byte) []byte {
+	if cap(b) > 1<<20 {
+		return make([]byte, 0, 8<<10)
+	}
+	return b[:0]
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}

@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgcanary/pgcanary/proxy"
+	"github.com/pgcanary/pgcanary/test/pgtest"
+)
+
+// cluster is shared by every test in the package; it runs with TLS so both legs can be tested.
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) { pgtest.RunMain(m, pgtest.Options{TLS: true}, &cluster) }
+
+// proxyOpts tweaks the proxy a test starts.
+type proxyOpts struct {
+	upstream   string // default: the cluster
+	sslMode    proxy.SSLMode
+	rootCert   string
+	clientTLS  *tls.Config
+	maxMessage int
+	registry   *prometheus.Registry
+}
+
+// testProxy is a proxy running in-process on a free port.
+type testProxy struct {
+	srv  *proxy.Server
+	addr string
+	reg  *prometheus.Registry
+}
+
+// startProxy starts a proxy in front of the cluster and stops it when the test ends.
+func startProxy(t testing.TB, o proxyOpts) *testProxy {
+	t.Helper()
+	if o.upstream == "" {
+		o.upstream = cluster.Addr()
+	}
+	if o.sslMode == "" {
+		o.sslMode = proxy.SSLDisable
+	}
+	if o.registry == nil {
+		o.registry = prometheus.NewRegistry()
+	}
+	level := slog.LevelWarn
+	if os.Getenv("PGCANARY_TEST_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	srv, err := proxy.New(proxy.Config{
+		Listen:         "127.0.0.1:0",
+		Upstream:       proxy.Upstream{Addr: o.upstream, SSLMode: o.sslMode, SSLRootCert: o.rootCert},
+		TLS:            o.clientTLS,
+		MaxMessageSize: o.maxMessage,
+		ConnectTimeout: 5 * time.Second,
+		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Metrics:        proxy.NewPromMetrics(o.registry),
+	})
+	if err != nil {
+		t.Fatalf("new proxy: %v", err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatalf("proxy listen: %v", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(context.Background()); err != nil {
+			t.Errorf("proxy serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		wg.Wait()
+	})
+	return &testProxy{srv: srv, addr: srv.Addr().String(), reg: o.registry}
+}
+
+// dsn is a connection string for user through the proxy.
+func (p *testProxy) dsn(user, password string) string {
+	return cluster.ConnString(p.addr, user, password)
+}
+
+// connect opens a pgx connection through the proxy as the superuser.
+func (p *testProxy) connect(t testing.TB) *pgx.Conn {
+	t.Helper()
+	return connectDSN(t, p.dsn(pgtest.SuperUser, ""))
+}
+
+func connectDSN(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect %s: %v", dsn, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// testCtx is a context that ends with the test, bounded so a hang fails instead of stalling CI.
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// proxyCerts returns a TLS config for the proxy's client side and the CA file clients trust.
+func proxyCerts(t testing.TB) (*tls.Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, cert, key, err := pgtest.GenerateCerts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}}, filepath.Clean(ca)
+}
