@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +27,31 @@ type Server struct {
 // New builds the admin handler: /healthz answers while the process runs, /readyz asks ready,
 // /metrics exports gatherer.
 func New(listen string, gatherer prometheus.Gatherer, ready ReadinessFunc, log *slog.Logger) *Server {
+	return NewWithOptions(Options{Listen: listen, Gatherer: gatherer, Ready: ready, Log: log})
+}
+
+// Options configures the admin server.
+type Options struct {
+	Listen   string
+	Gatherer prometheus.Gatherer
+	Ready    ReadinessFunc
+	Log      *slog.Logger
+	// Pprof mounts net/http/pprof under /debug/pprof/ for profiling a live proxy. Off by default:
+	// profiles reveal query text in memory.
+	Pprof bool
+}
+
+// NewWithOptions builds the admin server from opts.
+func NewWithOptions(o Options) *Server {
+	listen, gatherer, ready, log := o.Listen, o.Gatherer, o.Ready, o.Log
 	mux := http.NewServeMux()
+	if o.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")

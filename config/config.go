@@ -44,6 +44,7 @@ type ClientTLS struct {
 type Admin struct {
 	Listen    string `yaml:"listen"`
 	TokenFile string `yaml:"token_file"`
+	Pprof     bool   `yaml:"pprof"` // serve /debug/pprof/ (off by default)
 }
 
 // Defaults returns the configuration used when neither file nor flags say otherwise.

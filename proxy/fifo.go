@@ -36,20 +36,11 @@ func (k requestKind) String() string {
 	return "unknown"
 }
 
-// responseAction says what the server reader does with the responses to one request.
-type responseAction uint8
-
-const (
-	actPass     responseAction = iota // relay to the client unchanged
-	actSuppress                       // the proxy sent the request itself: the client never sees the answer
-)
-
 // expected is one FIFO entry: the request a response belongs to and how to treat it. Later
 // stages (mirrored writes, routed reads) hang their response transforms here.
 type expected struct {
-	kind   requestKind
-	action responseAction
-	name   string // Parse and Close of a named statement: the statement, committed on success
+	kind requestKind
+	name string // Parse and Close of a named statement: the statement, committed on success
 }
 
 // fifo is a growable ring of expected responses. Postgres answers requests strictly in order, so

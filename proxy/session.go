@@ -213,6 +213,7 @@ func (s *session) connectUpstream(ctx context.Context, startup []byte) bool {
 // relayAuth relays authentication between client and server until the first ReadyForQuery. The
 // proxy never sees a password in the clear unless the server asks for cleartext.
 func (s *session) relayAuth() bool {
+	strippedPlus := false // the server offered channel binding and the client was not told
 	for {
 		typ, body, err := s.sr.next()
 		if err != nil {
@@ -231,7 +232,9 @@ func (s *session) relayAuth() bool {
 			case 3, 5, 11: // cleartext, MD5, SASLContinue
 				needReply = true
 			case 10: // SASL
-				body = stripChannelBinding(body)
+				stripped := stripChannelBinding(body)
+				strippedPlus = len(stripped) != len(body)
+				body = stripped
 				needReply = true
 			default:
 				s.fatalToClient(codeInvalidAuthorization, fmt.Sprintf("pgcanary cannot relay authentication method %d (GSSAPI, SSPI and Kerberos are not supported)", binary.BigEndian.Uint32(body)))
@@ -281,6 +284,10 @@ func (s *session) relayAuth() bool {
 			}
 			if ctyp != 'p' {
 				s.fatalToClient(codeProtocolViolation, fmt.Sprintf("expected a password message, got message type %q", ctyp))
+				return false
+			}
+			if strippedPlus && saslClaimsChannelBinding(cbody) {
+				s.fatalToClient(codeInvalidAuthorization, errChannelBinding)
 				return false
 			}
 			s.toServer(ctyp, cbody)

@@ -77,3 +77,23 @@ func stripChannelBinding(body []byte) []byte {
 	}
 	return append(out, 0)
 }
+
+// errChannelBinding explains the one combination a relay cannot authenticate: SCRAM with TLS on
+// both legs, from a client that supports channel binding. Told that the server lacks it (we
+// removed -PLUS), the client says so in its gs2 header ("y"); the server, whose own connection is
+// TLS, must treat that as a downgrade attack. The flag is covered by the client's proof, so the
+// proxy cannot rewrite it; an early, plain error beats the server's cryptic one.
+const errChannelBinding = "pgcanary cannot relay SCRAM channel binding: TLS ends at the proxy and the upstream " +
+	"connection is TLS too. Set channel_binding=disable in the client's connection string, " +
+	"or connect to pgcanary without TLS (a sidecar on localhost), or use upstream sslmode=disable on a trusted network"
+
+// saslClaimsChannelBinding reports whether a SASLInitialResponse body says "client supports
+// channel binding, server does not" (gs2 flag 'y').
+func saslClaimsChannelBinding(body []byte) bool {
+	_, rest, ok := cstring(body) // mechanism
+	if !ok || len(rest) < 5 {
+		return false
+	}
+	data := rest[4:]
+	return len(data) > 0 && data[0] == 'y'
+}

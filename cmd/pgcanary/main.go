@@ -23,14 +23,11 @@ func main() {
 		Use:   "pgcanary",
 		Short: "A PostgreSQL wire-protocol sidecar for safe schema migrations",
 		Long: `pgcanary sits between applications and PostgreSQL, speaking the wire protocol, while a
-schema migration is under way. Applications connect to it instead of to Postgres, unchanged.
-
-Commands:
-  serve   run the proxy in front of a PostgreSQL server`,
+schema migration is under way. Applications connect to it instead of to Postgres, unchanged.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd())
+	root.AddCommand(newServeCmd(), newHealthcheckCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgcanary:", err)
 		var ee *exitError

@@ -60,6 +60,7 @@ transaction for up to --drain-timeout, closes the rest and exits 0.`,
 	f.String("listen", d.Listen, "address for client connections (host:port)")
 	f.String("upstream", "", "the PostgreSQL server (host:port)")
 	f.String("admin", d.Admin.Listen, "address of the admin HTTP endpoint: /healthz, /readyz, /metrics")
+	f.Bool("admin-pprof", false, "serve Go profiles under /debug/pprof/ on the admin address (for diagnosing a live proxy)")
 	f.String("log-level", d.LogLevel, "debug, info, warn or error")
 	f.String("log-format", d.LogFormat, "text or json")
 	f.Duration("drain-timeout", d.DrainTimeout, "on SIGTERM/SIGINT, how long sessions may take to reach idle before they are closed")
@@ -84,6 +85,8 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 			cfg.Upstream = v
 		case "admin":
 			cfg.Admin.Listen = v
+		case "admin-pprof":
+			cfg.Admin.Pprof = v == "true"
 		case "log-level":
 			cfg.LogLevel = v
 		case "log-format":
@@ -160,7 +163,7 @@ func serve(ctx context.Context, cfg config.Config) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	adm := admin.New(cfg.Admin.Listen, reg, srv.CheckUpstream, log)
+	adm := admin.NewWithOptions(admin.Options{Listen: cfg.Admin.Listen, Gatherer: reg, Ready: srv.CheckUpstream, Log: log, Pprof: cfg.Admin.Pprof})
 	if err := adm.Listen(); err != nil {
 		srv.Close()
 		return err

@@ -1,0 +1,38 @@
+# pgcanary: `make demo` shows it working, `make test` proves it. See README.md.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/pgcanary
+# Packages that run goroutines concurrently get the race detector (all of ours do).
+RACE_PKGS := ./...
+
+.PHONY: all build test lint unit e2e demo bench deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pgcanary
+
+# deps installs what the tests need that Go does not bring: PostgreSQL from Debian packages.
+deps:
+	bash scripts/ensure-postgres.sh
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+# test: lint, then every test with the race detector against throwaway PostgreSQL clusters.
+test: deps lint build
+	$(GO) test -race -count=1 -timeout 12m $(RACE_PKGS)
+
+demo: deps build
+	bash scripts/demo.sh
+
+# bench: pgbench through pgcanary vs direct vs PgBouncer (installs pgbouncer when missing).
+bench: build
+	bash scripts/ensure-postgres.sh --with-pgbouncer
+	PGCANARY_BIN=$(BIN) bash bench/passthrough.sh
+
+clean:
+	rm -rf bin
