@@ -106,8 +106,29 @@ func (s *session) run(ctx context.Context) {
 		s.serverLoop()
 	}()
 	s.clientLoop()
+	s.cancelInFlight(ctx)
 	s.close()
 	<-done
+}
+
+// cancelInFlight cancels the statement still running for a client that went away: Postgres only
+// notices a closed socket when it next writes, so a long query would otherwise run on.
+func (s *session) cancelInFlight(ctx context.Context) {
+	s.mu.Lock()
+	busy := s.fifo.len() > 0 && !s.serverFatal
+	s.mu.Unlock()
+	if !busy || s.key.pid == 0 {
+		return
+	}
+	server, ok := s.srv.keys.lookup(s.key.pid, s.key.secret)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := forwardCancel(ctx, &s.srv.upstream, server); err != nil {
+		s.log.Debug("cancel statement of departed client", "err", err)
+	}
 }
 
 // negotiateStartup handles SSLRequest, GSSENCRequest and CancelRequest until the client sends its
@@ -266,8 +287,16 @@ func (s *session) relayAuth() bool {
 			}
 			s.mu.Lock()
 			s.txStatus, s.ready = body[0], true
+			drain := s.draining && !s.closing
+			if drain {
+				s.closing = true
+			}
 			s.mu.Unlock()
 			s.toClient(typ, body)
+			if drain { // the proxy began draining while this client authenticated
+				s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+				return false
+			}
 			return s.flushClient() == nil
 		}
 		s.toClient(typ, body)
@@ -451,15 +480,22 @@ func (s *session) serverLoop() {
 	}
 }
 
-// drain asks the session to close as soon as it is idle; an idle session closes now.
+// drain asks the session to close as soon as it is idle; an idle session closes now. A
+// connection that has not yet sent its startup packet has nothing to finish and closes too; one
+// that is authenticating is closed at its first ReadyForQuery (relayAuth).
 func (s *session) drain() {
 	s.mu.Lock()
 	s.draining = true
 	idle := s.ready && !s.closing && s.fifo.len() == 0 && s.txStatus == 'I'
-	if idle {
+	preStartup := !s.ready && s.server == nil
+	if idle || preStartup {
 		s.closing = true
 	}
 	s.mu.Unlock()
+	if preStartup {
+		s.close()
+		return
+	}
 	if idle {
 		s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
 		s.close()
