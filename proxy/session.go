@@ -47,7 +47,8 @@ type session struct {
 	cr     *frameReader // client messages (after startup)
 	sr     *frameReader // server messages
 
-	sout []byte // server-bound output; only the client loop touches it
+	sout         []byte // server-bound output; only the client loop touches it
+	partialWrite bool   // a server write stopped mid-message: the stream cannot take a Terminate
 
 	cmu  sync.Mutex // guards cout and writes to client
 	cout []byte     // client-bound output
@@ -78,7 +79,7 @@ func newSession(srv *Server, client net.Conn) *session {
 
 // run serves the session until either side goes away.
 func (s *session) run(ctx context.Context) {
-	defer s.close()
+	defer s.finish()
 	_ = s.client.SetDeadline(time.Now().Add(startupTimeout))
 	params, startup, ok := s.negotiateStartup(ctx)
 	if !ok {
@@ -107,7 +108,7 @@ func (s *session) run(ctx context.Context) {
 	}()
 	s.clientLoop()
 	s.cancelInFlight(ctx)
-	s.close()
+	s.finish()
 	<-done
 }
 
@@ -226,7 +227,12 @@ func (s *session) connectUpstream(ctx context.Context, startup []byte) bool {
 		s.fatalToClient(codeUnableToConnect, fmt.Sprintf("pgcanary could not send startup to upstream %s: %v", s.srv.upstream.Addr, err))
 		return false
 	}
-	s.sr = newFrameReader(bufio.NewReaderSize(conn, ioBufferSize), maxServerMessage)
+	// From here on the session moves bytes: plain TCP legs switch to raw system calls (sysconn.go).
+	s.mu.Lock()
+	s.server = newSysConn(conn)
+	s.mu.Unlock()
+	s.client = newSysConn(s.client)
+	s.sr = newFrameReader(bufio.NewReaderSize(s.server, ioBufferSize), maxServerMessage)
 	s.cr = newFrameReader(bufio.NewReaderSize(s.client, ioBufferSize), s.srv.maxMessageSize)
 	return true
 }
@@ -340,9 +346,7 @@ func (s *session) clientLoop() {
 			s.fatalToClient(codeProtocolViolation, err.Error())
 			return
 		}
-		if typ == 'X' { // Terminate: pass it on so the server ends the backend cleanly
-			s.toServer(typ, body)
-			_ = s.flushServer()
+		if typ == 'X' { // Terminate: finish passes it on
 			return
 		}
 		if kind != 0 {
@@ -502,7 +506,10 @@ func (s *session) drain() {
 	}
 }
 
-// close ends both connections once. A server that still runs a statement gets Terminate first.
+// close ends the session from any goroutine: it closes the client connection, which ends the
+// client loop, and cuts short a client-loop write the server is not reading. It writes nothing to
+// the server: only the client loop does (see finish), so a Terminate can never land in the middle
+// of a message.
 func (s *session) close() {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -511,11 +518,26 @@ func (s *session) close() {
 		s.mu.Unlock()
 		_ = s.client.Close()
 		if server != nil {
-			_ = server.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = server.Write([]byte{'X', 0, 0, 0, 4})
-			_ = server.Close()
+			_ = server.SetWriteDeadline(time.Now())
 		}
 	})
+}
+
+// finish runs once the client loop has stopped writing: it says Terminate to the server, so the
+// backend ends cleanly rather than logging a lost client, and closes the server connection.
+func (s *session) finish() {
+	s.close()
+	s.mu.Lock()
+	server := s.server
+	s.mu.Unlock()
+	if server == nil {
+		return
+	}
+	if !s.partialWrite {
+		_ = server.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = server.Write([]byte{'X', 0, 0, 0, 4})
+	}
+	_ = server.Close()
 }
 
 func (s *session) clientReadFailed(err error) {
@@ -537,8 +559,11 @@ func (s *session) toServer(typ byte, body []byte) {
 		}
 		hdr := appendHeader(make([]byte, 0, headerLen), typ, len(body))
 		bufs := net.Buffers{hdr, body}
-		n, _ := bufs.WriteTo(s.server)
+		n, err := bufs.WriteTo(s.server)
 		s.srv.metrics.BytesToServer(int(n))
+		if err != nil && n > 0 {
+			s.partialWrite = true
+		}
 		return
 	}
 	s.sout = appendHeader(s.sout, typ, len(body))
@@ -551,6 +576,9 @@ func (s *session) flushServer() error {
 	}
 	n, err := s.server.Write(s.sout)
 	s.srv.metrics.BytesToServer(n)
+	if err != nil && n > 0 {
+		s.partialWrite = true
+	}
 	s.sout = resetBuffer(s.sout)
 	return err
 }
