@@ -333,44 +333,83 @@ func (s *session) relayAuth() bool {
 	}
 }
 
-// clientLoop reads client messages, records the response each expects, and relays them.
+// errUpstreamWrite marks a failed write to the server; the server loop reports the lost upstream.
+var errUpstreamWrite = errors.New("write to upstream failed")
+
+// clientLoop relays client messages until the client leaves, misbehaves or the session closes.
+// Plain TCP uses the pump (pump.go); TLS reads through crypto/tls.
 func (s *session) clientLoop() {
+	var err error
+	if sc, ok := s.client.(*sysConn); ok {
+		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer)
+		err = p.run(sc.rc)
+	} else {
+		err = s.readLoop(s.cr, s.onClientMessage, s.flushServer)
+	}
+	if err != nil && !errors.Is(err, errUpstreamWrite) {
+		s.clientReadFailed(err)
+	}
+}
+
+// readLoop is the blocking driver: it feeds handle from a frameReader and flushes whenever the
+// next message is not already buffered.
+func (s *session) readLoop(fr *frameReader, handle func(byte, []byte) error, flush func() error) error {
 	for {
-		typ, body, err := s.cr.next()
+		typ, body, err := fr.next()
 		if err != nil {
-			s.clientReadFailed(err)
-			return
+			return err
 		}
-		kind, name, err := classifyFrontend(typ, body)
-		if err != nil {
-			s.fatalToClient(codeProtocolViolation, err.Error())
-			return
-		}
-		if typ == 'X' { // Terminate: finish passes it on
-			return
-		}
-		if kind != 0 {
-			s.mu.Lock()
-			if s.closing {
-				s.mu.Unlock()
-				return
+		if err := handle(typ, body); err != nil {
+			if errors.Is(err, errStopPump) {
+				return nil
 			}
-			if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' {
-				s.closing = true
-				s.mu.Unlock()
-				s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
-				return
-			}
-			s.fifo.push(expected{kind: kind, name: name})
-			s.mu.Unlock()
+			return err
 		}
-		s.toServer(typ, body)
-		if !s.cr.frameReady() || len(s.sout) >= flushThreshold {
-			if err := s.flushServer(); err != nil {
-				return // the server loop reports the lost upstream
+		if !fr.frameReady() {
+			if err := flush(); err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// bufferedBytes returns what a frame reader read ahead during startup, for the pump to start with.
+func bufferedBytes(fr *frameReader) []byte {
+	_ = fr.release()
+	b, _ := fr.r.Peek(fr.r.Buffered())
+	return b
+}
+
+// onClientMessage handles one client message: it records the response the message expects and
+// queues it for the server.
+func (s *session) onClientMessage(typ byte, body []byte) error {
+	kind, name, err := classifyFrontend(typ, body)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	if typ == 'X' { // Terminate: finish passes it on
+		return errStopPump
+	}
+	if kind != 0 {
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			return errStopPump
+		}
+		if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' {
+			s.closing = true
+			s.mu.Unlock()
+			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+			return errStopPump
+		}
+		s.fifo.push(expected{kind: kind, name: name})
+		s.mu.Unlock()
+	}
+	s.toServer(typ, body)
+	if len(s.sout) >= flushThreshold {
+		return s.flushServer()
+	}
+	return nil
 }
 
 // classifyFrontend validates a client message just enough to know the response it expects, and
@@ -417,71 +456,83 @@ func classifyFrontend(typ byte, body []byte) (requestKind, string, error) {
 	return 0, "", fmt.Errorf("invalid frontend message type %d", typ)
 }
 
-// serverLoop reads server messages, moves the FIFO, and relays them to the client.
+// serverLoop relays server messages until the server goes away or the session closes.
 func (s *session) serverLoop() {
-	for {
-		typ, body, err := s.sr.next()
-		if err != nil {
-			s.mu.Lock()
-			expectedEOF := s.closing || s.serverFatal
-			s.mu.Unlock()
-			if !expectedEOF {
-				s.log.Warn("upstream connection lost", "err", err)
-				s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost the connection to upstream %s: %v", s.srv.upstream.Addr, err))
-			}
-			s.close()
-			return
-		}
-		s.mu.Lock()
-		head, _ := s.fifo.front()
-		switch typ {
-		case 'Z':
-			if len(body) == 1 {
-				s.txStatus = body[0]
-			}
-		case '1':
-			if head.kind == reqParse && head.name != "" {
-				s.statements[head.name] = struct{}{}
-			}
-		case '3':
-			if head.kind == reqClose && head.name != "" {
-				delete(s.statements, head.name)
-			}
-		case 'E':
-			if isFatalError(body) {
-				s.serverFatal = true
-			}
-		}
-		switch effectOf(typ, head.kind) {
-		case effPop:
-			s.fifo.pop()
-		case effPopToSync:
-			s.fifo.pop()
-			s.fifo.skipToSync()
-		}
-		idleDrain := s.draining && typ == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
-		if idleDrain {
-			s.closing = true
-		}
-		s.mu.Unlock()
+	var err error
+	if sc, ok := s.server.(*sysConn); ok {
+		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient)
+		err = p.run(sc.rc)
+	} else {
+		err = s.readLoop(s.sr, s.onServerMessage, s.flushClient)
+	}
+	if err == nil {
+		return
+	}
+	s.mu.Lock()
+	expectedEOF := s.closing || s.serverFatal
+	s.mu.Unlock()
+	if !expectedEOF && !errors.Is(err, errClientWrite) {
+		s.log.Warn("upstream connection lost", "err", err)
+		s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost the connection to upstream %s: %v", s.srv.upstream.Addr, err))
+	}
+	s.close()
+}
 
-		s.cmu.Lock()
-		s.appendClient(typ, body)
-		var werr error
-		if !s.sr.frameReady() || len(s.cout) >= flushThreshold {
-			werr = s.flushClientLocked()
+// errClientWrite marks a failed write to the client: the session ends without blaming upstream.
+var errClientWrite = errors.New("write to client failed")
+
+// onServerMessage handles one server message: it moves the FIFO and queues the message for the
+// client.
+func (s *session) onServerMessage(typ byte, body []byte) error {
+	s.mu.Lock()
+	head, _ := s.fifo.front()
+	switch typ {
+	case 'Z':
+		if len(body) == 1 {
+			s.txStatus = body[0]
 		}
-		s.cmu.Unlock()
-		if werr != nil {
-			s.close()
-			return
+	case '1':
+		if head.kind == reqParse && head.name != "" {
+			s.statements[head.name] = struct{}{}
 		}
-		if idleDrain {
-			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
-			s.close()
-			return
+	case '3':
+		if head.kind == reqClose && head.name != "" {
+			delete(s.statements, head.name)
+		}
+	case 'E':
+		if isFatalError(body) {
+			s.serverFatal = true
 		}
 	}
+	switch effectOf(typ, head.kind) {
+	case effPop:
+		s.fifo.pop()
+	case effPopToSync:
+		s.fifo.pop()
+		s.fifo.skipToSync()
+	}
+	idleDrain := s.draining && typ == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
+	if idleDrain {
+		s.closing = true
+	}
+	s.mu.Unlock()
+
+	s.cmu.Lock()
+	s.appendClient(typ, body)
+	var err error
+	if len(s.cout) >= flushThreshold {
+		err = s.flushClientLocked()
+	}
+	s.cmu.Unlock()
+	if err != nil {
+		return errClientWrite
+	}
+	if idleDrain {
+		s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+		s.close()
+		return errStopPump
+	}
+	return nil
 }
 
 // drain asks the session to close as soon as it is idle; an idle session closes now. A
@@ -576,11 +627,12 @@ func (s *session) flushServer() error {
 	}
 	n, err := s.server.Write(s.sout)
 	s.srv.metrics.BytesToServer(n)
-	if err != nil && n > 0 {
-		s.partialWrite = true
-	}
 	s.sout = resetBuffer(s.sout)
-	return err
+	if err != nil {
+		s.partialWrite = s.partialWrite || n > 0
+		return errUpstreamWrite
+	}
+	return nil
 }
 
 // toClient appends a message for the client (startup phase, single goroutine).
@@ -619,7 +671,10 @@ func (s *session) flushClientLocked() error {
 	n, err := s.client.Write(s.cout)
 	s.srv.metrics.BytesToClient(n)
 	s.cout = resetBuffer(s.cout)
-	return err
+	if err != nil {
+		return errClientWrite
+	}
+	return nil
 }
 
 // fatalToClient sends a FATAL ErrorResponse from the proxy, after whatever is already queued.

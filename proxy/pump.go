@@ -1,0 +1,164 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"unsafe"
+)
+
+// pump reads typed messages from a plain TCP socket and hands each complete one to a handler. The
+// whole read loop runs inside one syscall.RawConn.Read callback, so the socket's lock and
+// readiness bookkeeping happen once per session rather than once per read, and bodies reach the
+// handler as slices of the pump's buffer (no copy; valid until the handler returns).
+//
+// The pump waits for readiness only after a read found the socket empty (EAGAIN). It must not
+// wait after a merely short read: a peer that sends its last bytes and closes (Postgres after a
+// FATAL, a client that dies mid-message) can deliver data and FIN under one edge-triggered event,
+// and the EOF would then never be seen. Measured, the extra read costs about 1 us per pgbench
+// transaction; a connection held open forever costs more.
+//
+// The callback may block in the handler (writing to the other connection when its send buffer is
+// full); that is allowed, and closing either connection ends the wait.
+type pump struct {
+	buf        []byte
+	start, end int // unprocessed bytes are buf[start:end]
+	maxBody    int
+	handle     func(typ byte, body []byte) error
+	flush      func() error // called before the pump waits for input
+	readable   bool         // no read has found the socket empty since the last wait
+	err        error
+	fn         func(fd uintptr) bool
+}
+
+const (
+	pumpBufferSize = 32 << 10
+	pumpMinRead    = 4 << 10 // compact or grow when less room than this is left at the end
+)
+
+// errStopPump ends a pump without an error (a client's Terminate).
+var errStopPump = errors.New("pump stopped")
+
+// newPump returns a pump whose buffer starts with initial (bytes read ahead during startup).
+func newPump(initial []byte, maxMessageSize int, handle func(byte, []byte) error, flush func() error) *pump {
+	size := max(pumpBufferSize, len(initial)+pumpMinRead)
+	p := &pump{buf: make([]byte, size), maxBody: maxMessageSize - 4, handle: handle, flush: flush}
+	p.end = copy(p.buf, initial)
+	p.fn = p.step
+	return p
+}
+
+// run pumps until the connection fails, closes, or the handler stops it. It returns nil when the
+// handler stopped it with errStopPump.
+func (p *pump) run(rc syscall.RawConn) error {
+	err := rc.Read(p.fn)
+	if p.err != nil {
+		err = p.err
+	}
+	if errors.Is(err, errStopPump) {
+		return nil
+	}
+	return err
+}
+
+// step is the RawConn.Read callback. RawRead calls it first and again after each readiness event,
+// so on entry the socket may hold bytes.
+func (p *pump) step(fd uintptr) bool {
+	p.readable = true
+	for {
+		if err := p.process(); err != nil {
+			p.err = err
+			return true
+		}
+		if !p.readable {
+			if err := p.flush(); err != nil {
+				p.err = err
+				return true
+			}
+			return false // wait for the next readiness event
+		}
+		p.makeRoom()
+		space := p.buf[p.end:]
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&space[0])), uintptr(len(space)))
+		switch errno {
+		case 0:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			p.readable = false
+			continue
+		default:
+			p.err = errno
+			return p.stop()
+		}
+		if n == 0 {
+			p.err = io.EOF
+			if p.end > p.start {
+				p.err = io.ErrUnexpectedEOF
+			}
+			return p.stop()
+		}
+		p.end += int(n)
+	}
+}
+
+// stop ends the pump after a read error or EOF, first passing on what was already handled: a
+// peer's last words (Postgres's FATAL before it closes) must reach the other side.
+func (p *pump) stop() bool {
+	_ = p.flush()
+	return true
+}
+
+// process hands every complete buffered message to the handler.
+func (p *pump) process() error {
+	for p.end-p.start >= headerLen {
+		hdr := p.buf[p.start : p.start+headerLen]
+		typ := hdr[0]
+		n := int(binary.BigEndian.Uint32(hdr[1:]))
+		if n < 4 {
+			return fmt.Errorf("%w: message %q declares length %d", errMalformed, typ, n)
+		}
+		if n-4 > p.maxBody {
+			return fmt.Errorf("%w: message %q of %d bytes, limit %d", errTooLarge, typ, n-4, p.maxBody)
+		}
+		if p.end-p.start < 1+n {
+			return nil // incomplete
+		}
+		body := p.buf[p.start+headerLen : p.start+1+n]
+		p.start += 1 + n
+		if err := p.handle(typ, body); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeRoom ensures space to read into: the whole of a partly received message, or at least
+// pumpMinRead bytes. A buffer grown for a large message shrinks back once it is empty.
+func (p *pump) makeRoom() {
+	if p.start == p.end {
+		p.start, p.end = 0, 0
+		if len(p.buf) > 1<<20 {
+			p.buf = make([]byte, pumpBufferSize)
+		}
+	}
+	need := pumpMinRead
+	if p.end-p.start >= headerLen {
+		n := int(binary.BigEndian.Uint32(p.buf[p.start+1:]))
+		need = max(need, 1+n-(p.end-p.start))
+	}
+	if len(p.buf)-p.end >= need {
+		return
+	}
+	used := p.end - p.start
+	if used+need <= len(p.buf) {
+		copy(p.buf, p.buf[p.start:p.end])
+	} else {
+		nb := make([]byte, used+need)
+		copy(nb, p.buf[p.start:p.end])
+		p.buf = nb
+	}
+	p.start, p.end = 0, used
+}
