@@ -222,7 +222,8 @@ USED_PORTS=" "
 free_port() {
 	local p
 	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 40000))
+		# Below the ephemeral range (32768+): a port an outgoing connection holds cannot be bound.
+		p=$((10000 + RANDOM % 22000))
 		case "$USED_PORTS" in *" $p "*) continue ;; esac
 		if ! (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
 			USED_PORTS="$USED_PORTS$p "

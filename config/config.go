@@ -26,6 +26,21 @@ type Config struct {
 	DrainTimeout   time.Duration `yaml:"drain_timeout"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	MaxMessageSize ByteSize      `yaml:"max_message_size"`
+
+	// SideDSN is the proxy's own connection (catalog, comparisons, backfill); a migration's
+	// database replaces the DSN's database name.
+	SideDSN    string      `yaml:"side_dsn"`
+	Flags      FlagSource  `yaml:"flags"`
+	RoutingKey string      `yaml:"routing_key"`
+	Migrations []Migration `yaml:"migrations"`
+
+	src *source
+}
+
+// FlagSource says where feature flags come from: a local flag file (hot-reloaded) or a flagd daemon.
+type FlagSource struct {
+	File  string `yaml:"file"`
+	Flagd string `yaml:"flagd"` // host:port
 }
 
 // UpstreamTLS is the proxy's TLS policy towards Postgres.
@@ -58,67 +73,135 @@ func Defaults() Config {
 		DrainTimeout:   30 * time.Second,
 		ConnectTimeout: 10 * time.Second,
 		MaxMessageSize: 1 << 30,
+		RoutingKey:     "session",
 	}
 }
 
-// Load reads path over the defaults.
-func Load(path string) (Config, error) {
+// Load reads path over the defaults. YAML, type and value errors come back as a Report naming
+// file:line for each; warnings are kept in Warnings.
+func Load(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
+		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, raw)
 }
 
-// Parse decodes raw (named path in errors) over the defaults.
-func Parse(path string, raw []byte) (Config, error) {
+// Parse decodes raw (named path in findings) over the defaults and lints it.
+func Parse(path string, raw []byte) (*Config, error) {
 	cfg := Defaults()
 	expanded, err := expandEnv(path, raw)
 	if err != nil {
-		return Config{}, err
+		return nil, err
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return cfg, nil // an empty file is all defaults
-		}
-		return Config{}, yamlError(path, err)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(path, err)
 	}
-	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("%s: %w", path, err)
+	// A second pass keeps the node tree, so findings about values can name their lines.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(expanded, &doc); err != nil {
+		return nil, yamlError(path, err)
 	}
-	return cfg, nil
+	cfg.src = &source{path: path}
+	if len(doc.Content) > 0 {
+		cfg.src.root = doc.Content[0]
+	}
+	cfg.applyDefaults()
+	if report := cfg.Lint(); report.HasErrors() {
+		return &cfg, report // decoded, but not usable: `check` still runs the live checks on it
+	}
+	return &cfg, nil
 }
 
-// Validate checks values that YAML types cannot.
+// Path is the file the configuration was read from ("" when built in code).
+func (c *Config) Path() string {
+	if c.src == nil {
+		return ""
+	}
+	return c.src.path
+}
+
+// finding builds a finding located at the value under path.
+func (c *Config) finding(sev Severity, migration string, path []any, format string, args ...any) Finding {
+	return Finding{Severity: sev, File: c.Path(), Line: c.src.line(path...), Migration: migration, Message: fmt.Sprintf(format, args...)}
+}
+
+// Validate checks the settings the command line can override; Lint covers the rest.
 func (c *Config) Validate() error {
 	var errs []error
+	for _, f := range c.lintSettings() {
+		if f.Severity == Error {
+			errs = append(errs, errors.New(f.Message))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Lint checks everything that can be checked without a database: settings, and each migration's
+// shape. The live checks (relations, columns, types, privileges) are in Check.
+func (c *Config) Lint() Report {
+	r := c.lintSettings()
+	return append(r, c.lintMigrations()...)
+}
+
+func (c *Config) lintSettings() Report {
+	var r Report
+	bad := func(key string, format string, args ...any) {
+		r = append(r, c.finding(Error, "", []any{key}, format, args...))
+	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
-		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+		bad("log_level", "log_level %q: want debug, info, warn or error", c.LogLevel)
 	}
 	switch c.LogFormat {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log_format %q: want text or json", c.LogFormat))
+		bad("log_format", "log_format %q: want text or json", c.LogFormat)
 	}
 	switch strings.ToLower(c.UpstreamTLS.SSLMode) {
 	case "disable", "prefer", "require", "verify-ca", "verify-full":
 	default:
-		errs = append(errs, fmt.Errorf("upstream_tls.sslmode %q: want disable, prefer, require, verify-ca or verify-full", c.UpstreamTLS.SSLMode))
+		bad("upstream_tls", "upstream_tls.sslmode %q: want disable, prefer, require, verify-ca or verify-full", c.UpstreamTLS.SSLMode)
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
-		errs = append(errs, errors.New("tls.cert and tls.key go together: set both or neither"))
+		bad("tls", "tls.cert and tls.key go together: set both or neither")
 	}
 	if c.DrainTimeout < 0 {
-		errs = append(errs, fmt.Errorf("drain_timeout %s is negative", c.DrainTimeout))
+		bad("drain_timeout", "drain_timeout %s is negative", c.DrainTimeout)
 	}
 	if c.MaxMessageSize < 1024 {
-		errs = append(errs, fmt.Errorf("max_message_size %d is below 1024 bytes", c.MaxMessageSize))
+		bad("max_message_size", "max_message_size %d is below 1024 bytes", c.MaxMessageSize)
 	}
-	return errors.Join(errs...)
+	if err := ValidRoutingKey(c.RoutingKey); err != nil {
+		bad("routing_key", "%v", err)
+	}
+	if c.Flags.File != "" && c.Flags.Flagd != "" {
+		bad("flags", "flags: set file or flagd, not both")
+	}
+	if len(c.Migrations) > 0 && c.SideDSN == "" {
+		bad("side_dsn", "side_dsn is required when migrations are configured (the proxy reads the catalog through it)")
+	}
+	return r
+}
+
+// ValidRoutingKey checks a routing_key value.
+func ValidRoutingKey(k string) error {
+	switch k {
+	case "session", "statement", "user", "application_name", "client_addr":
+		return nil
+	}
+	for _, prefix := range []string{"startup:", "comment:"} {
+		if rest, ok := strings.CutPrefix(k, prefix); ok {
+			if rest == "" {
+				return fmt.Errorf("routing_key %q: name the %s after the colon", k, strings.TrimSuffix(prefix, ":"))
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("routing_key %q: want session, statement, user, application_name, client_addr, startup:<param> or comment:<key>", k)
 }
 
 // envRef matches ${NAME}. Bare $NAME is left alone: SQL expressions in the file may contain $.
@@ -127,45 +210,44 @@ var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // expandEnv replaces ${NAME} with the environment's value line by line, so YAML line numbers stay
 // right; an unset variable is an error naming where it is used.
 func expandEnv(path string, raw []byte) ([]byte, error) {
-	var errs []error
+	var report Report
 	lines := bytes.Split(raw, []byte("\n"))
 	for i, line := range lines {
 		lines[i] = envRef.ReplaceAllFunc(line, func(m []byte) []byte {
 			name := string(envRef.FindSubmatch(m)[1])
 			v, ok := os.LookupEnv(name)
 			if !ok {
-				errs = append(errs, fmt.Errorf("%s:%d: environment variable %s is not set", path, i+1, name))
+				report = append(report, Finding{Severity: Error, File: path, Line: i + 1, Message: "environment variable " + name + " is not set"})
 				return m
 			}
 			return []byte(v)
 		})
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if len(report) > 0 {
+		return nil, report
 	}
 	return bytes.Join(lines, []byte("\n")), nil
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+): `)
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): `)
 
-// yamlError rewrites yaml.v3's "line N: msg" errors as "path:N: msg", one per line.
+// yamlError turns yaml.v3's "line N: msg" errors into findings at path:N.
 func yamlError(path string, err error) error {
+	msgs := []string{err.Error()}
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
-		errs := make([]error, 0, len(te.Errors))
-		for _, e := range te.Errors {
-			errs = append(errs, errors.New(withPath(path, e)))
+		msgs = te.Errors
+	}
+	report := make(Report, 0, len(msgs))
+	for _, msg := range msgs {
+		f := Finding{Severity: Error, File: path, Message: strings.TrimPrefix(msg, "yaml: ")}
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			f.Line, _ = strconv.Atoi(m[1])
+			f.Message = msg[len(m[0]):]
 		}
-		return errors.Join(errs...)
+		report = append(report, f)
 	}
-	return errors.New(withPath(path, strings.TrimPrefix(err.Error(), "yaml: ")))
-}
-
-func withPath(path, msg string) string {
-	if m := yamlLine.FindStringSubmatchIndex(msg); m != nil && m[0] == 0 {
-		return path + ":" + msg[m[2]:m[3]] + ": " + msg[m[1]:]
-	}
-	return path + ": " + msg
+	return report
 }
 
 // ByteSize is a size in bytes, written as a number or with a unit: 512KiB, 64MiB, 1GiB (also kB,

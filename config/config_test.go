@@ -31,10 +31,10 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string
 	}{
-		{"unknown key", "listen: a:1\nlistne: b\n", "c.yaml:2: field listne not found"},
+		{"unknown key", "listen: a:1\nlistne: b\n", "c.yaml:2: error: field listne not found"},
 		{"wrong type", "listen: a:1\ndrain_timeout: [1]\n", "c.yaml:2:"},
-		{"bad size", "max_message_size: lots\n", "c.yaml:1: invalid size"},
-		{"unset env", "listen: a\nupstream: ${PGC_SURELY_UNSET}\n", "c.yaml:2: environment variable PGC_SURELY_UNSET is not set"},
+		{"bad size", "max_message_size: lots\n", "c.yaml:1: error: invalid size"},
+		{"unset env", "listen: a\nupstream: ${PGC_SURELY_UNSET}\n", "c.yaml:2: error: environment variable PGC_SURELY_UNSET is not set"},
 		{"bad sslmode", "upstream_tls: {sslmode: maybe}\n", `sslmode "maybe"`},
 		{"cert without key", "tls: {cert: a.pem}\n", "tls.cert and tls.key go together"},
 		{"syntax", "listen: [\n", "c.yaml:"},

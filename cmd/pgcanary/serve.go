@@ -38,20 +38,27 @@ transaction for up to --drain-timeout, closes the rest and exits 0.`,
   pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := config.Defaults()
+			flags := cmd.Flags()
+			override := func(c *config.Config) error { return applyFlags(flags, c) }
+			var gen *config.Generation
+			var loader *config.Loader
 			if configFile != "" {
+				loader = &config.Loader{Path: configFile, Override: override}
 				var err error
-				if cfg, err = config.Load(configFile); err != nil {
+				if gen, err = loader.Load(cmd.Context()); err != nil {
+					return &exitError{code: 2, err: fmt.Errorf("invalid configuration, not starting:\n%w", err)}
+				}
+			} else {
+				cfg := config.Defaults()
+				if err := override(&cfg); err != nil {
 					return &exitError{code: 2, err: err}
 				}
+				gen = &config.Generation{Config: &cfg}
 			}
-			if err := applyFlags(cmd.Flags(), &cfg); err != nil {
-				return &exitError{code: 2, err: err}
-			}
-			if cfg.Upstream == "" {
+			if gen.Config.Upstream == "" {
 				return &exitError{code: 2, err: errors.New("no upstream: set --upstream host:port or upstream: in the config file")}
 			}
-			return serve(cmd.Context(), cfg)
+			return serve(cmd.Context(), gen, loader)
 		},
 	}
 	f := cmd.Flags()
@@ -131,7 +138,10 @@ func newLogger(cfg config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-func serve(ctx context.Context, cfg config.Config) error {
+// serve runs the proxy with the first generation gen; with a loader it also reloads the file when
+// it changes and on SIGHUP.
+func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) error {
+	cfg := *gen.Config
 	log := newLogger(cfg)
 	mode, err := proxy.ParseSSLMode(cfg.UpstreamTLS.SSLMode)
 	if err != nil {
@@ -148,6 +158,13 @@ func serve(ctx context.Context, cfg config.Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var store config.Store
+	store.Install(gen)
+	reloadMetrics := config.NewPromReloadMetrics(reg)
+	reloadMetrics.Generation(gen.Number)
+	for _, w := range gen.Warnings {
+		log.Warn(w.String())
+	}
 	srv, err := proxy.New(proxy.Config{
 		Listen:         cfg.Listen,
 		Upstream:       proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
@@ -171,11 +188,22 @@ func serve(ctx context.Context, cfg config.Config) error {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if loader != nil {
+		reloader := config.NewReloader(loader, &store, log, reloadMetrics)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			if err := reloader.Watch(ctx, hup, 200*time.Millisecond); err != nil {
+				log.Error("configuration watcher stopped; SIGHUP and file changes are no longer picked up", "err", err)
+			}
+		}()
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx) }()
 	go func() { errc <- adm.Serve() }()
 	log.Info("pgcanary serving", "listen", srv.Addr().String(), "upstream", cfg.Upstream, "admin", adm.Addr().String(),
-		"upstream_sslmode", string(mode), "client_tls", clientTLS != nil)
+		"upstream_sslmode", string(mode), "client_tls", clientTLS != nil, "config_generation", gen.Number, "migrations", len(cfg.Migrations))
 
 	var serveErr error
 	select {

@@ -1,0 +1,156 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Relation is a relation as the live catalog describes it.
+type Relation struct {
+	OID     uint32
+	Schema  string
+	Name    string
+	Kind    string // pg_class.relkind: r table, p partitioned table, v view, ...
+	Columns []Column
+	// PrimaryKey and UniqueKeys list column sets of unique, non-partial indexes on plain columns;
+	// the primary key is also among UniqueKeys.
+	PrimaryKey []string
+	UniqueKeys [][]string
+}
+
+// Column is a column in attribute order.
+type Column struct {
+	Name      string
+	Num       int16
+	TypeOID   uint32
+	TypeName  string // format_type(atttypid, atttypmod), e.g. numeric(12,2)
+	Typmod    int32
+	NotNull   bool
+	Default   string // the default expression, "" when none
+	Generated bool   // GENERATED ALWAYS AS (...) STORED
+	Identity  string // "", "a" (ALWAYS) or "d" (BY DEFAULT)
+}
+
+// Qualified returns schema.name for messages.
+func (r *Relation) Qualified() string { return r.Schema + "." + r.Name }
+
+// QuotedName returns "schema"."name" for SQL text.
+func (r *Relation) QuotedName() string { return pgx.Identifier{r.Schema, r.Name}.Sanitize() }
+
+// Column returns the named column.
+func (r *Relation) Column(name string) (*Column, bool) {
+	for i := range r.Columns {
+		if r.Columns[i].Name == name {
+			return &r.Columns[i], true
+		}
+	}
+	return nil, false
+}
+
+// HasUniqueKey reports whether some unique index covers exactly the columns of key.
+func (r *Relation) HasUniqueKey(key []string) bool {
+	want := map[string]bool{}
+	for _, k := range key {
+		want[k] = true
+	}
+	for _, uk := range r.UniqueKeys {
+		if len(uk) != len(want) {
+			continue
+		}
+		all := true
+		for _, c := range uk {
+			all = all && want[c]
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// errNoRelation reports a relation that does not resolve.
+var errNoRelation = errors.New("relation does not exist")
+
+// LoadRelation resolves name (as the connection's search_path would) and reads its columns and
+// unique keys.
+func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, error) {
+	rel := &Relation{}
+	var oid *uint32
+	err := conn.QueryRow(ctx, `select to_regclass($1)::oid`, name).Scan(&oid)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", name, err)
+	}
+	if oid == nil {
+		return nil, fmt.Errorf("%s: %w", name, errNoRelation)
+	}
+	rel.OID = *oid
+	err = conn.QueryRow(ctx, `
+		select n.nspname, c.relname, c.relkind::text
+		from pg_class c join pg_namespace n on n.oid = c.relnamespace
+		where c.oid = $1`, rel.OID).Scan(&rel.Schema, &rel.Name, &rel.Kind)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	rows, err := conn.Query(ctx, `
+		select a.attname, a.attnum, a.atttypid, format_type(a.atttypid, a.atttypmod), a.atttypmod,
+		       a.attnotnull, coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attgenerated <> '',
+		       a.attidentity::text
+		from pg_attribute a
+		left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+		where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
+		order by a.attnum`, rel.OID)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	for rows.Next() {
+		var c Column
+		if err := rows.Scan(&c.Name, &c.Num, &c.TypeOID, &c.TypeName, &c.Typmod, &c.NotNull, &c.Default, &c.Generated, &c.Identity); err != nil {
+			return nil, fmt.Errorf("read columns of %s: %w", name, err)
+		}
+		if c.Generated {
+			c.Default = "" // the generation expression is not a default
+		}
+		rel.Columns = append(rel.Columns, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	rows, err = conn.Query(ctx, `
+		select i.indisprimary,
+		       array(select a.attname from unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
+		             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+		             order by k.ord)
+		from pg_index i
+		where i.indrelid = $1 and i.indisunique and i.indisvalid and i.indpred is null
+		  and i.indexprs is null and 0 <> all (i.indkey::int2[])
+		order by i.indisprimary desc, i.indexrelid`, rel.OID)
+	if err != nil {
+		return nil, fmt.Errorf("read indexes of %s: %w", name, err)
+	}
+	for rows.Next() {
+		var primary bool
+		var cols []string
+		if err := rows.Scan(&primary, &cols); err != nil {
+			return nil, fmt.Errorf("read indexes of %s: %w", name, err)
+		}
+		if primary {
+			rel.PrimaryKey = cols
+		}
+		rel.UniqueKeys = append(rel.UniqueKeys, cols)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read indexes of %s: %w", name, err)
+	}
+	return rel, nil
+}
+
+// MigrationCatalog is the live catalog of one migration's relations.
+type MigrationCatalog struct {
+	Old, New *Relation
+}
+
+// Catalog is the live catalog of every migration, by migration name.
+type Catalog map[string]*MigrationCatalog

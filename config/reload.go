@@ -1,0 +1,229 @@
+package config
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Generation is one fully validated configuration with the live catalog it was checked against.
+// Statements are planned against the generation that is current when they are planned.
+type Generation struct {
+	Number   int64
+	Config   *Config
+	Catalog  Catalog
+	Warnings Report
+	LoadedAt time.Time
+	hash     [sha256.Size]byte
+}
+
+// Store holds the current generation. Reading it is one atomic load, so the proxy's hot path
+// never waits for a reload.
+type Store struct {
+	cur atomic.Pointer[Generation]
+}
+
+// Current returns the active generation (nil before the first load).
+func (s *Store) Current() *Generation { return s.cur.Load() }
+
+// Install makes g the first generation (number 1), for a start without a reloader or before one
+// takes over.
+func (s *Store) Install(g *Generation) {
+	if g.Number == 0 {
+		g.Number = 1
+	}
+	if g.Catalog == nil {
+		g.Catalog = Catalog{}
+	}
+	s.cur.Store(g)
+}
+
+// Loader reads, validates and checks the configuration file into a generation.
+type Loader struct {
+	Path string
+	// Override re-applies command-line flags after each read: they win over the file.
+	Override func(*Config) error
+	// Connect opens the side connection for the live checks; nil uses the config's side_dsn.
+	Connect func(*Config) Connector
+}
+
+// Load returns a generation (without its number) or the report that rejects the file. A
+// database that cannot be reached is an error wrapping ErrUnreachable.
+func (l *Loader) Load(ctx context.Context) (*Generation, error) {
+	raw, err := os.ReadFile(l.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(l.Path, raw)
+	if err != nil {
+		return nil, err
+	}
+	if l.Override != nil {
+		if err := l.Override(cfg); err != nil {
+			return nil, err
+		}
+	}
+	gen := &Generation{Config: cfg, Catalog: Catalog{}, LoadedAt: time.Now(), hash: sha256.Sum256(raw)}
+	if len(cfg.Migrations) == 0 {
+		gen.Warnings = cfg.Lint()
+		return gen, nil
+	}
+	connect := DSNConnector(cfg.SideDSN)
+	if l.Connect != nil {
+		connect = l.Connect(cfg)
+	}
+	report, catalog, err := Check(ctx, cfg, connect)
+	if err != nil {
+		return nil, err
+	}
+	if report.HasErrors() {
+		return nil, report
+	}
+	gen.Catalog, gen.Warnings = catalog, report
+	return gen, nil
+}
+
+// ReloadMetrics is what reloading reports.
+type ReloadMetrics interface {
+	Generation(n int64)
+	ReloadFailed()
+}
+
+// PromReloadMetrics exports reload metrics to Prometheus.
+type PromReloadMetrics struct {
+	generation prometheus.Gauge
+	failures   prometheus.Counter
+}
+
+// NewPromReloadMetrics registers pgcanary_config_generation and
+// pgcanary_config_reload_failures_total with reg.
+func NewPromReloadMetrics(reg prometheus.Registerer) *PromReloadMetrics {
+	m := &PromReloadMetrics{
+		generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pgcanary_config_generation",
+			Help: "Number of the active configuration generation (1 at start, +1 per successful reload).",
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgcanary_config_reload_failures_total",
+			Help: "Reloads rejected because the new configuration did not validate; the running one stays.",
+		}),
+	}
+	reg.MustRegister(m.generation, m.failures)
+	return m
+}
+
+func (m *PromReloadMetrics) Generation(n int64) { m.generation.Set(float64(n)) }
+func (m *PromReloadMetrics) ReloadFailed()      { m.failures.Inc() }
+
+// Reloader swaps in a new generation when the file changes or on request, after full validation.
+// An invalid file keeps the running generation.
+type Reloader struct {
+	loader  *Loader
+	store   *Store
+	log     *slog.Logger
+	metrics ReloadMetrics
+	mu      sync.Mutex // one reload at a time
+}
+
+// NewReloader returns a reloader for store. Call Reload once to load the first generation.
+func NewReloader(loader *Loader, store *Store, log *slog.Logger, metrics ReloadMetrics) *Reloader {
+	return &Reloader{loader: loader, store: store, log: log, metrics: metrics}
+}
+
+// Reload loads, validates and swaps. It returns the report or error that kept the running
+// generation; an unchanged file is not reloaded.
+func (r *Reloader) Reload(ctx context.Context, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.store.Current()
+	if cur != nil && reason == "file changed" {
+		if raw, err := os.ReadFile(r.loader.Path); err == nil && sha256.Sum256(raw) == cur.hash {
+			return nil // an event that did not change the content (touch, chmod, a sibling file)
+		}
+	}
+	gen, err := r.loader.Load(ctx)
+	if err != nil {
+		if cur != nil {
+			r.metrics.ReloadFailed()
+			r.log.Error("configuration reload rejected: keeping generation "+fmt.Sprint(cur.Number), "reason", reason, "file", r.loader.Path, "report", err.Error())
+		}
+		return err
+	}
+	gen.Number = 1
+	if cur != nil {
+		gen.Number = cur.Number + 1
+		restartOnly(cur.Config, gen.Config, r.log)
+	}
+	r.store.cur.Store(gen)
+	r.metrics.Generation(gen.Number)
+	for _, w := range gen.Warnings {
+		r.log.Warn(w.String())
+	}
+	r.log.Info("configuration loaded", "generation", gen.Number, "reason", reason, "migrations", len(gen.Config.Migrations))
+	return nil
+}
+
+// restartOnly logs settings that changed but only take effect on restart.
+func restartOnly(old, cur *Config, log *slog.Logger) {
+	changed := func(name string, a, b any) {
+		if a != b {
+			log.Warn("setting changed in the file takes effect only after a restart", "setting", name, "running", a, "file", b)
+		}
+	}
+	changed("listen", old.Listen, cur.Listen)
+	changed("upstream", old.Upstream, cur.Upstream)
+	changed("upstream_tls", old.UpstreamTLS, cur.UpstreamTLS)
+	changed("tls", old.TLS, cur.TLS)
+	changed("admin.listen", old.Admin.Listen, cur.Admin.Listen)
+	changed("max_message_size", old.MaxMessageSize, cur.MaxMessageSize)
+}
+
+// Watch reloads when the file's directory changes (editors replace files by rename; a Kubernetes
+// ConfigMap update swaps a symlink) and on each value from signals (SIGHUP). Events are coalesced
+// for debounce. It returns when ctx ends.
+func (r *Reloader) Watch(ctx context.Context, signals <-chan os.Signal, debounce time.Duration) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch config: %w", err)
+	}
+	defer w.Close()
+	dir := filepath.Dir(r.loader.Path)
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch config directory %s: %w", dir, err)
+	}
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-signals:
+			_ = r.Reload(ctx, "SIGHUP")
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("config watcher closed")
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			timer = time.After(debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("config watcher closed")
+			}
+			r.log.Warn("config watcher", "err", err)
+		case <-timer:
+			timer = nil
+			_ = r.Reload(ctx, "file changed")
+		}
+	}
+}
