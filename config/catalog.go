@@ -19,6 +19,9 @@ type Relation struct {
 	// the primary key is also among UniqueKeys.
 	PrimaryKey []string
 	UniqueKeys [][]string
+	// NameSchemas lists every schema holding a relation of this name, so a planner can resolve an
+	// unqualified reference under a session's search_path as Postgres would.
+	NameSchemas []string
 }
 
 // Column is a column in attribute order.
@@ -27,6 +30,7 @@ type Column struct {
 	Num       int16
 	TypeOID   uint32
 	TypeName  string // format_type(atttypid, atttypmod), e.g. numeric(12,2)
+	TypeSQL   string // the same, schema-qualified wherever not in pg_catalog: safe in SQL under any search_path
 	Typmod    int32
 	NotNull   bool
 	Default   string // the default expression, "" when none
@@ -94,8 +98,19 @@ func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, 
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	rows, err := conn.Query(ctx, `
-		select a.attname, a.attnum, a.atttypid, format_type(a.atttypid, a.atttypmod), a.atttypmod,
+	// format_type qualifies a type name whenever its schema is not on the search_path: with only
+	// pg_catalog on it, every user type comes out schema-qualified.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read-only
+	if _, err := tx.Exec(ctx, "set local search_path = pg_catalog"); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	rows, err := tx.Query(ctx, `
+		select a.attname, a.attnum, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod),
+		       a.atttypmod,
 		       a.attnotnull, coalesce(pg_get_expr(d.adbin, d.adrelid), ''), a.attgenerated <> '',
 		       a.attidentity::text
 		from pg_attribute a
@@ -107,7 +122,7 @@ func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, 
 	}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.Num, &c.TypeOID, &c.TypeName, &c.Typmod, &c.NotNull, &c.Default, &c.Generated, &c.Identity); err != nil {
+		if err := rows.Scan(&c.Name, &c.Num, &c.TypeOID, &c.TypeSQL, &c.Typmod, &c.NotNull, &c.Default, &c.Generated, &c.Identity); err != nil {
 			return nil, fmt.Errorf("read columns of %s: %w", name, err)
 		}
 		if c.Generated {
@@ -117,6 +132,35 @@ func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, 
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", name, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	// The readable type names, under the connection's own search_path.
+	names := map[int16]string{}
+	rows, err = conn.Query(ctx, `select attnum, format_type(atttypid, atttypmod) from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped`, rel.OID)
+	if err != nil {
+		return nil, fmt.Errorf("read column types of %s: %w", name, err)
+	}
+	for rows.Next() {
+		var num int16
+		var tn string
+		if err := rows.Scan(&num, &tn); err != nil {
+			return nil, fmt.Errorf("read column types of %s: %w", name, err)
+		}
+		names[num] = tn
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read column types of %s: %w", name, err)
+	}
+	for i := range rel.Columns {
+		rel.Columns[i].TypeName = names[rel.Columns[i].Num]
+	}
+	if err := conn.QueryRow(ctx, `
+		select coalesce(array_agg(n.nspname::text order by n.nspname), '{}')
+		from pg_class c join pg_namespace n on n.oid = c.relnamespace
+		where c.relname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')`, rel.Name).Scan(&rel.NameSchemas); err != nil {
+		return nil, fmt.Errorf("read relations named %s: %w", rel.Name, err)
 	}
 	rows, err = conn.Query(ctx, `
 		select i.indisprimary,

@@ -1,0 +1,115 @@
+package router
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+)
+
+// Kind classifies a statement.
+type Kind uint8
+
+const (
+	KindOther       Kind = iota // SET, SHOW, LISTEN, COPY, EXPLAIN, unparsable SQL, ...
+	KindRead                    // a SELECT (or VALUES, TABLE) without side effects
+	KindWrite                   // INSERT, UPDATE, DELETE, MERGE, or a data-modifying CTE
+	KindDDL                     // CREATE, ALTER, DROP, SELECT INTO, TRUNCATE, ...
+	KindTransaction             // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, ...
+	KindEmpty                   // an empty query string
+)
+
+func (k Kind) String() string {
+	return [...]string{"other", "read", "write", "ddl", "transaction", "empty"}[k]
+}
+
+// Plan is the planner's answer for one query string: one statement plan per statement, in order.
+type Plan struct {
+	Generation int64
+	// Untouched: the text names no migrated relation, so it was not parsed; Statements then holds
+	// the whole text as one statement of unknown kind.
+	Untouched  bool
+	Statements []*StatementPlan
+}
+
+// StatementPlan says what one statement is and the forms it can be sent in.
+type StatementPlan struct {
+	Kind Kind
+	// SQL is the statement as the client wrote it: the old form is always the client's own text.
+	SQL string
+	// Migrations lists the migrations whose old relation the statement references.
+	Migrations []string
+	// Read is the statement served by the new shape, when it is a read that can be rewritten.
+	Read *ReadForm
+	// Unrewritten says, per migration, why a statement touching it keeps only its old form.
+	Unrewritten []Unrewritten
+}
+
+// ReadForm is a read rewritten to take the listed migrations from their new shape.
+type ReadForm struct {
+	SQL        string
+	Migrations []string
+}
+
+// Unrewritten records a statement that touches a migration but is not rewritten.
+type Unrewritten struct {
+	Migration string
+	Reason    string // a short label, also the metric's reason label
+}
+
+// Reasons a statement keeps its old form.
+const (
+	ReasonLocking         = "locking_clause"
+	ReasonSystemColumn    = "system_column"
+	ReasonWholeRow        = "whole_row_reference"
+	ReasonQualifiedColumn = "schema_qualified_column"
+	ReasonTableSample     = "tablesample"
+	ReasonWrites          = "statement_writes"
+	ReasonNoProjection    = "no_read_projection"
+	ReasonDeparse         = "deparse_failed"
+)
+
+// classify names a parsed statement's kind.
+func classify(stmt *pg_query.Node) Kind {
+	switch n := stmt.Node.(type) {
+	case *pg_query.Node_SelectStmt:
+		if n.SelectStmt.IntoClause != nil {
+			return KindDDL // SELECT INTO creates a table
+		}
+		if modifiesData(stmt) {
+			return KindWrite
+		}
+		return KindRead
+	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
+		return KindWrite
+	case *pg_query.Node_TransactionStmt:
+		return KindTransaction
+	case *pg_query.Node_VariableSetStmt, *pg_query.Node_VariableShowStmt, *pg_query.Node_ListenStmt,
+		*pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt, *pg_query.Node_CopyStmt, *pg_query.Node_ExplainStmt,
+		*pg_query.Node_PrepareStmt, *pg_query.Node_ExecuteStmt, *pg_query.Node_DeallocateStmt,
+		*pg_query.Node_DiscardStmt, *pg_query.Node_DoStmt, *pg_query.Node_CallStmt, *pg_query.Node_LockStmt,
+		*pg_query.Node_VacuumStmt, *pg_query.Node_CheckPointStmt, *pg_query.Node_LoadStmt,
+		*pg_query.Node_DeclareCursorStmt, *pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt,
+		*pg_query.Node_ConstraintsSetStmt:
+		return KindOther
+	case nil:
+		return KindEmpty
+	}
+	if strings.HasSuffix(nodeTypeName(stmt), "Stmt") {
+		return KindDDL // CREATE, ALTER, DROP, GRANT, TRUNCATE, COMMENT, ...
+	}
+	return KindOther
+}
+
+// modifiesData reports whether a tree holds an INSERT, UPDATE, DELETE or MERGE (a data-modifying
+// CTE inside a SELECT).
+func modifiesData(n *pg_query.Node) bool {
+	found := false
+	walkNodes(n, func(x *pg_query.Node) bool {
+		switch x.Node.(type) {
+		case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
+			found = true
+		}
+		return !found
+	})
+	return found
+}

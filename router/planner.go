@@ -1,0 +1,143 @@
+package router
+
+import (
+	"strings"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+)
+
+// Metrics is what the planner reports.
+type Metrics interface {
+	PlanCacheHit()
+	PlanCacheMiss()
+	Unrewritten(migration, reason string)
+}
+
+// Planner turns SQL text into plans and caches them. It is safe for concurrent use.
+type Planner struct {
+	cache   *lru.Cache[cacheKey, *Plan]
+	metrics Metrics
+}
+
+// cacheKey: the same text can mean other relations under another search_path or user ($user),
+// and another generation may migrate other relations.
+type cacheKey struct {
+	generation int64
+	searchPath string
+	user       string
+	sql        string
+}
+
+// NewPlanner returns a planner caching up to size plans.
+func NewPlanner(size int, metrics Metrics) (*Planner, error) {
+	c, err := lru.New[cacheKey, *Plan](size)
+	if err != nil {
+		return nil, err
+	}
+	if metrics == nil {
+		metrics = nopMetrics{}
+	}
+	return &Planner{cache: c, metrics: metrics}, nil
+}
+
+// Plan plans sql for a session with the given search_path setting and user. It never fails:
+// SQL it cannot parse or rewrite passes through unchanged (KindOther, no forms).
+func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
+	key := cacheKey{cat.Generation, searchPath, user, sql}
+	if plan, ok := p.cache.Get(key); ok {
+		p.metrics.PlanCacheHit()
+		return plan
+	}
+	p.metrics.PlanCacheMiss()
+	var plan *Plan
+	if cat.mayReference(sql) {
+		plan = build(cat, ParseSearchPath(searchPath, user), sql)
+	} else {
+		// Nothing migrated is named: the text goes to Postgres as it is, unparsed (a parse and
+		// deparse costs far more than relaying; Postgres reports any syntax error itself).
+		plan = &Plan{Generation: cat.Generation, Untouched: true, Statements: []*StatementPlan{{Kind: KindOther, SQL: sql}}}
+	}
+	for _, st := range plan.Statements {
+		for _, u := range st.Unrewritten {
+			p.metrics.Unrewritten(u.Migration, u.Reason)
+		}
+	}
+	p.cache.Add(key, plan)
+	return plan
+}
+
+// build plans every statement of sql.
+func build(cat *Catalog, searchPath []string, sql string) *Plan {
+	plan := &Plan{Generation: cat.Generation}
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		// Postgres will report the syntax error itself; the proxy only passes the text on.
+		plan.Statements = []*StatementPlan{{Kind: KindOther, SQL: sql}}
+		return plan
+	}
+	if len(tree.Stmts) == 0 {
+		plan.Statements = []*StatementPlan{{Kind: KindEmpty, SQL: sql}}
+		return plan
+	}
+	for _, raw := range tree.Stmts {
+		plan.Statements = append(plan.Statements, planStatement(cat, searchPath, tree.Version, raw, statementText(sql, raw)))
+	}
+	return plan
+}
+
+// statementText is the client's own text of one statement of a multi-statement string.
+func statementText(sql string, raw *pg_query.RawStmt) string {
+	start := int(raw.StmtLocation)
+	end := len(sql)
+	if raw.StmtLen > 0 {
+		end = start + int(raw.StmtLen)
+	}
+	if start < 0 || start > end || end > len(sql) {
+		return sql
+	}
+	return strings.TrimSpace(sql[start:end])
+}
+
+func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_query.RawStmt, text string) *StatementPlan {
+	st := &StatementPlan{Kind: classify(raw.Stmt), SQL: text}
+	refs := findReferences(raw.Stmt, cat, searchPath)
+	if len(refs) == 0 {
+		return st
+	}
+	st.Migrations = migrationNames(refs)
+	unrewritten := func(reason string) *StatementPlan {
+		for _, m := range st.Migrations {
+			st.Unrewritten = append(st.Unrewritten, Unrewritten{Migration: m, Reason: reason})
+		}
+		return st
+	}
+	switch st.Kind {
+	case KindRead:
+	case KindWrite:
+		return unrewritten(ReasonWrites) // the mirrored write form is planned separately
+	default:
+		return st
+	}
+	for _, r := range refs {
+		if r.mig.projection == nil {
+			return unrewritten(ReasonNoProjection)
+		}
+	}
+	if reason := readBlocker(raw.Stmt, refs); reason != "" {
+		return unrewritten(reason)
+	}
+	rewriteRead(refs)
+	out, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
+	if err != nil {
+		return unrewritten(ReasonDeparse)
+	}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations}
+	return st
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) PlanCacheHit()                   {}
+func (nopMetrics) PlanCacheMiss()                  {}
+func (nopMetrics) Unrewritten(migration, r string) {}
