@@ -29,6 +29,10 @@ func DSNConnector(dsn string) Connector {
 			cfg.Database = database
 		}
 		conn, err := pgx.ConnectConfig(ctx, cfg)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "3D000" {
+			return nil, pgErr // the server answered: the database named in the file does not exist
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: database %q at %s:%d: %v", ErrUnreachable, cfg.Database, cfg.Host, cfg.Port, err)
 		}
@@ -54,6 +58,14 @@ func Check(ctx context.Context, cfg *Config, connect Connector) (Report, Catalog
 	}
 	for _, db := range dbs {
 		conn, err := connect(ctx, db)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name: a mistake in the file
+			for _, i := range byDB[db] {
+				report = append(report, cfg.finding(Error, cfg.Migrations[i].Name, []any{"migrations", i, "database"},
+					"database %s does not exist on the server side_dsn reaches", db))
+			}
+			continue
+		}
 		if err != nil {
 			return report, catalog, err
 		}

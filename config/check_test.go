@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/test/pgtest"
 )
@@ -210,5 +209,22 @@ func TestCheckUnreachable(t *testing.T) {
 	_, _, err = config.Check(ctx, cfg, config.DSNConnector(cfg.SideDSN))
 	if err == nil || !strings.Contains(err.Error(), "database unreachable") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// TestCheckMissingDatabaseIsAFinding: a server that answers "no such database" points at a mistake
+// in the file, reported at the migration's database line, not as an unreachable server.
+func TestCheckMissingDatabaseIsAFinding(t *testing.T) {
+	raw := "side_dsn: " + superDSN(pgtest.TestDB) + "\nmigrations:\n  - name: a\n    database: no_such_db\n    old: t\n    new: t2\n    key: [id]\n"
+	cfg, err := config.Parse("c.yaml", []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report, _, err := config.Check(context.Background(), cfg, config.DSNConnector(cfg.SideDSN))
+	if err != nil {
+		t.Fatalf("error %v, want a finding", err)
+	}
+	if len(report) != 1 || report[0].Line != 4 || !strings.Contains(report[0].Message, "database no_such_db does not exist") {
+		t.Fatalf("report: %v", report)
 	}
 }

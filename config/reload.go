@@ -132,7 +132,10 @@ type Reloader struct {
 	store   *Store
 	log     *slog.Logger
 	metrics ReloadMetrics
-	mu      sync.Mutex // one reload at a time
+	// OnSwap, when set, runs after each new generation is installed (live settings such as the
+	// log level).
+	OnSwap func(*Generation)
+	mu     sync.Mutex // one reload at a time
 }
 
 // NewReloader returns a reloader for store. Call Reload once to load the first generation.
@@ -166,6 +169,9 @@ func (r *Reloader) Reload(ctx context.Context, reason string) error {
 	}
 	r.store.cur.Store(gen)
 	r.metrics.Generation(gen.Number)
+	if r.OnSwap != nil {
+		r.OnSwap(gen)
+	}
 	for _, w := range gen.Warnings {
 		r.log.Warn(w.String())
 	}
@@ -173,7 +179,8 @@ func (r *Reloader) Reload(ctx context.Context, reason string) error {
 	return nil
 }
 
-// restartOnly logs settings that changed but only take effect on restart.
+// restartOnly logs settings that changed but only take effect on restart. (log_level applies
+// live, through Reloader.OnSwap.)
 func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed := func(name string, a, b any) {
 		if a != b {
@@ -186,6 +193,11 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("tls", old.TLS, cur.TLS)
 	changed("admin.listen", old.Admin.Listen, cur.Admin.Listen)
 	changed("max_message_size", old.MaxMessageSize, cur.MaxMessageSize)
+	changed("drain_timeout", old.DrainTimeout, cur.DrainTimeout)
+	changed("connect_timeout", old.ConnectTimeout, cur.ConnectTimeout)
+	changed("log_format", old.LogFormat, cur.LogFormat)
+	changed("admin.pprof", old.Admin.Pprof, cur.Admin.Pprof)
+	changed("admin.token_file", old.Admin.TokenFile, cur.Admin.TokenFile)
 }
 
 // Watch reloads when the file's directory changes (editors replace files by rename; a Kubernetes

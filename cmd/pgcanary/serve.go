@@ -128,9 +128,9 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 	return nil
 }
 
-func newLogger(cfg config.Config) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(strings.ToLower(cfg.LogLevel)))
+// newLogger builds the logger; its level is a LevelVar so a reload can change it live.
+func newLogger(cfg config.Config, level *slog.LevelVar) *slog.Logger {
+	setLevel(level, cfg.LogLevel)
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
@@ -138,11 +138,19 @@ func newLogger(cfg config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
+func setLevel(v *slog.LevelVar, name string) {
+	var level slog.Level
+	if level.UnmarshalText([]byte(strings.ToLower(name))) == nil {
+		v.Set(level)
+	}
+}
+
 // serve runs the proxy with the first generation gen; with a loader it also reloads the file when
 // it changes and on SIGHUP.
 func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) error {
 	cfg := *gen.Config
-	log := newLogger(cfg)
+	var level slog.LevelVar
+	log := newLogger(cfg, &level)
 	mode, err := proxy.ParseSSLMode(cfg.UpstreamTLS.SSLMode)
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -188,14 +196,27 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP is always ours: Go's default for it would end the process without a drain.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if loader != nil {
 		reloader := config.NewReloader(loader, &store, log, reloadMetrics)
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
+		reloader.OnSwap = func(g *config.Generation) { setLevel(&level, g.Config.LogLevel) }
 		go func() {
 			if err := reloader.Watch(ctx, hup, 200*time.Millisecond); err != nil {
 				log.Error("configuration watcher stopped; SIGHUP and file changes are no longer picked up", "err", err)
+			}
+		}()
+	} else {
+		go func() {
+			for {
+				select {
+				case <-hup:
+					log.Info("SIGHUP: no configuration file to reload (start with --config to reload)")
+				case <-ctx.Done():
+					return
+				}
 			}
 		}()
 	}
