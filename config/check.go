@@ -506,7 +506,11 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // unquote turns an identifier as written in the config into the catalog's name.
-func unquote(ident string) string {
+func unquote(ident string) string { return UnquoteIdent(ident) }
+
+// UnquoteIdent turns an SQL identifier as written (Users, "Users") into the catalog's spelling
+// (users, Users): quoted keeps its case, unquoted folds to lower case.
+func UnquoteIdent(ident string) string {
 	if strings.HasPrefix(ident, `"`) && strings.HasSuffix(ident, `"`) && len(ident) >= 2 {
 		return strings.ReplaceAll(ident[1:len(ident)-1], `""`, `"`)
 	}

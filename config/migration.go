@@ -178,7 +178,11 @@ func validRelation(s string) error {
 }
 
 // splitQualified splits schema.relation at dots outside double quotes.
-func splitQualified(s string) []string {
+func splitQualified(s string) []string { return SplitOutsideQuotes(s, '.') }
+
+// SplitOutsideQuotes splits s at sep wherever sep is not inside double quotes (SQL identifiers:
+// schema.relation, or a search_path list).
+func SplitOutsideQuotes(s string, sep rune) []string {
 	var parts []string
 	var cur strings.Builder
 	quoted := false
@@ -187,7 +191,7 @@ func splitQualified(s string) []string {
 		case r == '"':
 			quoted = !quoted
 			cur.WriteRune(r)
-		case r == '.' && !quoted:
+		case r == sep && !quoted:
 			parts = append(parts, cur.String())
 			cur.Reset()
 		default:

@@ -82,7 +82,7 @@ func (c *Catalog) mayReference(sql string) bool {
 func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_query.Node, error) {
 	read := map[string]string{}
 	for col, expr := range m.Read {
-		read[unquoteIdent(col)] = expr
+		read[config.UnquoteIdent(col)] = expr
 	}
 	items := make([]string, 0, len(mc.Old.Columns))
 	for _, col := range mc.Old.Columns {
@@ -104,14 +104,6 @@ func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_quer
 		return nil, fmt.Errorf("projection of %s is not a single SELECT", m.Name)
 	}
 	return tree.Stmts[0].Stmt, nil
-}
-
-// unquoteIdent folds an identifier as written in the config to its catalog spelling.
-func unquoteIdent(s string) string {
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		return strings.ReplaceAll(s[1:len(s)-1], `""`, `"`)
-	}
-	return strings.ToLower(s)
 }
 
 // resolve finds the migration whose old relation a reference names, under searchPath.
@@ -139,7 +131,7 @@ func (c *Catalog) resolve(schema, name string, searchPath []string) *Migration {
 func ParseSearchPath(setting, user string) []string {
 	var out []string
 	hasCatalog := false
-	for _, part := range splitList(setting) {
+	for _, part := range config.SplitOutsideQuotes(setting, ',') {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
@@ -148,10 +140,8 @@ func ParseSearchPath(setting, user string) []string {
 		switch {
 		case part == `"$user"` || part == "$user":
 			s = user
-		case len(part) >= 2 && part[0] == '"':
-			s = strings.ReplaceAll(part[1:len(part)-1], `""`, `"`)
 		default:
-			s = strings.ToLower(part)
+			s = config.UnquoteIdent(part)
 		}
 		if s == "pg_catalog" {
 			hasCatalog = true
@@ -162,23 +152,4 @@ func ParseSearchPath(setting, user string) []string {
 		out = append([]string{"pg_catalog"}, out...)
 	}
 	return out
-}
-
-func splitList(s string) []string {
-	var parts []string
-	var cur strings.Builder
-	quoted := false
-	for _, r := range s {
-		switch {
-		case r == '"':
-			quoted = !quoted
-			cur.WriteRune(r)
-		case r == ',' && !quoted:
-			parts = append(parts, cur.String())
-			cur.Reset()
-		default:
-			cur.WriteRune(r)
-		}
-	}
-	return append(parts, cur.String())
 }

@@ -5,12 +5,9 @@ package e2e
 // proxy (file change, SIGHUP, an invalid version kept out).
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -250,71 +247,7 @@ func cfgReplace(t testing.TB, path, content string) {
 // pass --config) and waits until /healthz answers.
 func startServeConfig(t testing.TB, file string) *binProc {
 	t.Helper()
-	bin := pgcanaryBinary(t)
-	cmd := exec.Command(bin, "serve", "--config", file,
-		"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--log-format", "json", "--log-level", "info")
-	pr, pw := io.Pipe()
-	p := &binProc{cmd: cmd, log: &procLog{}, done: make(chan struct{})}
-	cmd.Stderr = pw
-	cmd.Stdout = p.log
-	addrs := make(chan [2]string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			p.log.Write(append(append([]byte(nil), line...), '\n'))
-			var rec struct {
-				Msg    string `json:"msg"`
-				Listen string `json:"listen"`
-				Admin  string `json:"admin"`
-			}
-			if json.Unmarshal(line, &rec) == nil && rec.Msg == "pgcanary serving" {
-				select {
-				case addrs <- [2]string{rec.Listen, rec.Admin}:
-				default:
-				}
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		_ = cmd.Wait()
-		pw.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("pgcanary log:\n%s", p.log.String())
-		}
-	})
-	select {
-	case a := <-addrs:
-		p.listen, p.admin = a[0], a[1]
-	case <-p.done:
-		t.Fatalf("pgcanary exited at start (%v):\n%s", cmd.ProcessState, p.log.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("pgcanary did not report its addresses within 30s:\n%s", p.log.String())
-	}
-	pollUntil(t, 10*time.Second, func() bool {
-		resp, err := http.Get("http://" + p.admin + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, func() string { return "/healthz never answered 200" })
-	return p
+	return startServeArgs(t, "--config", file)
 }
 
 // configMetrics reads the two reload series from /metrics.

@@ -486,12 +486,16 @@ func startServeBinary(t testing.TB, upstream string, drainTimeout time.Duration)
 	if upstream == "" {
 		upstream = cluster.Addr()
 	}
+	return startServeArgs(t, "--upstream", upstream, "--upstream-sslmode", "disable", "--drain-timeout", drainTimeout.String())
+}
+
+// startServeArgs runs `pgcanary serve` on free ports with JSON logs and extra args, and waits
+// until it reports its addresses and /healthz answers.
+func startServeArgs(t testing.TB, extra ...string) *binProc {
+	t.Helper()
 	bin := pgcanaryBinary(t)
-	cmd := exec.Command(bin, "serve",
-		"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--upstream", upstream, "--upstream-sslmode", "disable",
-		"--drain-timeout", drainTimeout.String(),
-		"--log-format", "json", "--log-level", "info")
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}, extra...)
+	cmd := exec.Command(bin, args...)
 	pr, pw := io.Pipe()
 	p := &binProc{cmd: cmd, log: &procLog{}, done: make(chan struct{})}
 	cmd.Stderr = pw
@@ -499,6 +503,7 @@ func startServeBinary(t testing.TB, upstream string, drainTimeout time.Duration)
 	addrs := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Bytes()
 			p.log.Write(append(append([]byte(nil), line...), '\n'))
