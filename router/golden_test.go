@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden with the plan
 // orders.amount_cents (new columns of the same table), plus a same-named users in schema other.
 func testCatalog() *Catalog {
 	col := func(name, typ string) config.Column { return config.Column{Name: name, TypeName: typ, TypeSQL: typ} }
-	users := &config.Relation{OID: 1, Schema: "public", Name: "users", NameSchemas: []string{"other", "public"}, Columns: []config.Column{
+	users := &config.Relation{OID: 1, Schema: "public", Name: "users", PrimaryKey: []string{"id"}, NameSchemas: []string{"other", "public"}, Columns: []config.Column{
 		col("id", "bigint"), col("full_name", "text"), col("email", "text"), col("active", "boolean"),
 		col("tier", "public.user_tier"), col("created_at", "timestamp with time zone"),
 	}}
@@ -26,7 +26,7 @@ func testCatalog() *Catalog {
 		col("id", "bigint"), col("first_name", "text"), col("last_name", "text"), col("email", "text"),
 		col("active", "boolean"), col("tier", "public.user_tier"), col("created_at", "timestamp with time zone"),
 	}}
-	orders := &config.Relation{OID: 3, Schema: "public", Name: "orders", NameSchemas: []string{"public"}, Columns: []config.Column{
+	orders := &config.Relation{OID: 3, Schema: "public", Name: "orders", PrimaryKey: []string{"id"}, NameSchemas: []string{"public"}, Columns: []config.Column{
 		col("id", "integer"), col("user_id", "bigint"), col("amount", "numeric(12,2)"), col("amount_cents", "bigint"), col("status", "public.order_status"),
 	}}
 	gen := &config.Generation{Number: 7, Config: &config.Config{Migrations: []config.Migration{

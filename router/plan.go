@@ -63,6 +63,7 @@ const (
 	ReasonWholeRow        = "whole_row_reference"
 	ReasonQualifiedColumn = "schema_qualified_column"
 	ReasonTableSample     = "tablesample"
+	ReasonGroupByKey      = "group_by_primary_key"
 	ReasonWrites          = "statement_writes"
 	ReasonNoProjection    = "no_read_projection"
 	ReasonDeparse         = "deparse_failed"

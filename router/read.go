@@ -59,9 +59,27 @@ func readBlocker(stmt *pg_query.Node, refs []reference) string {
 	for _, r := range refs {
 		aliases[r.alias] = r.mig
 	}
+	// `alias.*` as a select-list entry expands to the columns, which the projection reproduces.
+	// Anywhere else it is the whole row as one value, typed as the table's row type: a subquery's
+	// row is an anonymous record (pg_typeof, array_agg, column aliases in row_to_json all show it).
+	expanded := map[*pg_query.ColumnRef]bool{}
+	walkNodes(stmt, func(n *pg_query.Node) bool {
+		if sel := n.GetSelectStmt(); sel != nil {
+			for _, t := range sel.TargetList {
+				if cr := t.GetResTarget().GetVal().GetColumnRef(); cr != nil {
+					expanded[cr] = true
+				}
+			}
+		}
+		return true
+	})
 	reason := ""
 	walkNodes(stmt, func(n *pg_query.Node) bool {
 		switch x := n.Node.(type) {
+		case *pg_query.Node_SelectStmt:
+			if groupsByKey(x.SelectStmt, refs) {
+				reason = ReasonGroupByKey
+			}
 		case *pg_query.Node_LockingClause:
 			reason = ReasonLocking
 		case *pg_query.Node_RangeTableSample:
@@ -91,11 +109,119 @@ func readBlocker(stmt *pg_query.Node, refs []reference) string {
 				if _, ok := aliases[names[len(names)-2]]; ok {
 					reason = ReasonQualifiedColumn
 				}
+			case last == "*" && !expanded[x.ColumnRef]:
+				if _, ok := aliases[names[0]]; ok {
+					reason = ReasonWholeRow
+				}
 			}
 		}
 		return reason == ""
 	})
 	return reason
+}
+
+// groupsByKey reports whether sel groups by every primary-key column of a migrated reference and
+// uses another column of it ungrouped. Postgres allows that for a table (the other columns depend
+// functionally on the primary key); a subquery has no primary key, so the rewrite would fail.
+func groupsByKey(sel *pg_query.SelectStmt, refs []reference) bool {
+	if len(sel.GroupClause) == 0 {
+		return false
+	}
+	grouped := map[[2]string]bool{} // {qualifier, column}; qualifier "" when unqualified
+	for _, g := range sel.GroupClause {
+		if cr := g.GetColumnRef(); cr != nil {
+			switch names := columnRefNames(cr); len(names) {
+			case 1:
+				grouped[[2]string{"", names[0]}] = true
+			case 2:
+				grouped[[2]string{names[0], names[1]}] = true
+			}
+		}
+	}
+	isGrouped := func(r reference, col string) bool {
+		return grouped[[2]string{r.alias, col}] || grouped[[2]string{"", col}]
+	}
+	for _, r := range refs {
+		pk := r.mig.Catalog.Old.PrimaryKey
+		if len(pk) == 0 || !allOf(pk, func(col string) bool { return isGrouped(r, col) }) {
+			continue
+		}
+		if usesUngrouped(sel, r, isGrouped) {
+			return true
+		}
+	}
+	return false
+}
+
+// usesUngrouped reports whether sel's output, HAVING or ORDER BY names a column of r that is not
+// grouped, outside aggregate calls and subqueries.
+func usesUngrouped(sel *pg_query.SelectStmt, r reference, isGrouped func(reference, string) bool) bool {
+	found := false
+	visit := func(n *pg_query.Node) bool {
+		switch x := n.Node.(type) {
+		case *pg_query.Node_SubLink, *pg_query.Node_RangeSubselect:
+			return false // another query level
+		case *pg_query.Node_FuncCall:
+			if isAggregateCall(x.FuncCall) {
+				return false
+			}
+		case *pg_query.Node_ColumnRef:
+			names := columnRefNames(x.ColumnRef)
+			var col string
+			switch {
+			case len(names) == 2 && names[0] == r.alias:
+				col = names[1]
+			case len(names) == 1 && r.mig.oldCols[names[0]]:
+				col = names[0]
+			}
+			if col == "*" || (col != "" && !isGrouped(r, col)) {
+				found = true
+			}
+		}
+		return !found
+	}
+	for _, list := range [][]*pg_query.Node{sel.TargetList, sel.SortClause, {sel.HavingClause}} {
+		for _, n := range list {
+			walkPruned(n, visit)
+		}
+	}
+	return found
+}
+
+// aggregates are the built-in aggregate functions; a call with an aggregate-only clause (ORDER BY
+// inside, FILTER, DISTINCT, *, WITHIN GROUP) is one whatever its name. An unknown aggregate is
+// taken for a plain function: the read is then declined, never wrongly rewritten.
+var aggregates = map[string]bool{
+	"count": true, "sum": true, "avg": true, "min": true, "max": true, "array_agg": true, "string_agg": true,
+	"bool_and": true, "bool_or": true, "every": true, "bit_and": true, "bit_or": true, "bit_xor": true,
+	"json_agg": true, "jsonb_agg": true, "json_object_agg": true, "jsonb_object_agg": true, "xmlagg": true,
+	"stddev": true, "stddev_pop": true, "stddev_samp": true, "variance": true, "var_pop": true, "var_samp": true,
+	"corr": true, "covar_pop": true, "covar_samp": true, "regr_avgx": true, "regr_avgy": true, "regr_count": true,
+	"regr_intercept": true, "regr_r2": true, "regr_slope": true, "regr_sxx": true, "regr_sxy": true, "regr_syy": true,
+	"percentile_cont": true, "percentile_disc": true, "mode": true, "range_agg": true, "range_intersect_agg": true,
+}
+
+func isAggregateCall(fc *pg_query.FuncCall) bool {
+	if fc.Over != nil {
+		return false // a window function: its arguments follow the grouping rules
+	}
+	if fc.AggStar || fc.AggDistinct || fc.AggFilter != nil || len(fc.AggOrder) > 0 || fc.AggWithinGroup {
+		return true
+	}
+	if len(fc.Funcname) == 0 {
+		return false
+	}
+	name := fc.Funcname[len(fc.Funcname)-1].GetString_().GetSval()
+	return aggregates[name]
+}
+
+func allOf(items []string, ok func(string) bool) bool {
+	for _, it := range items {
+		if !ok(it) {
+			return false
+		}
+	}
+	return true
 }
 
 // columnRefNames returns a column reference's name parts, "*" for a star.

@@ -12,6 +12,12 @@ func walkNodes(root *pg_query.Node, visit func(*pg_query.Node) bool) {
 	w.node(root, nil)
 }
 
+// walkPruned is walkNodes where visit returning false skips that node's subtree and goes on.
+func walkPruned(root *pg_query.Node, visit func(*pg_query.Node) bool) {
+	w := &walker{visit: func(n *pg_query.Node, _ *scope) bool { return visit(n) }, prune: true}
+	w.node(root, nil)
+}
+
 // scope is the chain of CTE names visible at a point of a statement: a CTE shadows a table of the
 // same name within the statement that declares it.
 type scope struct {
@@ -35,6 +41,7 @@ type walker struct {
 	// target, when set, sees relations named directly rather than through a Node: the targets of
 	// INSERT, UPDATE, DELETE and MERGE, and SELECT INTO's new table.
 	target  func(*pg_query.RangeVar, *scope)
+	prune   bool // visit returning false skips the subtree instead of ending the walk
 	stopped bool
 }
 
@@ -43,7 +50,7 @@ func (w *walker) node(n *pg_query.Node, sc *scope) {
 		return
 	}
 	if !w.visit(n, sc) {
-		w.stopped = true
+		w.stopped = !w.prune
 		return
 	}
 	if n.Node == nil || n.GetRangeVar() != nil {
