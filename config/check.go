@@ -532,3 +532,6 @@ func unquotedMap(m map[string]string) map[string]string {
 	}
 	return out
 }
+
+// UnquoteAllIdents applies UnquoteIdent to each identifier.
+func UnquoteAllIdents(idents []string) []string { return unquoteAll(idents) }

@@ -15,6 +15,7 @@ import (
 type Catalog struct {
 	Generation int64
 	byOld      map[relName]*Migration
+	byNew      map[relName]*Migration // new relations of new-table migrations (reverse mirroring)
 	// schemasOf lists, for each migrated relation name, the schemas holding a relation of that
 	// name: enough to resolve an unqualified reference under any search_path.
 	schemasOf map[string][]string
@@ -34,12 +35,19 @@ type Migration struct {
 	// once; each use clones it. nil when it could not be built (projErr says why).
 	projection *pg_query.Node
 	projErr    error
+	// writeExprs and readExprs are the maps' expressions (implied same-named copies included),
+	// parsed once: target column → expression node over the source row.
+	writeExprs, readExprs map[string]*pg_query.Node
+	exprErr               error
 }
+
+// SameTable reports whether the migration adds columns to its old relation.
+func (m *Migration) SameTable() bool { return m.Catalog.Old.OID == m.Catalog.New.OID }
 
 // NewCatalog builds the planner's catalog for a generation. A migration whose projection cannot be
 // built is kept (its writes can still be recognised) and its reads are never rewritten.
 func NewCatalog(gen *config.Generation) *Catalog {
-	c := &Catalog{Generation: gen.Number, byOld: map[relName]*Migration{}, schemasOf: map[string][]string{}}
+	c := &Catalog{Generation: gen.Number, byOld: map[relName]*Migration{}, byNew: map[relName]*Migration{}, schemasOf: map[string][]string{}}
 	for i := range gen.Config.Migrations {
 		m := &gen.Config.Migrations[i]
 		mc, ok := gen.Catalog[m.Name]
@@ -51,8 +59,13 @@ func NewCatalog(gen *config.Generation) *Catalog {
 			mig.oldCols[col.Name] = true
 		}
 		mig.projection, mig.projErr = buildProjection(m, mc)
+		mig.writeExprs, mig.readExprs, mig.exprErr = parseMaps(m, mc)
 		c.byOld[relName{mc.Old.Schema, mc.Old.Name}] = mig
 		c.schemasOf[mc.Old.Name] = mc.Old.NameSchemas
+		if !mig.SameTable() {
+			c.byNew[relName{mc.New.Schema, mc.New.Name}] = mig
+			c.schemasOf[mc.New.Name] = mc.New.NameSchemas
+		}
 		c.names = append(c.names, strings.ToLower(mc.Old.Name), strings.ToLower(mc.New.Name))
 	}
 	return c
@@ -108,21 +121,102 @@ func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_quer
 
 // resolve finds the migration whose old relation a reference names, under searchPath.
 func (c *Catalog) resolve(schema, name string, searchPath []string) *Migration {
-	if schema != "" {
-		return c.byOld[relName{schema, name}]
+	if rel, ok := c.lookup(schema, name, searchPath); ok {
+		return c.byOld[rel]
 	}
-	schemas, migrated := c.schemasOf[name]
-	if !migrated {
-		return nil
+	return nil
+}
+
+// resolveNew finds the new-table migration whose new relation a write target names.
+func (c *Catalog) resolveNew(schema, name string, searchPath []string) *Migration {
+	if rel, ok := c.lookup(schema, name, searchPath); ok {
+		return c.byNew[rel]
+	}
+	return nil
+}
+
+// lookup resolves a possibly unqualified relation name among the names the catalog knows.
+func (c *Catalog) lookup(schema, name string, searchPath []string) (relName, bool) {
+	if schema != "" {
+		return relName{schema, name}, true
+	}
+	schemas, known := c.schemasOf[name]
+	if !known {
+		return relName{}, false
 	}
 	for _, s := range searchPath {
 		for _, have := range schemas {
 			if have == s {
-				return c.byOld[relName{s, name}] // the first schema with the name wins, migrated or not
+				return relName{s, name}, true // the first schema with the name wins, migrated or not
 			}
 		}
 	}
-	return nil
+	return relName{}, false
+}
+
+// parseMaps parses every write and read expression, implied same-named copies included.
+func parseMaps(m *config.Migration, mc *config.MigrationCatalog) (write, read map[string]*pg_query.Node, err error) {
+	write, read = map[string]*pg_query.Node{}, map[string]*pg_query.Node{}
+	parse := func(expr string) (*pg_query.Node, error) {
+		tree, err := pg_query.Parse("SELECT (" + expr + ")")
+		if err != nil {
+			return nil, err
+		}
+		sel := tree.Stmts[0].Stmt.GetSelectStmt()
+		if len(tree.Stmts) != 1 || sel == nil || len(sel.TargetList) != 1 {
+			return nil, fmt.Errorf("%q is not one expression", expr)
+		}
+		return sel.TargetList[0].GetResTarget().Val, nil
+	}
+	fill := func(dst map[string]*pg_query.Node, exprs map[string]string, target, source *config.Relation) error {
+		given := map[string]string{}
+		for col, e := range exprs {
+			given[config.UnquoteIdent(col)] = e
+		}
+		for _, col := range target.Columns {
+			if col.Generated {
+				continue
+			}
+			expr, ok := given[col.Name]
+			if !ok {
+				if _, same := source.Column(col.Name); !same {
+					continue // filled by its default
+				}
+				expr = pgx.Identifier{col.Name}.Sanitize()
+			}
+			n, err := parse(expr)
+			if err != nil {
+				return fmt.Errorf("%s: %w", col.Name, err)
+			}
+			dst[col.Name] = n
+		}
+		return nil
+	}
+	if mc.Old.OID == mc.New.OID {
+		// Same table: only the listed expressions; every other column is itself.
+		for col, e := range m.Write {
+			n, err := parse(e)
+			if err != nil {
+				return nil, nil, err
+			}
+			write[config.UnquoteIdent(col)] = n
+		}
+		for col, e := range m.Read {
+			n, err := parse(e)
+			if err != nil {
+				return nil, nil, err
+			}
+			read[config.UnquoteIdent(col)] = n
+		}
+		return write, read, nil
+	}
+	if err := fill(write, m.Write, mc.New, mc.Old); err != nil {
+		return nil, nil, fmt.Errorf("write map: %w", err)
+	}
+	if err := fill(read, m.Read, mc.Old, mc.New); err != nil {
+		return nil, nil, fmt.Errorf("read map: %w", err)
+	}
+	return write, read, nil
 }
 
 // ParseSearchPath turns a search_path setting ("$user", public) into schema names, with

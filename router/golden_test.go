@@ -105,6 +105,15 @@ func describe(p *Plan) string {
 			}
 			fmt.Fprintf(&b, "read: %s\n", st.Read.SQL)
 		}
+		for _, u := range st.Unmirrored {
+			fmt.Fprintf(&b, "unmirrored %s: %s\n", u.Migration, u.Reason)
+		}
+		if w := st.Write; w != nil {
+			if _, err := pg_query.Parse(w.SQL); err != nil {
+				fmt.Fprintf(&b, "WRITE FORM DOES NOT PARSE: %v\n", err)
+			}
+			fmt.Fprintf(&b, "write %s %s %s count_only=%v: %s\n", w.Strategy, w.Direction, w.Verb, w.CountOnly, w.SQL)
+		}
 	}
 	return strings.TrimSpace(b.String())
 }

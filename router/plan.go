@@ -42,6 +42,10 @@ type StatementPlan struct {
 	Read *ReadForm
 	// Unrewritten says, per migration, why a statement touching it keeps only its old form.
 	Unrewritten []Unrewritten
+	// Write is the mirrored form of a write to a migrated relation with mirror on.
+	Write *WriteForm
+	// Unmirrored says why a write to a migrated relation passes through without its mirror.
+	Unmirrored []Unrewritten
 }
 
 // ReadForm is a read rewritten to take the listed migrations from their new shape.

@@ -62,6 +62,9 @@ func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
 		for _, u := range st.Unrewritten {
 			p.metrics.Unrewritten(u.Migration, u.Reason)
 		}
+		for _, u := range st.Unmirrored {
+			p.metrics.Unrewritten(u.Migration, u.Reason)
+		}
 	}
 	p.cache.Add(key, plan)
 	return plan
@@ -101,7 +104,23 @@ func statementText(sql string, raw *pg_query.RawStmt) string {
 
 func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_query.RawStmt, text string) *StatementPlan {
 	st := &StatementPlan{Kind: classify(raw.Stmt), SQL: text}
+	if tr := raw.Stmt.GetTruncateStmt(); tr != nil {
+		planTruncate(cat, searchPath, version, raw.Stmt, tr, st)
+		return st
+	}
+	if cp := raw.Stmt.GetCopyStmt(); cp != nil && cp.IsFrom && cp.Relation != nil {
+		if t := resolveTarget(cat, cp.Relation, searchPath); t.mig != nil && t.mig.Config.Mirrors() {
+			st.Migrations = []string{t.mig.Name}
+			st.Unmirrored = append(st.Unmirrored, Unrewritten{Migration: t.mig.Name, Reason: ReasonCopy})
+		}
+		return st
+	}
 	refs := findReferences(raw.Stmt, cat, searchPath)
+	if st.Kind == KindWrite {
+		planWrite(cat, searchPath, version, raw.Stmt, st)
+		st.Migrations = mergeNames(migrationNames(refs), st)
+		return st
+	}
 	if len(refs) == 0 {
 		return st
 	}
@@ -115,7 +134,8 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	switch st.Kind {
 	case KindRead:
 	case KindWrite:
-		return unrewritten(ReasonWrites) // the mirrored write form is planned separately
+		planWrite(cat, searchPath, version, raw.Stmt, st)
+		return st
 	default:
 		return st
 	}
@@ -128,7 +148,7 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		return unrewritten(reason)
 	}
 	rewriteRead(refs)
-	out, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
+	out, err := deparse(version, raw.Stmt)
 	if err != nil {
 		return unrewritten(ReasonDeparse)
 	}
@@ -136,8 +156,40 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	return st
 }
 
+// deparse renders a statement and proves the text parses again: pg_query's deparser has corners
+// (an invalid $0 comes out as "?") where the client's own text must be kept instead.
+func deparse(version int32, stmt *pg_query.Node) (string, error) {
+	out, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: stmt}}})
+	if err != nil {
+		return "", err
+	}
+	if _, err := pg_query.Parse(out); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
 type nopMetrics struct{}
 
 func (nopMetrics) PlanCacheHit()                   {}
 func (nopMetrics) PlanCacheMiss()                  {}
 func (nopMetrics) Unrewritten(migration, r string) {}
+
+// mergeNames adds the migrations a write's form or reasons name to the read references' list.
+func mergeNames(names []string, st *StatementPlan) []string {
+	add := func(n string) {
+		for _, have := range names {
+			if have == n {
+				return
+			}
+		}
+		names = append(names, n)
+	}
+	if st.Write != nil {
+		add(st.Write.Migration)
+	}
+	for _, u := range st.Unmirrored {
+		add(u.Migration)
+	}
+	return names
+}

@@ -79,13 +79,18 @@ func BenchmarkPlanMiss(b *testing.B) {
 	}
 }
 
-// FuzzPlanner: any SQL never panics the planner, and every form it produces parses.
+// FuzzPlanner: any SQL never panics the planner, and every form it produces (read and write)
+// parses. Run longer with: go test ./router -run XXX -fuzz FuzzPlanner -fuzztime 5m
 func FuzzPlanner(f *testing.F) {
 	for _, s := range []string{
 		"SELECT * FROM users", "SELECT full_name FROM users u WHERE u.id = $1",
 		"WITH users AS (SELECT 1) SELECT * FROM users", "SELECT 1; SELECT * FROM orders",
 		"INSERT INTO users VALUES (1)", "SELECT * FROM users FOR UPDATE", "", ";;", "SELECT (",
 		"SELECT * FROM users u, LATERAL (SELECT * FROM orders o WHERE o.user_id = u.id) x",
+		"INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id", "UPDATE users u SET email = $1 WHERE u.id = $2",
+		"DELETE FROM users_v2 WHERE id = 1 RETURNING *", "UPDATE orders SET amount = amount + 1 WHERE id = 2",
+		"INSERT INTO orders (user_id, amount) VALUES (1, 2), (3, 4) ON CONFLICT (id) DO UPDATE SET amount = EXCLUDED.amount",
+		"INSERT INTO orders VALUES (1, 2, 3)", "TRUNCATE users, orders", `INSERT INTO users AS "we""ird" (full_name) VALUES ('a')`,
 	} {
 		f.Add(s)
 	}
@@ -94,11 +99,15 @@ func FuzzPlanner(f *testing.F) {
 	f.Fuzz(func(t *testing.T, sql string) {
 		plan := build(cat, sp, sql)
 		for _, st := range plan.Statements {
-			if st.Read == nil {
-				continue
+			if st.Read != nil {
+				if _, err := pg_query.Parse(st.Read.SQL); err != nil {
+					t.Fatalf("read form of %q does not parse: %v\n%s", sql, err, st.Read.SQL)
+				}
 			}
-			if _, err := pg_query.Parse(st.Read.SQL); err != nil {
-				t.Fatalf("read form of %q does not parse: %v\n%s", sql, err, st.Read.SQL)
+			if st.Write != nil {
+				if _, err := pg_query.Parse(st.Write.SQL); err != nil {
+					t.Fatalf("write form of %q does not parse: %v\n%s", sql, err, st.Write.SQL)
+				}
 			}
 		}
 	})
