@@ -19,6 +19,8 @@ type Relation struct {
 	// the primary key is also among UniqueKeys.
 	PrimaryKey []string
 	UniqueKeys [][]string
+	// ReferencedBy lists the relations (schema.name) with a foreign key to this one.
+	ReferencedBy []string
 	// NameSchemas lists every schema holding a relation of this name, so a planner can resolve an
 	// unqualified reference under a session's search_path as Postgres would.
 	NameSchemas []string
@@ -161,6 +163,12 @@ func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, 
 		from pg_class c join pg_namespace n on n.oid = c.relnamespace
 		where c.relname = $1 and c.relkind in ('r', 'p', 'v', 'm', 'f')`, rel.Name).Scan(&rel.NameSchemas); err != nil {
 		return nil, fmt.Errorf("read relations named %s: %w", rel.Name, err)
+	}
+	if err := conn.QueryRow(ctx, `
+		select coalesce(array_agg(distinct n.nspname || '.' || c.relname), '{}')
+		from pg_constraint k join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+		where k.contype = 'f' and k.confrelid = $1 and k.conrelid <> $1`, rel.OID).Scan(&rel.ReferencedBy); err != nil {
+		return nil, fmt.Errorf("read foreign keys to %s: %w", name, err)
 	}
 	rows, err = conn.Query(ctx, `
 		select i.indisprimary,

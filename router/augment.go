@@ -6,6 +6,8 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/pgcanary/pgcanary/config"
 )
 
 // augment rewrites a write to a same-table migration so that it also sets the columns the other
@@ -136,7 +138,15 @@ func augmentSet(mig *Migration, list *[]*pg_query.Node) (bool, string) {
 		if !touches {
 			continue
 		}
-		expr := substitute(exprs[col], assigned)
+		// Each assigned value enters the derivation as the column stores it: cast to the column's
+		// type, so a parameter gets one type and a float is rounded to numeric(12,2) first.
+		typed := map[string]*pg_query.Node{}
+		for c, v := range assigned {
+			if rc, ok := mig.Catalog.Old.Column(c); ok {
+				typed[c] = castTo(proto.Clone(v).(*pg_query.Node), rc.TypeSQL)
+			}
+		}
+		expr := substitute(exprs[col], typed)
 		*list = append(*list, &pg_query.Node{Node: &pg_query.Node_ResTarget{ResTarget: &pg_query.ResTarget{Name: col, Val: expr}}})
 		changed = true
 	}
@@ -203,18 +213,68 @@ func augmentInsert(mig *Migration, ins *pg_query.InsertStmt) (bool, string) {
 		return false, ""
 	}
 	if len(sel.ValuesLists) > 0 {
-		for _, row := range sel.ValuesLists {
-			items := row.GetList().GetItems()
-			for i, item := range items {
-				if item.GetSetToDefault() != nil {
-					return false, ReasonDefaultValue
-				}
-				col, _ := rel.Column(cols[i])
-				items[i] = castTo(item, col.TypeSQL)
-			}
+		return augmentValues(mig, ins, sel, cols, derived, exprs)
+	}
+	return augmentSelect(mig, ins, sel, cols, derived, exprs)
+}
+
+// augmentValues adds the derived columns to each VALUES row, computed from that row's own values
+// (cast to their columns' types). The client's values stay where they were, assigned as before; a
+// value a derivation reads is evaluated twice, so it must not be volatile or DEFAULT.
+func augmentValues(mig *Migration, ins *pg_query.InsertStmt, sel *pg_query.SelectStmt, cols, derived []string, exprs map[string]*pg_query.Node) (bool, string) {
+	read := map[string]bool{}
+	for _, d := range derived {
+		for c := range columnsRead(exprs[d]) {
+			read[c] = true
 		}
 	}
-	// The wrapper: generated text, then the client's rows grafted in as its FROM subquery.
+	for _, row := range sel.ValuesLists {
+		items := row.GetList().GetItems()
+		values := map[string]*pg_query.Node{}
+		for i, item := range items {
+			if !read[cols[i]] {
+				continue
+			}
+			if item.GetSetToDefault() != nil {
+				return false, ReasonDefaultValue
+			}
+			if isVolatile(item) {
+				return false, ReasonVolatile
+			}
+			col, _ := mig.Catalog.Old.Column(cols[i])
+			values[cols[i]] = castTo(proto.Clone(item).(*pg_query.Node), col.TypeSQL)
+		}
+		for _, d := range derived {
+			items = append(items, substitute(exprs[d], values))
+		}
+		row.GetList().Items = items
+	}
+	setInsertCols(ins, append(cols, derived...))
+	return true, ""
+}
+
+// augmentSelect computes INSERT ... SELECT rows once, in a subquery, and the derived columns from
+// them:
+//
+//	INSERT INTO t (a, b, derived) SELECT pgcanary_v.a, pgcanary_v.b, <expr over pgcanary_v>
+//	FROM (<the client's SELECT, each output cast to its column's type>) AS pgcanary_v(a, b)
+//
+// The casts keep untyped literals and parameters typed as the columns (in a subquery they would
+// resolve to text).
+func augmentSelect(mig *Migration, ins *pg_query.InsertStmt, sel *pg_query.SelectStmt, cols, derived []string, exprs map[string]*pg_query.Node) (bool, string) {
+	if sel.Op != pg_query.SetOperation_SET_OPERATION_UNDEFINED && sel.Op != pg_query.SetOperation_SETOP_NONE {
+		return false, ReasonInsertSelectShape
+	}
+	for i, t := range sel.TargetList {
+		rt := t.GetResTarget()
+		if cr := rt.GetVal().GetColumnRef(); cr != nil {
+			if names := columnRefNames(cr); names[len(names)-1] == "*" {
+				return false, ReasonInsertSelectShape
+			}
+		}
+		col, _ := mig.Catalog.Old.Column(cols[i])
+		rt.Val = castTo(rt.Val, col.TypeSQL)
+	}
 	targets := make([]string, 0, len(cols)+len(derived))
 	for _, c := range cols {
 		targets = append(targets, valuesRel+"."+ident(c))
@@ -233,11 +293,15 @@ func augmentInsert(mig *Migration, ins *pg_query.InsertStmt) (bool, string) {
 		ws.TargetList[len(cols)+i].GetResTarget().Val = substitute(exprs[col], refs)
 	}
 	ins.SelectStmt = wrapper
+	setInsertCols(ins, append(cols, derived...))
+	return true, ""
+}
+
+func setInsertCols(ins *pg_query.InsertStmt, cols []string) {
 	ins.Cols = nil
-	for _, c := range append(cols, derived...) {
+	for _, c := range cols {
 		ins.Cols = append(ins.Cols, &pg_query.Node{Node: &pg_query.Node_ResTarget{ResTarget: &pg_query.ResTarget{Name: c}}})
 	}
-	return true, ""
 }
 
 // castTo wraps an inserted value in a cast to its column's type: moved into a subquery, an
@@ -320,6 +384,7 @@ func sortedKeys(m map[string]*pg_query.Node) []string {
 func planTruncate(cat *Catalog, searchPath []string, version int32, stmt *pg_query.Node, tr *pg_query.TruncateStmt, st *StatementPlan) {
 	var add []*pg_query.Node
 	var migs []string
+	dir := "forward"
 	for _, r := range tr.Relations {
 		rv := r.GetRangeVar()
 		if rv == nil {
@@ -332,6 +397,14 @@ func planTruncate(cat *Catalog, searchPath []string, version int32, stmt *pg_que
 		other := t.mig.Catalog.New
 		if t.reverse {
 			other = t.mig.Catalog.Old
+		}
+		if referencedFromOutside(other, tr.Relations, searchPath) {
+			st.Migrations = append(st.Migrations, t.mig.Name)
+			st.Unmirrored = append(st.Unmirrored, Unrewritten{Migration: t.mig.Name, Reason: ReasonTruncateReferenced})
+			return
+		}
+		if t.reverse {
+			dir = "reverse"
 		}
 		add = append(add, &pg_query.Node{Node: &pg_query.Node_RangeVar{RangeVar: &pg_query.RangeVar{
 			Schemaname: other.Schema, Relname: other.Name, Inh: true, Relpersistence: "p"}}})
@@ -349,5 +422,28 @@ func planTruncate(cat *Catalog, searchPath []string, version int32, stmt *pg_que
 		}
 		return
 	}
-	st.Write = &WriteForm{SQL: out, Migration: strings.Join(migs, ","), Direction: "forward", Strategy: "truncate", Verb: "TRUNCATE"}
+	st.Write = &WriteForm{SQL: out, Migration: strings.Join(migs, ","), Direction: dir, Strategy: "truncate", Verb: "TRUNCATE"}
+}
+
+// referencedFromOutside reports whether a foreign key from a relation not being truncated points
+// at rel: adding rel would make the TRUNCATE fail (or, with CASCADE, empty that relation too).
+func referencedFromOutside(rel *config.Relation, list []*pg_query.Node, searchPath []string) bool {
+	listed := map[string]bool{}
+	for _, r := range list {
+		if rv := r.GetRangeVar(); rv != nil {
+			if rv.Schemaname != "" {
+				listed[rv.Schemaname+"."+rv.Relname] = true
+				continue
+			}
+			for _, s := range searchPath {
+				listed[s+"."+rv.Relname] = true // generous: a listed name in any path schema counts
+			}
+		}
+	}
+	for _, ref := range rel.ReferencedBy {
+		if !listed[ref] {
+			return true
+		}
+	}
+	return false
 }

@@ -28,17 +28,19 @@ type WriteForm struct {
 // Reasons a write to a migrated relation passes through unmirrored (verify and repair close the
 // drift it leaves).
 const (
-	ReasonMerge             = "merge"
-	ReasonDataModifyingCTE  = "data_modifying_cte"
-	ReasonKeyUpdate         = "key_update"
-	ReasonReturningWithJoin = "returning_with_join"
-	ReasonVolatile          = "volatile_expression"
-	ReasonDefaultValue      = "default_value"
-	ReasonColumnNotGiven    = "write_map_column_not_given"
-	ReasonMultiAssignment   = "multi_column_assignment"
-	ReasonMapExpression     = "map_expression_invalid"
-	ReasonNameClash         = "cte_name_clash"
-	ReasonCopy              = "copy_from"
+	ReasonMerge              = "merge"
+	ReasonDataModifyingCTE   = "data_modifying_cte"
+	ReasonKeyUpdate          = "key_update"
+	ReasonReturningWithJoin  = "returning_with_join"
+	ReasonVolatile           = "volatile_expression"
+	ReasonDefaultValue       = "default_value"
+	ReasonColumnNotGiven     = "write_map_column_not_given"
+	ReasonMultiAssignment    = "multi_column_assignment"
+	ReasonMapExpression      = "map_expression_invalid"
+	ReasonNameClash          = "cte_name_clash"
+	ReasonCopy               = "copy_from"
+	ReasonInsertSelectShape  = "insert_select_shape"
+	ReasonTruncateReferenced = "truncate_referenced_relation"
 )
 
 const (
@@ -190,6 +192,13 @@ func capture(mig *Migration, t writeTarget, stmt *pg_query.Node) (*WriteForm, st
 	switch s := stmt.Node.(type) {
 	case *pg_query.Node_InsertStmt:
 		verb, with, returning = "INSERT", &s.InsertStmt.WithClause, &s.InsertStmt.ReturningList
+		if oc := s.InsertStmt.OnConflictClause; oc != nil {
+			for _, tgt := range oc.TargetList {
+				if rt := tgt.GetResTarget(); rt != nil && contains(key, rt.Name) {
+					return nil, ReasonKeyUpdate
+				}
+			}
+		}
 	case *pg_query.Node_UpdateStmt:
 		verb, with, returning = "UPDATE", &s.UpdateStmt.WithClause, &s.UpdateStmt.ReturningList
 		if len(s.UpdateStmt.FromClause) > 0 && len(*returning) > 0 {
@@ -216,6 +225,9 @@ func capture(mig *Migration, t writeTarget, stmt *pg_query.Node) (*WriteForm, st
 		}
 	default:
 		return nil, ""
+	}
+	if reason := returningBlocker(*returning, alias); reason != "" {
+		return nil, reason
 	}
 	hoisted := *with
 	*with = nil
@@ -282,6 +294,44 @@ func capture(mig *Migration, t writeTarget, stmt *pg_query.Node) (*WriteForm, st
 	final.GetSelectStmt().WithClause = &pg_query.WithClause{Ctes: ctes, Recursive: recursive}
 	stmt.Node = final.Node
 	return &WriteForm{Migration: mig.Name, Direction: direction, Strategy: "capture", Verb: verb, CountOnly: countOnly}, ""
+}
+
+// returningBlocker says why a RETURNING list cannot be evaluated over the captured rows: a CTE
+// has no system columns, its whole row is a record rather than the table's row type, and a
+// schema-qualified column cannot name it.
+func returningBlocker(list []*pg_query.Node, alias string) string {
+	expanded := map[*pg_query.ColumnRef]bool{}
+	for _, t := range list {
+		if cr := t.GetResTarget().GetVal().GetColumnRef(); cr != nil {
+			expanded[cr] = true
+		}
+	}
+	reason := ""
+	for _, t := range list {
+		walkNodes(t, func(n *pg_query.Node) bool {
+			cr := n.GetColumnRef()
+			if cr == nil {
+				return true
+			}
+			names := columnRefNames(cr)
+			last := names[len(names)-1]
+			switch {
+			case systemColumns[last]:
+				reason = ReasonSystemColumn
+			case len(names) >= 3:
+				reason = ReasonQualifiedColumn
+			case len(names) == 1 && last == alias:
+				reason = ReasonWholeRow
+			case last == "*" && len(names) == 2 && !expanded[cr]:
+				reason = ReasonWholeRow
+			}
+			return reason == ""
+		})
+		if reason != "" {
+			return reason
+		}
+	}
+	return ""
 }
 
 func cte(name string, query *pg_query.Node) *pg_query.Node {
