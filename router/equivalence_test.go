@@ -68,22 +68,30 @@ type corpusQuery struct {
 // loadCorpus reads corpusFile (format in its header).
 func loadCorpus(t *testing.T) []corpusQuery {
 	t.Helper()
-	raw, err := os.ReadFile(corpusFile)
+	var out []corpusQuery
+	for _, e := range corpusEntries(t, corpusFile) {
+		q := corpusQuery{line: e.line}
+		q.sql, q.args = splitArgs(t, corpusFile, e.line, e.text)
+		out = append(out, q)
+	}
+	return out
+}
+
+// corpusEntry is one statement of a corpus file and the line it starts on.
+type corpusEntry struct {
+	line int
+	text string
+}
+
+// corpusEntries splits a corpus file into statements: one per line, or a multi-line block between
+// two lines ";;". Blank lines and comment lines are skipped.
+func corpusEntries(t *testing.T, path string) []corpusEntry {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []corpusQuery
-	add := func(line int, text string) {
-		q := corpusQuery{line: line, sql: strings.TrimSpace(text)}
-		if i := strings.LastIndex(q.sql, "-- args:"); i >= 0 {
-			args, err := parseArgs(q.sql[i+len("-- args:"):])
-			if err != nil {
-				t.Fatalf("%s:%d: %v", corpusFile, line, err)
-			}
-			q.sql, q.args = strings.TrimSpace(q.sql[:i]), args
-		}
-		out = append(out, q)
-	}
+	var out []corpusEntry
 	var block []string
 	blockStart := 0
 	for i, line := range strings.Split(string(raw), "\n") {
@@ -92,19 +100,33 @@ func loadCorpus(t *testing.T) []corpusQuery {
 		case trimmed == ";;" && blockStart == 0:
 			blockStart = i + 2
 		case trimmed == ";;":
-			add(blockStart, strings.Join(block, "\n"))
+			out = append(out, corpusEntry{blockStart, strings.TrimSpace(strings.Join(block, "\n"))})
 			block, blockStart = nil, 0
 		case blockStart != 0:
 			block = append(block, line)
 		case trimmed == "" || strings.HasPrefix(trimmed, "--"):
 		default:
-			add(i+1, trimmed)
+			out = append(out, corpusEntry{i + 1, trimmed})
 		}
 	}
 	if blockStart != 0 {
-		t.Fatalf("%s:%d: multi-line query not closed by ;;", corpusFile, blockStart-1)
+		t.Fatalf("%s:%d: multi-line statement not closed by ;;", path, blockStart-1)
 	}
 	return out
+}
+
+// splitArgs separates a trailing "-- args: ..." comment from a statement and parses it.
+func splitArgs(t *testing.T, path string, line int, sql string) (string, []any) {
+	t.Helper()
+	i := strings.LastIndex(sql, "-- args:")
+	if i < 0 {
+		return sql, nil
+	}
+	args, err := parseArgs(sql[i+len("-- args:"):])
+	if err != nil {
+		t.Fatalf("%s:%d: %v", path, line, err)
+	}
+	return strings.TrimSpace(sql[:i]), args
 }
 
 // parseArgs parses a list such as: 42, 'Ada' into int64 and string values (SQL quoting: a quote

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,44 +71,14 @@ type writeCorpusStmt struct {
 // "-- error: SQLSTATE").
 func loadWriteCorpus(t *testing.T) []writeCorpusStmt {
 	t.Helper()
-	raw, err := os.ReadFile(writeCorpusFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []writeCorpusStmt
-	add := func(line int, text string) {
-		s := writeCorpusStmt{line: line, sql: strings.TrimSpace(text)}
+	for _, e := range corpusEntries(t, writeCorpusFile) {
+		s := writeCorpusStmt{line: e.line, sql: e.text}
 		if i := strings.LastIndex(s.sql, "-- error:"); i >= 0 {
 			s.sql, s.wantErr = strings.TrimSpace(s.sql[:i]), strings.TrimSpace(s.sql[i+len("-- error:"):])
 		}
-		if i := strings.LastIndex(s.sql, "-- args:"); i >= 0 {
-			args, err := parseArgs(s.sql[i+len("-- args:"):])
-			if err != nil {
-				t.Fatalf("%s:%d: %v", writeCorpusFile, line, err)
-			}
-			s.sql, s.args = strings.TrimSpace(s.sql[:i]), args
-		}
+		s.sql, s.args = splitArgs(t, writeCorpusFile, e.line, s.sql)
 		out = append(out, s)
-	}
-	var block []string
-	blockStart := 0
-	for i, line := range strings.Split(string(raw), "\n") {
-		trimmed := strings.TrimSpace(line)
-		switch {
-		case trimmed == ";;" && blockStart == 0:
-			blockStart = i + 2
-		case trimmed == ";;":
-			add(blockStart, strings.Join(block, "\n"))
-			block, blockStart = nil, 0
-		case blockStart != 0:
-			block = append(block, line)
-		case trimmed == "" || strings.HasPrefix(trimmed, "--"):
-		default:
-			add(i+1, trimmed)
-		}
-	}
-	if blockStart != 0 {
-		t.Fatalf("%s:%d: multi-line statement not closed by ;;", writeCorpusFile, blockStart-1)
 	}
 	return out
 }
