@@ -1,5 +1,7 @@
 package proxy
 
+import "github.com/pgcanary/pgcanary/router"
+
 // requestKind names the frontend message that an expected response belongs to.
 type requestKind uint8
 
@@ -41,6 +43,20 @@ func (k requestKind) String() string {
 type expected struct {
 	kind requestKind
 	name string // Parse and Close of a named statement: the statement, committed on success
+	// write is the capture form whose responses the proxy restores (Parse, Describe, Execute);
+	// writes holds one per statement of a simple Query (nil where the statement is untouched).
+	write  *router.WriteForm
+	writes []*router.WriteForm
+	stmt   int   // Query: index of the statement whose responses arrive now
+	count  int64 // rows counted by a capture form's count row
+}
+
+// headRef returns the head entry for in-place updates (a Query's statement index).
+func (q *fifo) headRef() *expected {
+	if q.size == 0 {
+		return nil
+	}
+	return &q.buf[q.head]
 }
 
 // fifo is a growable ring of expected responses. Postgres answers requests strictly in order, so

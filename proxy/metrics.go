@@ -10,6 +10,8 @@ type Metrics interface {
 	UpstreamConnectError()
 	BytesToServer(n int)
 	BytesToClient(n int)
+	MirroredWrite(migration, direction string)
+	UnmirroredWrite(migration, reason string)
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -19,6 +21,8 @@ type PromMetrics struct {
 	connectErrors prometheus.Counter
 	toServer      prometheus.Counter
 	toClient      prometheus.Counter
+	mirrored      *prometheus.CounterVec
+	unmirrored    *prometheus.CounterVec
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -43,8 +47,16 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 		// Bound once: the hot path adds to a counter without a label lookup.
 		toServer: bytes.WithLabelValues("client_to_server"),
 		toClient: bytes.WithLabelValues("server_to_client"),
+		mirrored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgcanary_mirrored_writes_total",
+			Help: "Writes sent in their mirrored form (both shapes change in one statement), by direction.",
+		}, []string{"migration", "direction"}),
+		unmirrored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgcanary_unmirrored_writes_total",
+			Help: "Writes to a migrated relation passed through without their mirror, by reason.",
+		}, []string{"migration", "reason"}),
 	}
-	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes)
+	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored)
 	return m
 }
 
@@ -53,12 +65,20 @@ func (m *PromMetrics) ClientDisconnected()   { m.clients.Dec() }
 func (m *PromMetrics) UpstreamConnectError() { m.connectErrors.Inc() }
 func (m *PromMetrics) BytesToServer(n int)   { m.toServer.Add(float64(n)) }
 func (m *PromMetrics) BytesToClient(n int)   { m.toClient.Add(float64(n)) }
+func (m *PromMetrics) MirroredWrite(migration, direction string) {
+	m.mirrored.WithLabelValues(migration, direction).Inc()
+}
+func (m *PromMetrics) UnmirroredWrite(migration, reason string) {
+	m.unmirrored.WithLabelValues(migration, reason).Inc()
+}
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
 
-func (nopMetrics) ClientConnected()      {}
-func (nopMetrics) ClientDisconnected()   {}
-func (nopMetrics) UpstreamConnectError() {}
-func (nopMetrics) BytesToServer(int)     {}
-func (nopMetrics) BytesToClient(int)     {}
+func (nopMetrics) ClientConnected()               {}
+func (nopMetrics) ClientDisconnected()            {}
+func (nopMetrics) UpstreamConnectError()          {}
+func (nopMetrics) BytesToServer(int)              {}
+func (nopMetrics) BytesToClient(int)              {}
+func (nopMetrics) MirroredWrite(string, string)   {}
+func (nopMetrics) UnmirroredWrite(string, string) {}

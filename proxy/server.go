@@ -25,6 +25,9 @@ type Config struct {
 	ConnectTimeout time.Duration // upstream connect and TLS handshake; default 10s
 	Logger         *slog.Logger
 	Metrics        Metrics
+	// Planner, when set, plans the statements of sessions: writes to migrated relations are sent in
+	// their mirrored form. Without one (or while no migration is configured) sessions relay as is.
+	Planner Planner
 }
 
 // Server accepts client connections and relays each to the upstream server.
@@ -36,6 +39,7 @@ type Server struct {
 	connectTimeout time.Duration
 	log            *slog.Logger
 	metrics        Metrics
+	planner        Planner
 	keys           *cancelKeys
 
 	mu       sync.Mutex
@@ -73,6 +77,7 @@ func New(cfg Config) (*Server, error) {
 		connectTimeout: cfg.ConnectTimeout,
 		log:            cfg.Logger,
 		metrics:        cfg.Metrics,
+		planner:        cfg.Planner,
 		keys:           newCancelKeys(),
 		sessions:       make(map[*session]struct{}),
 	}, nil

@@ -12,6 +12,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/pgcanary/pgcanary/router"
 )
 
 const (
@@ -64,16 +66,25 @@ type session struct {
 
 	key       backendKey // the key this client knows us by
 	closeOnce sync.Once
+
+	// Planning state, owned by the client loop.
+	user, searchPath string
+	// plans of the client's prepared statements and portals that have a mirrored form (or a reason
+	// to have none), tracked as the client sends Parse and Bind (Postgres processes them in order,
+	// so a failed Parse fails its Bind too).
+	stmtPlans, portalPlans map[string]*router.StatementPlan
 }
 
 func newSession(srv *Server, client net.Conn) *session {
 	return &session{
-		srv:        srv,
-		client:     client,
-		log:        srv.log.With("client", client.RemoteAddr().String()),
-		statements: make(map[string]struct{}),
-		cout:       make([]byte, 0, 8<<10),
-		sout:       make([]byte, 0, 8<<10),
+		srv:         srv,
+		client:      client,
+		log:         srv.log.With("client", client.RemoteAddr().String()),
+		statements:  make(map[string]struct{}),
+		stmtPlans:   make(map[string]*router.StatementPlan),
+		portalPlans: make(map[string]*router.StatementPlan),
+		cout:        make([]byte, 0, 8<<10),
+		sout:        make([]byte, 0, 8<<10),
 	}
 }
 
@@ -86,6 +97,7 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
+	s.user, s.searchPath = params["user"], searchPathOf(params)
 	if !s.connectUpstream(ctx, startup) {
 		return
 	}
@@ -390,6 +402,10 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 	if typ == 'X' { // Terminate: finish passes it on
 		return errStopPump
 	}
+	entry := expected{kind: kind, name: name}
+	if s.srv.planner != nil {
+		body = s.planMessage(typ, body, &entry)
+	}
 	if kind != 0 {
 		s.mu.Lock()
 		if s.closing {
@@ -402,7 +418,7 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
 			return errStopPump
 		}
-		s.fifo.push(expected{kind: kind, name: name})
+		s.fifo.push(entry)
 		s.mu.Unlock()
 	}
 	s.toServer(typ, body)
@@ -486,7 +502,11 @@ var errClientWrite = errors.New("write to client failed")
 func (s *session) onServerMessage(typ byte, body []byte) error {
 	s.mu.Lock()
 	head, _ := s.fifo.front()
-	switch typ {
+	origTyp := typ
+	if ref := s.fifo.headRef(); ref != nil && (ref.write != nil || ref.writes != nil) {
+		typ, body = restore(ref, typ, body)
+	}
+	switch origTyp {
 	case 'Z':
 		if len(body) == 1 {
 			s.txStatus = body[0]
@@ -504,18 +524,21 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			s.serverFatal = true
 		}
 	}
-	switch effectOf(typ, head.kind) {
+	switch effectOf(origTyp, head.kind) {
 	case effPop:
 		s.fifo.pop()
 	case effPopToSync:
 		s.fifo.pop()
 		s.fifo.skipToSync()
 	}
-	idleDrain := s.draining && typ == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
+	idleDrain := s.draining && origTyp == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
 	if idleDrain {
 		s.closing = true
 	}
 	s.mu.Unlock()
+	if typ == 0 {
+		return nil // consumed by a response transform
+	}
 
 	s.cmu.Lock()
 	s.appendClient(typ, body)

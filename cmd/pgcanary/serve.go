@@ -20,6 +20,7 @@ import (
 	"github.com/pgcanary/pgcanary/admin"
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/proxy"
+	"github.com/pgcanary/pgcanary/router"
 )
 
 func newServeCmd() *cobra.Command {
@@ -173,7 +174,17 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	for _, w := range gen.Warnings {
 		log.Warn(w.String())
 	}
+	var planner proxy.Planner
+	if loader != nil {
+		// With a config file, migrations may appear with any reload: plan against the live store.
+		p, err := router.NewPlanner(10000, router.NewPromMetrics(reg))
+		if err != nil {
+			return err
+		}
+		planner = router.NewLive(&store, p)
+	}
 	srv, err := proxy.New(proxy.Config{
+		Planner:        planner,
 		Listen:         cfg.Listen,
 		Upstream:       proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
 		TLS:            clientTLS,

@@ -30,6 +30,7 @@ type proxyOpts struct {
 	clientTLS  *tls.Config
 	maxMessage int
 	registry   *prometheus.Registry
+	planner    proxy.Planner
 }
 
 // testProxy is a proxy running in-process on a free port.
@@ -63,6 +64,7 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		ConnectTimeout: 5 * time.Second,
 		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Metrics:        proxy.NewPromMetrics(o.registry),
+		Planner:        o.planner,
 	})
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)

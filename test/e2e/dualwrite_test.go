@@ -1,0 +1,263 @@
+package e2e
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgcanary/pgcanary/config"
+	"github.com/pgcanary/pgcanary/router"
+	"github.com/pgcanary/pgcanary/test/pgtest"
+)
+
+// migratedProxy loads examples/schema.sql into a fresh database db, configures both example
+// migrations, and starts a proxy that plans against them. It returns the proxy and a DSN builder.
+func migratedProxy(t *testing.T, db string) (*testProxy, func(user, password string) string) {
+	t.Helper()
+	ctx := testCtx(t)
+	_ = cluster.Exec(ctx, "drop database if exists "+db)
+	if err := cluster.Exec(ctx, "create database "+db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists "+db+" with (force)") })
+	inDB := func(dsn string) string { return strings.Replace(dsn, "/"+pgtest.TestDB+"?", "/"+db+"?", 1) }
+	psql, err := pgtest.FindBin("psql")
+	if err != nil {
+		t.Fatalf("psql is needed to load examples/schema.sql: %v", err)
+	}
+	if out, err := exec.Command(psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "users=300", "-v", "orders=900",
+		"-d", inDB(cluster.DSN(pgtest.SuperUser, "")), "-f", "../../examples/schema.sql").CombinedOutput(); err != nil {
+		t.Fatalf("load schema: %v\n%s", err, out)
+	}
+	yaml := fmt.Sprintf(`
+upstream: %s
+side_dsn: %s
+migrations:
+  - name: users-split-name
+    database: %s
+    old: public.users
+    new: public.users_v2
+    key: [id]
+    write:
+      first_name: split_part(full_name, ' ', 1)
+      last_name: nullif(substr(full_name, length(split_part(full_name, ' ', 1)) + 2), '')
+    read:
+      full_name: concat_ws(' ', first_name, last_name)
+  - name: orders-cents
+    database: %s
+    old: public.orders
+    new: public.orders
+    key: [id]
+    write: {amount_cents: (amount * 100)::bigint}
+    read: {amount: "(amount_cents / 100.0)::numeric(12, 2)"}
+`, cluster.Addr(), inDB(cluster.DSN(pgtest.SuperUser, "")), db, db)
+	cfg, err := config.Parse("dual.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	report, catalog, err := config.Check(ctx, cfg, config.DSNConnector(cfg.SideDSN))
+	if err != nil || report.HasErrors() {
+		t.Fatalf("check: %v\n%v", err, report)
+	}
+	var store config.Store
+	store.Install(&config.Generation{Config: cfg, Catalog: catalog})
+	planner, err := router.NewPlanner(1000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p := startProxy(t, proxyOpts{planner: router.NewLive(&store, planner), registry: reg})
+	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
+}
+
+// assertShapesAgree runs the full-table comparisons: new == write-map(old) both ways, and
+// amount_cents derived from amount on every order.
+func assertShapesAgree(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	var diff int
+	err := conn.QueryRow(testCtx(t), `
+		with wm as (select id, split_part(full_name, ' ', 1) as first_name,
+		                   nullif(substr(full_name, length(split_part(full_name, ' ', 1)) + 2), '') as last_name,
+		                   email, active, tier, birthday, profile, tags, external_id, created_at from users),
+		     nw as (select id, first_name, last_name, email, active, tier, birthday, profile, tags, external_id, created_at from users_v2)
+		select (select count(*) from (select * from wm except all select * from nw) a)
+		     + (select count(*) from (select * from nw except all select * from wm) b)
+		     + (select count(*) from orders where amount_cents is distinct from (amount * 100)::bigint)`).Scan(&diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff != 0 {
+		t.Fatalf("the shapes disagree on %d rows", diff)
+	}
+}
+
+func TestDualWritesPgx(t *testing.T) {
+	_, dsn := migratedProxy(t, "dual_pgx")
+	ctx := testCtx(t)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec} {
+		t.Run(mode.String(), func(t *testing.T) {
+			conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+			email := fmt.Sprintf("dual-%d@example.com", mode)
+			var id int64
+			var created string
+			if err := conn.QueryRow(ctx, "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id, created_at::text", mode, "Ada Byron King", email).Scan(&id, &created); err != nil {
+				t.Fatal(err)
+			}
+			tag, err := conn.Exec(ctx, "UPDATE users SET full_name = $1 WHERE id = $2", mode, "Ada Lovelace", id)
+			if err != nil || tag.String() != "UPDATE 1" {
+				t.Fatalf("update: %v %v", tag, err)
+			}
+			tag, err = conn.Exec(ctx, "INSERT INTO users (full_name, email) VALUES ($1, $2)", mode, "Cher", "x"+email)
+			if err != nil || tag.String() != "INSERT 0 1" {
+				t.Fatalf("insert: %v %v", tag, err)
+			}
+			tag, err = conn.Exec(ctx, "UPDATE orders SET amount = $1 WHERE user_id = $2", mode, "12.34", 5)
+			if err != nil || !strings.HasPrefix(tag.String(), "UPDATE ") || tag.RowsAffected() == 0 {
+				t.Fatalf("orders update: %v %v", tag, err)
+			}
+			tag, err = conn.Exec(ctx, "INSERT INTO orders (user_id, amount) VALUES ($1, $2), ($1, $3)", mode, id, "1.50", 2.25)
+			if err != nil || tag.String() != "INSERT 0 2" {
+				t.Fatalf("orders insert: %v %v", tag, err)
+			}
+			tag, err = conn.Exec(ctx, "DELETE FROM orders WHERE user_id = $1", mode, id)
+			if err != nil || tag.String() != "DELETE 2" {
+				t.Fatalf("orders delete: %v %v", tag, err)
+			}
+			tag, err = conn.Exec(ctx, "DELETE FROM users WHERE email = $1", mode, "x"+email)
+			if err != nil || tag.String() != "DELETE 1" {
+				t.Fatalf("delete: %v %v", tag, err)
+			}
+			var first, last string
+			if err := conn.QueryRow(ctx, "SELECT first_name, last_name FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil || first != "Ada" || last != "Lovelace" {
+				t.Fatalf("users_v2 row: %q %q %v", first, last, err)
+			}
+			assertShapesAgree(t, conn)
+		})
+	}
+}
+
+// TestDualWritesProtocolShapes: multi-statement simple queries, Describe of a mirrored statement,
+// pipelines, transactions and a failing mirror.
+func TestDualWritesProtocolShapes(t *testing.T) {
+	p, dsn := migratedProxy(t, "dual_shapes")
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+
+	// Several statements in one Query: each keeps its own result and tag.
+	results, err := conn.PgConn().Exec(ctx, `UPDATE users SET active = false WHERE id <= 3 -- a trailing comment
+; SELECT 1; INSERT INTO users (full_name, email) VALUES ('Multi Statement', 'multi@example.com') RETURNING full_name; DELETE FROM users WHERE email = 'multi@example.com'`).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags := []string{}
+	for _, r := range results {
+		tags = append(tags, r.CommandTag.String())
+	}
+	if strings.Join(tags, ",") != "UPDATE 3,SELECT 1,INSERT 0 1,DELETE 1" || len(results[0].FieldDescriptions) != 0 ||
+		string(results[2].Rows[0][0]) != "Multi Statement" || results[2].FieldDescriptions[0].Name != "full_name" {
+		t.Fatalf("multi-statement results: %v", tags)
+	}
+
+	// Describe of a mirrored statement without RETURNING answers NoData, as the original would.
+	sd, err := conn.Prepare(ctx, "upd", "UPDATE users SET email = $1 WHERE id = $2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sd.Fields) != 0 || len(sd.ParamOIDs) != 2 {
+		t.Fatalf("describe: %d fields, params %v", len(sd.Fields), sd.ParamOIDs)
+	}
+	for i := range 3 {
+		tag, err := conn.Exec(ctx, "upd", fmt.Sprintf("prepared-%d@example.com", i), 10+i)
+		if err != nil || tag.String() != "UPDATE 1" {
+			t.Fatalf("prepared exec %d: %v %v", i, tag, err)
+		}
+	}
+
+	// A pipeline of mirrored writes before one Sync.
+	batch := &pgx.Batch{}
+	for i := range 20 {
+		batch.Queue("UPDATE users SET full_name = $1 WHERE id = $2", fmt.Sprintf("Batch Name%d", i), 20+i)
+	}
+	batch.Queue("INSERT INTO users (full_name, email) VALUES ('In Batch', 'batch@example.com') RETURNING id")
+	br := conn.SendBatch(ctx, batch)
+	for i := range 20 {
+		if tag, err := br.Exec(); err != nil || tag.String() != "UPDATE 1" {
+			t.Fatalf("batch %d: %v %v", i, tag, err)
+		}
+	}
+	var batchID int64
+	if err := br.QueryRow().Scan(&batchID); err != nil || batchID == 0 {
+		t.Fatalf("batch insert: %v", err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// ROLLBACK undoes both shapes.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE users SET full_name = 'Rolled Back' WHERE id = 50"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM users_v2 WHERE first_name = 'Rolled'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("rolled back mirror visible: %d %v", n, err)
+	}
+
+	// A mirror that fails (a constraint only the new table has) fails the statement: neither
+	// shape changes.
+	if _, err := conn.Exec(ctx, "ALTER TABLE users_v2 ADD CONSTRAINT no_forbidden CHECK (first_name <> 'Forbidden')"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, "INSERT INTO users (full_name, email) VALUES ('Forbidden Name', 'forbidden@example.com')")
+	if pgCode(err) != "23514" {
+		t.Fatalf("failing mirror: %v", err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM users WHERE email = 'forbidden@example.com'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the old shape changed although the mirror failed: %d %v", n, err)
+	}
+	assertShapesAgree(t, conn)
+	if got := gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": "users-split-name", "direction": "forward"}); got < 20 {
+		t.Fatalf("pgcanary_mirrored_writes_total = %v", got)
+	}
+}
+
+func TestDualWritesLibPQAndPsql(t *testing.T) {
+	_, dsn := migratedProxy(t, "dual_pq")
+	ctx := testCtx(t)
+	db, err := sql.Open("postgres", dsn(pgtest.SuperUser, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	res, err := db.ExecContext(ctx, "UPDATE users SET full_name = $1 WHERE id BETWEEN $2 AND $3", "Barbara Liskov", 1, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := res.RowsAffected(); n != 5 {
+		t.Fatalf("lib/pq rows affected %d", n)
+	}
+	var id int64
+	if err := db.QueryRowContext(ctx, "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id", "Radia Perlman", "radia@example.com").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if psql, err := pgtest.FindBin("psql"); err == nil {
+		out, err := exec.Command(psql, "-X", "-c", "UPDATE users SET active = true WHERE id <= 4", "-c", "DELETE FROM users WHERE email = 'radia@example.com'", dsn(pgtest.SuperUser, "")).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "UPDATE 4") || !strings.Contains(string(out), "DELETE 1") {
+			t.Fatalf("psql: %v\n%s", err, out)
+		}
+	}
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	assertShapesAgree(t, conn)
+}
