@@ -5,7 +5,7 @@ BIN := bin/pgcanary
 # Packages that run goroutines concurrently get the race detector (all of ours do).
 RACE_PKGS := ./...
 
-.PHONY: all build test lint unit e2e demo bench deps clean
+.PHONY: all build test lint unit e2e demo bench bench-mirror deps clean
 
 all: build
 
@@ -33,6 +33,10 @@ demo: deps build
 bench: build
 	bash scripts/ensure-postgres.sh --with-pgbouncer
 	PGCANARY_BIN=$(BIN) bash bench/passthrough.sh
+
+# bench-mirror: mirrored UPDATEs through pgcanary vs the same mirror done by a trigger.
+bench-mirror: build deps
+	PGCANARY_BIN=$(BIN) bash bench/mirror.sh
 
 clean:
 	rm -rf bin

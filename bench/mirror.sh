@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# bench/mirror.sh — mirrored writes through pgcanary vs the in-database way (a trigger).
+#
+# Two databases with examples/schema.sql: in one, a row trigger on users mirrors every write into
+# users_v2 through the write map; the other has no trigger and is reached through pgcanary, whose
+# mirrored form (a data-modifying CTE) does the same. pgbench runs the same UPDATE workload on
+# both, interleaved over several rounds, and prints the median TPS and pgcanary/trigger.
+#
+# Usage: bench/mirror.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/cluster.sh
+source scripts/lib/cluster.sh
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+USERS=${USERS:-100000}
+CLIENTS=${CLIENTS:-"1 8"}
+[ "${1:-}" = "--quick" ] && ROUNDS=1 DURATION=3 USERS=20000
+BIN=${PGCANARY_BIN:-bin/pgcanary}
+[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgcanary
+
+TMP=$(mktemp -d /tmp/pgcanary-mirror.XXXXXX)
+chmod 755 "$TMP"
+PGPORT=$(free_port)
+PROXYPORT=$(free_port)
+ADMINPORT=$(free_port)
+PROXY_PID=
+cleanup() {
+	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
+	cluster_stop "$TMP"
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+log() { printf '[mirror %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cluster_start "$TMP" "$PGPORT"
+BINDIR=$(pg_bindir)
+PSQL=$(command -v psql || echo "$BINDIR/psql")
+PGBENCH=$(command -v pgbench || echo "$BINDIR/pgbench")
+psql_db() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d "$@"; }
+
+for db in trig proxied; do
+	psql_db postgres -c "create database $db"
+	psql_db "$db" -v users="$USERS" -v orders=10 -f examples/schema.sql
+done
+log "loaded $USERS users into databases trig and proxied"
+
+# The in-database way: a row trigger doing exactly the write map.
+psql_db trig <<'SQL'
+create function users_mirror() returns trigger language plpgsql as $$
+begin
+  if tg_op = 'DELETE' then
+    delete from users_v2 where id = old.id;
+    return old;
+  end if;
+  insert into users_v2 (id, first_name, last_name, email, active, tier, birthday, profile, tags, external_id, created_at)
+  values (new.id, split_part(new.full_name, ' ', 1),
+          nullif(substr(new.full_name, length(split_part(new.full_name, ' ', 1)) + 2), ''),
+          new.email, new.active, new.tier, new.birthday, new.profile, new.tags, new.external_id, new.created_at)
+  on conflict (id) do update set first_name = excluded.first_name, last_name = excluded.last_name,
+    email = excluded.email, active = excluded.active, tier = excluded.tier, birthday = excluded.birthday,
+    profile = excluded.profile, tags = excluded.tags, external_id = excluded.external_id, created_at = excluded.created_at;
+  return new;
+end $$;
+create trigger users_mirror after insert or update or delete on users for each row execute function users_mirror();
+SQL
+
+cat >"$TMP/pgcanary.yaml" <<YAML
+upstream: 127.0.0.1:$PGPORT
+upstream_tls: {sslmode: disable}
+side_dsn: postgres://postgres@127.0.0.1:$PGPORT/proxied?sslmode=disable
+log_level: warn
+migrations:
+  - name: users-split-name
+    database: proxied
+    old: public.users
+    new: public.users_v2
+    key: [id]
+    write:
+      first_name: split_part(full_name, ' ', 1)
+      last_name: nullif(substr(full_name, length(split_part(full_name, ' ', 1)) + 2), '')
+    read:
+      full_name: concat_ws(' ', first_name, last_name)
+YAML
+"$BIN" serve --config "$TMP/pgcanary.yaml" --listen "127.0.0.1:$PROXYPORT" --admin "127.0.0.1:$ADMINPORT" 2>"$TMP/pgcanary.log" &
+PROXY_PID=$!
+for _ in $(seq 100); do "$BIN" healthcheck --admin "127.0.0.1:$ADMINPORT" >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat >"$TMP/update.sql" <<SQL
+\set id random(1, $USERS)
+UPDATE users SET full_name = 'Name' || :id || ' Last' || (:id % 97) WHERE id = :id;
+SQL
+
+run() { # target clients -> tps
+	local target=$1 c=$2 port=$PGPORT db=trig
+	[ "$target" = pgcanary ] && port=$PROXYPORT db=proxied
+	"$PGBENCH" -n -M prepared -f "$TMP/update.sql" -c "$c" -j "$((c > 1 ? 2 : 1))" -T "$DURATION" \
+		-h 127.0.0.1 -p "$port" -U postgres "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+declare -A results
+for round in $(seq "$ROUNDS"); do
+	for c in $CLIENTS; do
+		order="trigger pgcanary"
+		[ $((round % 2)) -eq 0 ] && order="pgcanary trigger"
+		for target in $order; do
+			tps=$(run "$target" "$c")
+			log "round $round c=$c $target: $tps tps"
+			results[$target.$c]+="$tps "
+		done
+	done
+done
+
+# Both databases must end with users_v2 equal to the write map of users.
+check='select (select count(*) from (select id, split_part(full_name, $$ $$, 1), nullif(substr(full_name, length(split_part(full_name, $$ $$, 1)) + 2), $$$$) from users except select id, first_name, last_name from users_v2) d)'
+for db in trig proxied; do
+	diff=$(psql_db "$db" -At -c "$check")
+	[ "$diff" = 0 ] || { echo "ERROR: $db: users_v2 differs from the write map of users on $diff rows" >&2; exit 1; }
+done
+
+echo
+echo "mirrored UPDATE (pgbench -M prepared, median of $ROUNDS x ${DURATION}s, $USERS users)"
+printf '%-8s %-10s %-10s %s\n' clients trigger pgcanary pgcanary/trigger
+for c in $CLIENTS; do
+	t=$(echo "${results[trigger.$c]}" | tr ' ' '\n' | grep . | median)
+	p=$(echo "${results[pgcanary.$c]}" | tr ' ' '\n' | grep . | median)
+	printf '%-8s %-10.0f %-10.0f %.2f\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)"
+done
+echo "both shapes agree in both databases"
