@@ -68,7 +68,6 @@ const (
 	ReasonQualifiedColumn = "schema_qualified_column"
 	ReasonTableSample     = "tablesample"
 	ReasonGroupByKey      = "group_by_primary_key"
-	ReasonWrites          = "statement_writes"
 	ReasonNoProjection    = "no_read_projection"
 	ReasonDeparse         = "deparse_failed"
 )

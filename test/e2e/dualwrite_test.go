@@ -100,7 +100,7 @@ func assertShapesAgree(t *testing.T, conn *pgx.Conn) {
 func TestDualWritesPgx(t *testing.T) {
 	_, dsn := migratedProxy(t, "dual_pgx")
 	ctx := testCtx(t)
-	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec} {
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec} {
 		t.Run(mode.String(), func(t *testing.T) {
 			conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
 			email := fmt.Sprintf("dual-%d@example.com", mode)
