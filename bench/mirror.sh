@@ -66,24 +66,11 @@ end $$;
 create trigger users_mirror after insert or update or delete on users for each row execute function users_mirror();
 SQL
 
-cat >"$TMP/pgcanary.yaml" <<YAML
-upstream: 127.0.0.1:$PGPORT
-upstream_tls: {sslmode: disable}
-side_dsn: postgres://postgres@127.0.0.1:$PGPORT/proxied?sslmode=disable
-log_level: warn
-migrations:
-  - name: users-split-name
-    database: proxied
-    old: public.users
-    new: public.users_v2
-    key: [id]
-    write:
-      first_name: split_part(full_name, ' ', 1)
-      last_name: nullif(substr(full_name, length(split_part(full_name, ' ', 1)) + 2), '')
-    read:
-      full_name: concat_ws(' ', first_name, last_name)
-YAML
-"$BIN" serve --config "$TMP/pgcanary.yaml" --listen "127.0.0.1:$PROXYPORT" --admin "127.0.0.1:$ADMINPORT" 2>"$TMP/pgcanary.log" &
+# The shipped example configuration, pointed at the proxied database.
+export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT
+export PGCANARY_SIDE_DSN=postgres://postgres@127.0.0.1:$PGPORT/proxied?sslmode=disable
+export PGCANARY_DATABASE=proxied
+"$BIN" serve --config examples/pgcanary.yaml --upstream-sslmode disable --log-level warn --listen "127.0.0.1:$PROXYPORT" --admin "127.0.0.1:$ADMINPORT" 2>"$TMP/pgcanary.log" &
 PROXY_PID=$!
 for _ in $(seq 100); do "$BIN" healthcheck --admin "127.0.0.1:$ADMINPORT" >/dev/null 2>&1 && break; sleep 0.1; done
 

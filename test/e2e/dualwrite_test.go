@@ -35,29 +35,11 @@ func migratedProxy(t *testing.T, db string) (*testProxy, func(user, password str
 		"-d", inDB(cluster.DSN(pgtest.SuperUser, "")), "-f", "../../examples/schema.sql").CombinedOutput(); err != nil {
 		t.Fatalf("load schema: %v\n%s", err, out)
 	}
-	yaml := fmt.Sprintf(`
-upstream: %s
-side_dsn: %s
-migrations:
-  - name: users-split-name
-    database: %s
-    old: public.users
-    new: public.users_v2
-    key: [id]
-    write:
-      first_name: split_part(full_name, ' ', 1)
-      last_name: nullif(substr(full_name, length(split_part(full_name, ' ', 1)) + 2), '')
-    read:
-      full_name: concat_ws(' ', first_name, last_name)
-  - name: orders-cents
-    database: %s
-    old: public.orders
-    new: public.orders
-    key: [id]
-    write: {amount_cents: (amount * 100)::bigint}
-    read: {amount: "(amount_cents / 100.0)::numeric(12, 2)"}
-`, cluster.Addr(), inDB(cluster.DSN(pgtest.SuperUser, "")), db, db)
-	cfg, err := config.Parse("dual.yaml", []byte(yaml))
+	// The shipped example configuration, pointed at this database.
+	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
+	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
+	t.Setenv("PGCANARY_DATABASE", db)
+	cfg, err := config.Load("../../examples/pgcanary.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
