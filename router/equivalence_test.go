@@ -23,7 +23,16 @@ import (
 // The router's tests share one PostgreSQL cluster; only TestReadEquivalence uses it.
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) { pgtest.RunMain(m, pgtest.Options{}, &cluster) }
+func TestMain(m *testing.M) {
+	// Fuzz workers are processes of their own that run only the fuzz target, which needs no
+	// database: starting a cluster in each would waste them (and a killed worker cannot stop it).
+	for _, a := range os.Args[1:] {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			os.Exit(m.Run())
+		}
+	}
+	pgtest.RunMain(m, pgtest.Options{}, &cluster)
+}
 
 const (
 	corpusFile   = "testdata/read_corpus.sql"

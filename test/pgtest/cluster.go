@@ -159,9 +159,15 @@ func startLocal(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 
+	reapOrphans(ctx, run, pgCtl, tempBase(run.asRoot()))
 	tmp, err := os.MkdirTemp(tempBase(run.asRoot()), "pgtest-")
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
+	}
+	// The owner's pid lets a later run reap this cluster if the test process is killed (SIGKILL,
+	// a fuzzer ending its workers, a CI timeout) before it can stop the server itself.
+	if err := os.WriteFile(filepath.Join(tmp, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, fmt.Errorf("record owner: %w", err)
 	}
 	c := &Cluster{
 		Host:    "127.0.0.1",
@@ -818,4 +824,45 @@ func shellJoin(args []string) string {
 		quoted[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
 	return strings.Join(quoted, " ")
+}
+
+// ownerFile, in a cluster's temp dir, holds the pid of the test process that started it.
+const ownerFile = "owner.pid"
+
+// reapOrphans stops and removes clusters whose owning test process no longer exists. Machines are
+// reused between runs, and a killed test process cannot clean up after itself.
+func reapOrphans(ctx context.Context, run runner, pgCtl, base string) {
+	dirs, _ := filepath.Glob(filepath.Join(base, "pgtest-*"))
+	for _, dir := range dirs {
+		raw, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue // not ours, or still being created
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil || pid <= 0 || processAlive(pid) {
+			continue
+		}
+		data := filepath.Join(dir, "data")
+		if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err == nil {
+			_ = run.command(ctx, dir, pgCtl, "stop", "-D", data, "-m", "immediate", "-w").Run()
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// processAlive reports whether pid names a running process (signal 0 checks without sending). A
+// zombie, killed but not yet reaped by its parent, counts as gone.
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // no /proc: trust the signal check
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces: "<pid> (<comm>) <state> ..."
+	if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z'
+	}
+	return true
 }

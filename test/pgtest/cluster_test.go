@@ -7,7 +7,9 @@ import (
 	"errors"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -253,4 +255,35 @@ func redact(dsn string) string {
 		return "(unparsable DSN)"
 	}
 	return u.Redacted()
+}
+
+// TestReapsOrphans: a cluster directory whose owning test process is gone (killed before it could
+// stop its server) is removed by the next Start.
+func TestReapsOrphans(t *testing.T) {
+	if os.Getenv(EnvDSN) != "" {
+		t.Skip("external server: no local clusters to reap")
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	asRoot := os.Geteuid() == 0
+	orphan, err := os.MkdirTemp(tempBase(asRoot), "pgtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan, ownerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start(context.Background(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("orphan %s still there (%v)", orphan, err)
+	}
+	if _, err := os.Stat(c.DataDir); err != nil {
+		t.Fatalf("the new cluster's own dir was reaped: %v", err)
+	}
 }
