@@ -198,6 +198,8 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("log_format", old.LogFormat, cur.LogFormat)
 	changed("admin.pprof", old.Admin.Pprof, cur.Admin.Pprof)
 	changed("admin.token_file", old.Admin.TokenFile, cur.Admin.TokenFile)
+	changed("flags", old.Flags, cur.Flags)
+	changed("routing_key", old.RoutingKey, cur.RoutingKey)
 }
 
 // Watch reloads when the file's directory changes (editors replace files by rename; a Kubernetes

@@ -68,3 +68,13 @@ func TestFIFOGrowsAndWraps(t *testing.T) {
 		t.Fatal("fifo not empty")
 	}
 }
+
+func TestOptionSettings(t *testing.T) {
+	got := optionSettings("-c app.tenant=42 -csearch_path=a,b --statement-timeout=5s -x")
+	if got["app.tenant"] != "42" || got["search_path"] != "a,b" || got["statement_timeout"] != "5s" || len(got) != 3 {
+		t.Fatalf("%v", got)
+	}
+	if sp := searchPathOf(map[string]string{"options": "-c search_path=myschema"}); sp != "myschema" {
+		t.Fatalf("search path %q", sp)
+	}
+}

@@ -12,6 +12,9 @@ type Metrics interface {
 	BytesToClient(n int)
 	MirroredWrite(migration, direction string)
 	UnmirroredWrite(migration, reason string)
+	Statement(migration, kind, route string)
+	ReadPercent(migration string, percent float64)
+	FlagError(migration string)
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -23,6 +26,9 @@ type PromMetrics struct {
 	toClient      prometheus.Counter
 	mirrored      *prometheus.CounterVec
 	unmirrored    *prometheus.CounterVec
+	statements    *prometheus.CounterVec
+	readPercent   *prometheus.GaugeVec
+	flagErrors    *prometheus.CounterVec
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -56,7 +62,19 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 			Help: "Writes to a migrated relation passed through without their mirror, by reason.",
 		}, []string{"migration", "reason"}),
 	}
-	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored)
+	m.statements = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgcanary_statements_total",
+		Help: "Statements touching a migration, by kind and the shape that served them (route old or new).",
+	}, []string{"migration", "kind", "route"})
+	m.readPercent = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgcanary_read_percent",
+		Help: "The read percentage last evaluated for the migration (0 on a flag error).",
+	}, []string{"migration"})
+	m.flagErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgcanary_flag_errors_total",
+		Help: "Flag evaluations that failed (missing flag, wrong type, provider down); they count as 0 %.",
+	}, []string{"migration"})
+	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements, m.readPercent, m.flagErrors)
 	return m
 }
 
@@ -71,14 +89,24 @@ func (m *PromMetrics) MirroredWrite(migration, direction string) {
 func (m *PromMetrics) UnmirroredWrite(migration, reason string) {
 	m.unmirrored.WithLabelValues(migration, reason).Inc()
 }
+func (m *PromMetrics) Statement(migration, kind, route string) {
+	m.statements.WithLabelValues(migration, kind, route).Inc()
+}
+func (m *PromMetrics) ReadPercent(migration string, percent float64) {
+	m.readPercent.WithLabelValues(migration).Set(percent)
+}
+func (m *PromMetrics) FlagError(migration string) { m.flagErrors.WithLabelValues(migration).Inc() }
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
 
-func (nopMetrics) ClientConnected()               {}
-func (nopMetrics) ClientDisconnected()            {}
-func (nopMetrics) UpstreamConnectError()          {}
-func (nopMetrics) BytesToServer(int)              {}
-func (nopMetrics) BytesToClient(int)              {}
-func (nopMetrics) MirroredWrite(string, string)   {}
-func (nopMetrics) UnmirroredWrite(string, string) {}
+func (nopMetrics) ClientConnected()                 {}
+func (nopMetrics) ClientDisconnected()              {}
+func (nopMetrics) UpstreamConnectError()            {}
+func (nopMetrics) BytesToServer(int)                {}
+func (nopMetrics) BytesToClient(int)                {}
+func (nopMetrics) MirroredWrite(string, string)     {}
+func (nopMetrics) UnmirroredWrite(string, string)   {}
+func (nopMetrics) Statement(string, string, string) {}
+func (nopMetrics) ReadPercent(string, float64)      {}
+func (nopMetrics) FlagError(string)                 {}

@@ -27,18 +27,8 @@ func searchPathOf(params map[string]string) string {
 	if sp, ok := params["search_path"]; ok {
 		return sp
 	}
-	opts := strings.Fields(params["options"])
-	for i, o := range opts {
-		for _, prefix := range []string{"-csearch_path=", "--search_path="} {
-			if v, ok := strings.CutPrefix(o, prefix); ok {
-				return v
-			}
-		}
-		if o == "-c" && i+1 < len(opts) {
-			if v, ok := strings.CutPrefix(opts[i+1], "search_path="); ok {
-				return v
-			}
-		}
+	if sp, ok := optionSettings(params["options"])["search_path"]; ok {
+		return sp
 	}
 	return defaultSearchPath
 }
@@ -66,9 +56,16 @@ func (s *session) planQuery(body []byte) ([]byte, []*router.WriteForm) {
 	for i, st := range plan.Statements {
 		s.countPlan(st)
 		texts[i] = st.SQL
-		if st.Write != nil {
+		switch {
+		case st.Write != nil:
 			texts[i], changed = st.Write.SQL, true
 			forms[i] = captureOf(st)
+		case st.Read != nil:
+			routed := s.routeNew(st.Read, st.SQL)
+			s.countRead(st.Read, routed)
+			if routed {
+				texts[i], changed = st.Read.SQL, true
+			}
 		}
 	}
 	if !changed {
@@ -91,6 +88,21 @@ func (s *session) planParse(body []byte) ([]byte, *router.StatementPlan) {
 		return body, nil
 	}
 	st := plan.Statements[0]
+	if st.Read != nil && msg.Name == "" {
+		// An unnamed statement is executed right after it is parsed: route it now. (A named
+		// statement keeps its old form: per-execution variants are not built yet.)
+		routed := s.routeNew(st.Read, st.SQL)
+		s.countRead(st.Read, routed)
+		if !routed {
+			return body, nil
+		}
+		msg.Query = st.Read.SQL
+		out, err := msg.Encode(nil)
+		if err != nil {
+			return body, nil
+		}
+		return out[headerLen:], nil
+	}
 	if st.Write == nil {
 		if len(st.Unmirrored) > 0 {
 			return body, st

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/pgcanary/pgcanary/flags"
 )
 
 // DefaultMaxMessageSize matches Postgres's own limit on a client message (PQ_LARGE_MESSAGE_LIMIT
@@ -28,6 +30,12 @@ type Config struct {
 	// Planner, when set, plans the statements of sessions: writes to migrated relations are sent in
 	// their mirrored form. Without one (or while no migration is configured) sessions relay as is.
 	Planner Planner
+	// Flags evaluates each migration's read-percent flag for routed reads; nil reads everything
+	// from the old shape.
+	Flags flags.Source
+	// RoutingKey is the config's routing_key: session (default), statement, user,
+	// application_name, client_addr, startup:<param> or comment:<key>.
+	RoutingKey string
 }
 
 // Server accepts client connections and relays each to the upstream server.
@@ -40,6 +48,8 @@ type Server struct {
 	log            *slog.Logger
 	metrics        Metrics
 	planner        Planner
+	flags          flags.Source
+	routingKey     string
 	keys           *cancelKeys
 
 	mu       sync.Mutex
@@ -78,6 +88,8 @@ func New(cfg Config) (*Server, error) {
 		log:            cfg.Logger,
 		metrics:        cfg.Metrics,
 		planner:        cfg.Planner,
+		flags:          cfg.Flags,
+		routingKey:     cfg.RoutingKey,
 		keys:           newCancelKeys(),
 		sessions:       make(map[*session]struct{}),
 	}, nil

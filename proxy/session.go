@@ -69,6 +69,8 @@ type session struct {
 
 	// Planning state, owned by the client loop.
 	user, searchPath string
+	route            routing
+	appName          string // application_name, from startup and ParameterStatus; guarded by mu
 	// plans of the client's prepared statements and portals that have a mirrored form (or a reason
 	// to have none), tracked as the client sends Parse and Bind (Postgres processes them in order,
 	// so a failed Parse fails its Bind too).
@@ -98,6 +100,8 @@ func (s *session) run(ctx context.Context) {
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
 	s.user, s.searchPath = params["user"], searchPathOf(params)
+	s.route = newRouting(s.srv.routingKey, params, s.client.RemoteAddr())
+	s.appName = params["application_name"]
 	if !s.connectUpstream(ctx, startup) {
 		return
 	}
@@ -507,6 +511,12 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		typ, body = restore(ref, typ, body)
 	}
 	switch origTyp {
+	case 'S': // ParameterStatus: the session's application_name feeds routing
+		if name, rest, ok := cstring(body); ok && string(name) == "application_name" {
+			if v, _, ok := cstring(rest); ok {
+				s.appName = string(v)
+			}
+		}
 	case 'Z':
 		if len(body) == 1 {
 			s.txStatus = body[0]

@@ -52,6 +52,8 @@ type StatementPlan struct {
 type ReadForm struct {
 	SQL        string
 	Migrations []string
+	// Flags are the migrations' read-percent flag keys, in the order of Migrations.
+	Flags []string
 }
 
 // Unrewritten records a statement that touches a migration but is not rewritten.

@@ -152,7 +152,15 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	if err != nil {
 		return unrewritten(ReasonDeparse)
 	}
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations}
+	flags := make([]string, len(st.Migrations))
+	for i, name := range st.Migrations {
+		for _, r := range refs {
+			if r.mig.Name == name {
+				flags[i] = r.mig.Config.ReadPercentFlag
+			}
+		}
+	}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags}
 	return st
 }
 

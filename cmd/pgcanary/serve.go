@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/pgcanary/pgcanary/admin"
 	"github.com/pgcanary/pgcanary/config"
+	"github.com/pgcanary/pgcanary/flags"
 	"github.com/pgcanary/pgcanary/proxy"
 	"github.com/pgcanary/pgcanary/router"
 )
@@ -183,8 +185,17 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 		}
 		planner = router.NewLive(&store, p)
 	}
+	flagSrc, err := openFlags(ctx, cfg, loader, log)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	if flagSrc != nil {
+		defer flagSrc.Close()
+	}
 	srv, err := proxy.New(proxy.Config{
 		Planner:        planner,
+		Flags:          flagSrc,
+		RoutingKey:     cfg.RoutingKey,
 		Listen:         cfg.Listen,
 		Upstream:       proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
 		TLS:            clientTLS,
@@ -252,4 +263,28 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	_ = adm.Shutdown(actx)
 	log.Info("stopped")
 	return serveErr
+}
+
+// openFlags connects the flag source the configuration names: a flagd flag file (relative to the
+// configuration file, hot-reloaded) or a flagd daemon. No source: every read stays on the old shape.
+func openFlags(ctx context.Context, cfg config.Config, loader *config.Loader, log *slog.Logger) (flags.Source, error) {
+	switch {
+	case cfg.Flags.File != "":
+		path := cfg.Flags.File
+		if !filepath.IsAbs(path) && loader != nil {
+			path = filepath.Join(filepath.Dir(loader.Path), path)
+		}
+		src, err := flags.NewFile(ctx, path, log)
+		if err != nil {
+			return nil, fmt.Errorf("flags: %w", err)
+		}
+		return src, nil
+	case cfg.Flags.Flagd != "":
+		src, err := flags.NewFlagd(ctx, cfg.Flags.Flagd, log)
+		if err != nil {
+			return nil, fmt.Errorf("flags: %w", err)
+		}
+		return src, nil
+	}
+	return nil, nil
 }

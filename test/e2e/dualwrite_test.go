@@ -20,6 +20,12 @@ import (
 // migrations, and starts a proxy that plans against them. It returns the proxy and a DSN builder.
 func migratedProxy(t *testing.T, db string) (*testProxy, func(user, password string) string) {
 	t.Helper()
+	return migratedProxyWith(t, db, proxyOpts{})
+}
+
+// migratedProxyWith is migratedProxy with more proxy options (flags, routing key).
+func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(user, password string) string) {
+	t.Helper()
 	ctx := testCtx(t)
 	_ = cluster.Exec(ctx, "drop database if exists "+db)
 	if err := cluster.Exec(ctx, "create database "+db); err != nil {
@@ -53,8 +59,8 @@ func migratedProxy(t *testing.T, db string) (*testProxy, func(user, password str
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	p := startProxy(t, proxyOpts{planner: router.NewLive(&store, planner), registry: reg})
+	o.planner, o.registry = router.NewLive(&store, planner), prometheus.NewRegistry()
+	p := startProxy(t, o)
 	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
 }
 

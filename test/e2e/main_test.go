@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgcanary/pgcanary/flags"
 	"github.com/pgcanary/pgcanary/proxy"
 	"github.com/pgcanary/pgcanary/test/pgtest"
 )
@@ -31,6 +32,8 @@ type proxyOpts struct {
 	maxMessage int
 	registry   *prometheus.Registry
 	planner    proxy.Planner
+	flags      flags.Source
+	routingKey string
 }
 
 // testProxy is a proxy running in-process on a free port.
@@ -65,6 +68,8 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		Metrics:        proxy.NewPromMetrics(o.registry),
 		Planner:        o.planner,
+		Flags:          o.flags,
+		RoutingKey:     o.routingKey,
 	})
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)
