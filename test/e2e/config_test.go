@@ -431,3 +431,38 @@ func TestConfigServeSIGHUPWithoutConfigKeepsServing(t *testing.T) {
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
 }
+
+// TestRampCommand: `pgcanary ramp` sets the read percentage in the configuration's flag file and
+// reports the old and new value; an unknown migration is a usage error.
+func TestRampCommand(t *testing.T) {
+	dir := t.TempDir()
+	raw, err := os.ReadFile(filepath.Join(cfgRepoRoot(t), "examples", "flags.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "flags.json"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	yaml := "upstream: 127.0.0.1:5432\nside_dsn: postgres://x@127.0.0.1/x\nflags: {file: flags.json}\nmigrations:\n  - {name: users-split-name, database: app, old: users, new: users_v2, key: [id]}\n"
+	if err := os.WriteFile(filepath.Join(dir, "pgcanary.yaml"), []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "25")
+	if code != 0 || !strings.Contains(out, "users-split-name: read percentage 0 -> 25") {
+		t.Fatalf("ramp: exit %d\n%s\n%s", code, out, stderr)
+	}
+	out, _, code = runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "5")
+	if code != 0 || !strings.Contains(out, "25 -> 5") {
+		t.Fatalf("second ramp: exit %d %s", code, out)
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "flags.json"))
+	if !strings.Contains(string(after), `"tenant"`) || !strings.Contains(string(after), "orders-cents.read-percent") {
+		t.Fatalf("targeting rule or other flags lost:\n%s", after)
+	}
+	if _, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "nope", "5"); code != 2 || !strings.Contains(stderr, `no migration "nope"`) {
+		t.Fatalf("unknown migration: exit %d %s", code, stderr)
+	}
+	if _, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "150"); code != 2 || !strings.Contains(stderr, "from 0 to 100") {
+		t.Fatalf("150 %%: exit %d %s", code, stderr)
+	}
+}
