@@ -110,3 +110,30 @@ func SetPercent(path, flag string, percent float64) (float64, error) {
 	}
 	return old, nil
 }
+
+// DefaultValue reads the value of a numeric flag's default variant from a flag file: what a key
+// without a targeting match gets.
+func DefaultValue(path, flag string) (float64, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read flag file: %w", err)
+	}
+	var doc struct {
+		Flags map[string]struct {
+			Variants       map[string]float64 `json:"variants"`
+			DefaultVariant string             `json:"defaultVariant"`
+		} `json:"flags"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return 0, fmt.Errorf("flag file %s: %w", path, err)
+	}
+	f, ok := doc.Flags[flag]
+	if !ok {
+		return 0, fmt.Errorf("flag %s not in %s", flag, path)
+	}
+	v, ok := f.Variants[f.DefaultVariant]
+	if !ok {
+		return 0, fmt.Errorf("flag %s in %s: default variant %q has no numeric value", flag, path, f.DefaultVariant)
+	}
+	return v, nil
+}

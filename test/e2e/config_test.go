@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"net/http"
 	"os"
 	"os/exec"
@@ -464,5 +465,55 @@ func TestRampCommand(t *testing.T) {
 	}
 	if _, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "150"); code != 2 || !strings.Contains(stderr, "from 0 to 100") {
 		t.Fatalf("150 %%: exit %d %s", code, stderr)
+	}
+}
+
+// TestStatusCommand: `pgcanary status` shows each migration's mirror state, flag value, effective
+// percentage and counters of a running pgcanary.
+func TestStatusCommand(t *testing.T) {
+	inDB := loadExamples(t, "status_cmd")
+	dir := t.TempDir()
+	for _, f := range []string{"pgcanary.yaml", "flags.json"} {
+		raw, err := os.ReadFile(filepath.Join(cfgRepoRoot(t), "examples", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
+	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
+	t.Setenv("PGCANARY_DATABASE", "status_cmd")
+	p := startServeArgs(t, "--config", filepath.Join(dir, "pgcanary.yaml"), "--upstream-sslmode", "disable")
+	conn := connectDSN(t, inDB(p.dsn(pgtest.SuperUser, "")))
+	if _, err := conn.Exec(testCtx(t), "UPDATE users SET full_name = 'Ada Lovelace' WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(testCtx(t), "SELECT full_name FROM users WHERE id = 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "25"); code != 0 {
+		t.Fatalf("ramp: %d %s %s", code, out, stderr)
+	}
+	out, stderr, code := runPgcanary(t, dir, nil, "status", "--config", "pgcanary.yaml", "--admin", p.admin)
+	if code != 0 {
+		t.Fatalf("status: exit %d\n%s\n%s", code, out, stderr)
+	}
+	var users []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "users-split-name") {
+			users = strings.Fields(line)
+		}
+	}
+	// MIGRATION MIRROR FLAG EFFECTIVE% READS-OLD READS-NEW MIRRORED UNMIRRORED FLAG-ERRORS
+	if len(users) != 9 || users[1] != "on" || users[2] != "25" || users[4] != "1" || users[5] != "0" || users[6] != "1" {
+		t.Fatalf("status line %v in:\n%s", users, out)
+	}
+	if !strings.Contains(out, "orders-cents") {
+		t.Fatalf("orders-cents missing:\n%s", out)
+	}
+	if _, stderr, code := runPgcanary(t, dir, nil, "status", "--config", "pgcanary.yaml", "--admin", "127.0.0.1:1"); code != 1 || !strings.Contains(stderr, "read metrics") {
+		t.Fatalf("unreachable admin: exit %d %s", code, stderr)
 	}
 }

@@ -27,20 +27,7 @@ func migratedProxy(t *testing.T, db string) (*testProxy, func(user, password str
 func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(user, password string) string) {
 	t.Helper()
 	ctx := testCtx(t)
-	_ = cluster.Exec(ctx, "drop database if exists "+db)
-	if err := cluster.Exec(ctx, "create database "+db); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists "+db+" with (force)") })
-	inDB := func(dsn string) string { return strings.Replace(dsn, "/"+pgtest.TestDB+"?", "/"+db+"?", 1) }
-	psql, err := pgtest.FindBin("psql")
-	if err != nil {
-		t.Fatalf("psql is needed to load examples/schema.sql: %v", err)
-	}
-	if out, err := exec.Command(psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "users=300", "-v", "orders=900",
-		"-d", inDB(cluster.DSN(pgtest.SuperUser, "")), "-f", "../../examples/schema.sql").CombinedOutput(); err != nil {
-		t.Fatalf("load schema: %v\n%s", err, out)
-	}
+	inDB := loadExamples(t, db)
 	// The shipped example configuration, pointed at this database.
 	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
 	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
@@ -62,6 +49,28 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 	o.planner, o.registry = router.NewLive(&store, planner), prometheus.NewRegistry()
 	p := startProxy(t, o)
 	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
+}
+
+// loadExamples creates database db with examples/schema.sql and returns a function that points a
+// DSN at it.
+func loadExamples(t *testing.T, db string) func(dsn string) string {
+	t.Helper()
+	ctx := testCtx(t)
+	_ = cluster.Exec(ctx, "drop database if exists "+db)
+	if err := cluster.Exec(ctx, "create database "+db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists "+db+" with (force)") })
+	inDB := func(dsn string) string { return strings.Replace(dsn, "/"+pgtest.TestDB+"?", "/"+db+"?", 1) }
+	psql, err := pgtest.FindBin("psql")
+	if err != nil {
+		t.Fatalf("psql is needed to load examples/schema.sql: %v", err)
+	}
+	if out, err := exec.Command(psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "users=300", "-v", "orders=900",
+		"-d", inDB(cluster.DSN(pgtest.SuperUser, "")), "-f", "../../examples/schema.sql").CombinedOutput(); err != nil {
+		t.Fatalf("load schema: %v\n%s", err, out)
+	}
+	return inDB
 }
 
 // assertShapesAgree runs the full-table comparisons: new == write-map(old) both ways, and
