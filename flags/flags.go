@@ -30,10 +30,12 @@ type EvalContext struct {
 
 // Source evaluates flags. Safe for concurrent use.
 type Source interface {
-	// Float returns the flag's numeric value for ec. A missing flag, a value of another type, or a
-	// provider that is not ready is an error: the caller then uses its default (0% for a read
-	// percentage).
+	// Float returns the flag's numeric value for ec. A missing flag, a value of another type, or a provider that is not ready is an error: the caller then uses its default (0% for a read percentage).
 	Float(ctx context.Context, flag string, ec EvalContext) (float64, error)
+	// Version changes whenever the flags may have changed (a new flag file or daemon update, a
+	// source error): while it stays the same, a caller may reuse an evaluation for the same flag and
+	// context. (Targeting rules that depend on the current time are the exception.)
+	Version() uint64
 	Close() error
 }
 
@@ -148,6 +150,7 @@ type source struct {
 	once     sync.Once
 
 	onChange, onError, onStale of.EventCallback
+	version                    atomic.Uint64
 }
 
 func start(ctx context.Context, p *flagd.Provider, desc string, log *slog.Logger) (*source, error) {
@@ -158,9 +161,11 @@ func start(ctx context.Context, p *flagd.Provider, desc string, log *slog.Logger
 	domain := "pgcanary-" + strconv.FormatInt(domains.Add(1), 10)
 	s := &source{domain: domain, desc: desc, provider: p, client: of.NewClient(domain), log: log}
 	change := func(d of.EventDetails) {
+		s.version.Add(1)
 		log.Info("feature flags changed", "source", desc, "flags", d.FlagChanges)
 	}
 	failed := func(d of.EventDetails) {
+		s.version.Add(1)
 		log.Warn("feature flag source failing; evaluating the flags last received", "source", desc, "event", d.Message)
 	}
 	s.onChange, s.onError, s.onStale = &change, &failed, &failed
@@ -175,6 +180,9 @@ func start(ctx context.Context, p *flagd.Provider, desc string, log *slog.Logger
 	}
 	return s, nil
 }
+
+// Version implements Source.
+func (s *source) Version() uint64 { return s.version.Load() }
 
 // Float implements Source.
 func (s *source) Float(ctx context.Context, flag string, ec EvalContext) (float64, error) {

@@ -27,6 +27,7 @@ func TestSetPercentKeepsEverythingElse(t *testing.T) {
 	defer src.Close()
 	const flag = "users-split-name.read-percent"
 	for _, step := range []struct{ old, new float64 }{{0, 5}, {5, 25}, {25, 37.5}, {37.5, 100}, {100, 0}} {
+		before := src.Version()
 		old, err := SetPercent(path, flag, step.new)
 		if err != nil || old != step.old {
 			t.Fatalf("ramp to %v: old %v, %v", step.new, old, err)
@@ -34,8 +35,8 @@ func TestSetPercentKeepsEverythingElse(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			v, err := src.Float(context.Background(), flag, EvalContext{TargetingKey: "k"})
-			if err == nil && v == step.new {
-				break
+			if err == nil && v == step.new && src.Version() != before {
+				break // the value and the version both moved: cached evaluations are invalidated
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("the source never saw %v (last %v, %v)", step.new, v, err)

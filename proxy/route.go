@@ -26,6 +26,17 @@ type routing struct {
 	params     map[string]string
 	// evalCtx caches each migration's evaluation attributes; application_name changes reset it.
 	evalCtx map[string]map[string]any
+	// pct caches each migration's last evaluation: reused while the routing key, the attributes
+	// and the flags' version stay the same (a session-wide key evaluates once per flag change).
+	pct      map[string]cachedPercent
+	attrsGen uint64 // bumped whenever evalAttributes rebuilds an attribute map
+}
+
+type cachedPercent struct {
+	version, attrsGen uint64
+	key               string
+	value             float64
+	err               bool
 }
 
 func newRouting(mode string, params map[string]string, remote net.Addr) routing {
@@ -97,19 +108,39 @@ func (s *session) routeNew(rf *router.ReadForm, sql string) bool {
 	}
 	key := s.routingKey(sql)
 	for i, m := range rf.Migrations {
-		ctx, cancel := context.WithTimeout(context.Background(), flagTimeout)
-		pct, err := s.srv.flags.Float(ctx, rf.Flags[i], flags.EvalContext{TargetingKey: key, Attributes: s.evalAttributes(m)})
-		cancel()
-		if err != nil {
-			s.srv.metrics.FlagError(m)
-			pct = 0
-		}
-		s.srv.metrics.ReadPercent(m, pct)
+		pct := s.percent(m, rf.Flags[i], key)
 		if !router.RoutesNew(router.Bucket(m, key), pct) {
 			return false
 		}
 	}
 	return true
+}
+
+// percent evaluates a migration's read-percent flag for key, or reuses the session's last
+// evaluation when nothing it depends on changed. A flag error counts as 0 %.
+func (s *session) percent(migration, flag, key string) float64 {
+	r := &s.route
+	attrs := s.evalAttributes(migration)
+	version := s.srv.flags.Version()
+	if c, ok := r.pct[migration]; ok && c.version == version && c.key == key && c.attrsGen == r.attrsGen {
+		if c.err {
+			s.srv.metrics.FlagError(migration)
+		}
+		return c.value
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), flagTimeout)
+	pct, err := s.srv.flags.Float(ctx, flag, flags.EvalContext{TargetingKey: key, Attributes: attrs})
+	cancel()
+	if err != nil {
+		s.srv.metrics.FlagError(migration)
+		pct = 0
+	}
+	s.srv.metrics.ReadPercent(migration, pct)
+	if r.pct == nil {
+		r.pct = map[string]cachedPercent{}
+	}
+	r.pct[migration] = cachedPercent{version: version, attrsGen: r.attrsGen, key: key, value: pct, err: err != nil}
+	return pct
 }
 
 // evalAttributes are the evaluation context's attributes for a migration, built once per session.
@@ -146,6 +177,7 @@ func (s *session) evalAttributes(migration string) map[string]any {
 		}
 	}
 	r.evalCtx[migration] = attrs
+	r.attrsGen++
 	return attrs
 }
 
