@@ -5,7 +5,7 @@ BIN := bin/pgcanary
 # Packages that run goroutines concurrently get the race detector (all of ours do).
 RACE_PKGS := ./...
 
-.PHONY: all build test lint unit e2e demo bench bench-mirror deps clean
+.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing deps clean
 
 all: build
 
@@ -37,6 +37,10 @@ bench: build
 # bench-mirror: mirrored UPDATEs through pgcanary vs the same mirror done by a trigger.
 bench-mirror: build deps
 	PGCANARY_BIN=$(BIN) bash bench/mirror.sh
+
+# bench-routing: reads served by the new shape vs the old, through pgcanary.
+bench-routing: build deps
+	PGCANARY_BIN=$(BIN) bash bench/routing.sh
 
 clean:
 	rm -rf bin

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# bench/routing.sh — reads served by the new shape vs the same reads on the old shape, both through
+# pgcanary: the cost of the compatibility projection, planning and routing.
+#
+# One database with examples/schema.sql; pgcanary with examples/pgcanary.yaml and a flag file.
+# pgbench reads users by key (-M simple and -M extended, whose unnamed statements are routed per
+# execution); rounds alternate the flag between 0 % (old shape) and 100 % (new shape).
+#
+# Usage: bench/routing.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/cluster.sh
+source scripts/lib/cluster.sh
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+USERS=${USERS:-100000}
+CLIENTS=${CLIENTS:-"1 8"}
+[ "${1:-}" = "--quick" ] && ROUNDS=1 DURATION=3 USERS=20000
+BIN=${PGCANARY_BIN:-bin/pgcanary}
+[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgcanary
+
+TMP=$(mktemp -d /tmp/pgcanary-routing.XXXXXX)
+chmod 755 "$TMP"
+PGPORT=$(free_port)
+PROXYPORT=$(free_port)
+ADMINPORT=$(free_port)
+PROXY_PID=
+cleanup() {
+	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
+	cluster_stop "$TMP"
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+log() { printf '[routing %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cluster_start "$TMP" "$PGPORT"
+BINDIR=$(pg_bindir)
+PSQL=$(command -v psql || echo "$BINDIR/psql")
+PGBENCH=$(command -v pgbench || echo "$BINDIR/pgbench")
+"$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "create database app"
+"$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d app -v users="$USERS" -v orders=10 -f examples/schema.sql
+cp examples/pgcanary.yaml examples/flags.json "$TMP/"
+export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT
+export PGCANARY_SIDE_DSN=postgres://postgres@127.0.0.1:$PGPORT/app?sslmode=disable
+export PGCANARY_DATABASE=app
+"$BIN" serve --config "$TMP/pgcanary.yaml" --upstream-sslmode disable --log-level warn \
+	--listen "127.0.0.1:$PROXYPORT" --admin "127.0.0.1:$ADMINPORT" 2>"$TMP/pgcanary.log" &
+PROXY_PID=$!
+for _ in $(seq 100); do "$BIN" healthcheck --admin "127.0.0.1:$ADMINPORT" >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat >"$TMP/read.sql" <<SQL
+\set id random(1, $USERS)
+SELECT full_name, email, tier FROM users WHERE id = :id;
+SQL
+
+run() { # percent mode clients -> tps
+	"$BIN" ramp --config "$TMP/pgcanary.yaml" users-split-name "$1" >/dev/null
+	sleep 0.3
+	"$PGBENCH" -n -M "$2" -f "$TMP/read.sql" -c "$3" -j "$(($3 > 1 ? 2 : 1))" -T "$DURATION" \
+		-h 127.0.0.1 -p "$PROXYPORT" -U postgres app 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+declare -A results
+for round in $(seq "$ROUNDS"); do
+	for mode in simple extended; do
+		for c in $CLIENTS; do
+			order="0 100"
+			[ $((round % 2)) -eq 0 ] && order="100 0"
+			for pct in $order; do
+				tps=$(run "$pct" "$mode" "$c")
+				log "round $round $mode c=$c ${pct}%: $tps tps"
+				results[$mode.$c.$pct]+="$tps "
+			done
+		done
+	done
+done
+new_reads=$(curl -fsS "http://127.0.0.1:$ADMINPORT/metrics" | sed -n 's/^pgcanary_statements_total{kind="read",migration="users-split-name",route="new"} //p')
+
+echo
+echo "reads by key through pgcanary (median of $ROUNDS x ${DURATION}s, $USERS users)"
+printf '%-9s %-8s %-12s %-12s %s\n' protocol clients "old (0%)" "new (100%)" new/old
+for mode in simple extended; do
+	for c in $CLIENTS; do
+		o=$(echo "${results[$mode.$c.0]}" | tr ' ' '\n' | grep . | median)
+		n=$(echo "${results[$mode.$c.100]}" | tr ' ' '\n' | grep . | median)
+		printf '%-9s %-8s %-12.0f %-12.0f %.2f\n' "$mode" "$c" "$o" "$n" "$(echo "$n / $o" | bc -l)"
+	done
+done
+echo "reads served by the new shape during the run: ${new_reads:-0}"
