@@ -147,7 +147,7 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	if reason := readBlocker(raw.Stmt, refs); reason != "" {
 		return unrewritten(reason)
 	}
-	rewriteRead(refs)
+	rewriteRead(raw.Stmt, refs)
 	out, err := deparse(version, raw.Stmt)
 	if err != nil {
 		return unrewritten(ReasonDeparse)

@@ -240,16 +240,78 @@ func columnRefNames(cr *pg_query.ColumnRef) []string {
 
 // rewriteRead replaces each reference with its migration's compatibility projection under the
 // reference's own alias (column aliases included), so names, `*` and qualified columns resolve as
-// before, and every column keeps its old type.
-func rewriteRead(refs []reference) {
+// before, and every column keeps its old type. When the statement cannot expand the reference
+// (no `*` that could reach it, no column aliases, no NATURAL join), the projection keeps only the
+// columns the statement names: less for Postgres to parse and plan at every execution of an
+// unnamed statement, and no read expression computed for a column nobody reads.
+func rewriteRead(stmt *pg_query.Node, refs []reference) {
+	needed, all := referencedColumns(stmt)
 	for _, r := range refs {
 		alias := &pg_query.Alias{Aliasname: r.alias}
 		if r.rv.Alias != nil {
 			alias = proto.Clone(r.rv.Alias).(*pg_query.Alias)
 		}
 		sub := proto.Clone(r.mig.projection).(*pg_query.Node)
+		if !all && (r.rv.Alias == nil || len(r.rv.Alias.Colnames) == 0) {
+			prune(sub.GetSelectStmt(), needed[r.alias], needed[""])
+		}
 		r.node.Node = &pg_query.Node_RangeSubselect{RangeSubselect: &pg_query.RangeSubselect{Subquery: sub, Alias: alias}}
 	}
+}
+
+// referencedColumns collects the column names a statement uses, by qualifier ("" for unqualified
+// names and USING lists). all is true when something may expand a whole relation: a `*` of any
+// kind, or a NATURAL join.
+func referencedColumns(stmt *pg_query.Node) (map[string]map[string]bool, bool) {
+	needed := map[string]map[string]bool{}
+	add := func(qual, col string) {
+		if needed[qual] == nil {
+			needed[qual] = map[string]bool{}
+		}
+		needed[qual][col] = true
+	}
+	all := false
+	walkNodes(stmt, func(n *pg_query.Node) bool {
+		switch x := n.Node.(type) {
+		case *pg_query.Node_ColumnRef:
+			names := columnRefNames(x.ColumnRef)
+			switch {
+			case len(names) == 0:
+			case names[len(names)-1] == "*":
+				all = true
+			case len(names) == 1:
+				add("", names[0])
+			default:
+				add(names[len(names)-2], names[len(names)-1])
+			}
+		case *pg_query.Node_JoinExpr:
+			if x.JoinExpr.IsNatural {
+				all = true
+			}
+			for _, u := range x.JoinExpr.UsingClause {
+				add("", u.GetString_().GetSval())
+			}
+		}
+		return !all
+	})
+	return needed, all
+}
+
+// prune drops the projection's columns that neither qualified nor unqualified names reach.
+func prune(sel *pg_query.SelectStmt, qualified, unqualified map[string]bool) {
+	kept := sel.TargetList[:0]
+	for _, t := range sel.TargetList {
+		name := t.GetResTarget().GetName()
+		if qualified[name] || unqualified[name] {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 {
+		// Nothing named (SELECT count(*) FROM users): keep one cheap column so the subquery
+		// still yields the relation's rows.
+		kept = append(kept, sel.TargetList[0])
+	}
+	sel.TargetList = kept
 }
 
 func migrationNames(refs []reference) []string {
