@@ -100,6 +100,20 @@ func NewFlagd(ctx context.Context, addr string, log *slog.Logger) (Source, error
 	}
 	deadline := time.Now().Add(initDeadlineMs * time.Millisecond)
 	for {
+		// Create a provider only once the daemon accepts connections: a provider given up on
+		// while its Init still runs is shut down concurrently with it (a data race inside the
+		// provider, v0.6.0).
+		if err := reachable(ctx, addr); err != nil {
+			if time.Until(deadline) < flagdRetry {
+				return nil, fmt.Errorf("flags: flagd %s: %w", addr, err)
+			}
+			select {
+			case <-time.After(flagdRetry):
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("flags: flagd %s: %w", addr, ctx.Err())
+			}
+		}
 		p, err := flagd.NewProvider(
 			flagd.WithInProcessResolver(),
 			flagd.WithOfflineFilePath(""), // FLAGD_OFFLINE_FLAG_SOURCE_PATH would switch to a file
@@ -126,6 +140,18 @@ func NewFlagd(ctx context.Context, addr string, log *slog.Logger) (Source, error
 			return nil, err
 		}
 	}
+}
+
+// reachable dials addr once.
+func reachable(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
 }
 
 // flagdRetry is the pause between attempts to reach a flagd daemon that is not up yet.

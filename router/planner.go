@@ -16,8 +16,12 @@ type Metrics interface {
 
 // Planner turns SQL text into plans and caches them. It is safe for concurrent use.
 type Planner struct {
-	cache   *lru.Cache[cacheKey, *Plan]
-	metrics Metrics
+	cache  *lru.Cache[cacheKey, *Plan]
+	shapes *lru.Cache[cacheKey, *shapePlan] // plans of normalized texts (shape.go)
+	// instances holds plans made from a shape for one text: a repeated text with constant
+	// literals hits here, while a flood of one-off texts churns only this cache, not the others.
+	instances *lru.Cache[cacheKey, *Plan]
+	metrics   Metrics
 }
 
 // cacheKey: the same text can mean other relations under another search_path or user ($user),
@@ -35,10 +39,18 @@ func NewPlanner(size int, metrics Metrics) (*Planner, error) {
 	if err != nil {
 		return nil, err
 	}
+	shapes, err := lru.New[cacheKey, *shapePlan](size)
+	if err != nil {
+		return nil, err
+	}
+	instances, err := lru.New[cacheKey, *Plan](size)
+	if err != nil {
+		return nil, err
+	}
 	if metrics == nil {
 		metrics = nopMetrics{}
 	}
-	return &Planner{cache: c, metrics: metrics}, nil
+	return &Planner{cache: c, shapes: shapes, instances: instances, metrics: metrics}, nil
 }
 
 // Plan plans sql for a session with the given search_path setting and user. It never fails:
@@ -49,15 +61,32 @@ func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
 		p.metrics.PlanCacheHit()
 		return plan
 	}
+	if plan, ok := p.instances.Get(key); ok {
+		p.metrics.PlanCacheHit()
+		return plan
+	}
 	p.metrics.PlanCacheMiss()
 	var plan *Plan
 	if cat.mayReference(sql) {
+		// A text with literals is planned by its shape and not cached as itself: interpolated
+		// values would fill the cache with texts seen once.
+		if shaped := p.planByShape(cat, searchPath, user, sql); shaped != nil {
+			p.instances.Add(key, shaped)
+			return shaped
+		}
 		plan = build(cat, ParseSearchPath(searchPath, user), sql)
 	} else {
 		// Nothing migrated is named: the text goes to Postgres as it is, unparsed (a parse and
 		// deparse costs far more than relaying; Postgres reports any syntax error itself).
 		plan = &Plan{Generation: cat.Generation, Untouched: true, Statements: []*StatementPlan{{Kind: KindOther, SQL: sql}}}
 	}
+	p.countPlan(plan)
+	p.cache.Add(key, plan)
+	return plan
+}
+
+// countPlan counts a new plan's statements that keep their old form.
+func (p *Planner) countPlan(plan *Plan) {
 	for _, st := range plan.Statements {
 		for _, u := range st.Unrewritten {
 			p.metrics.Unrewritten(u.Migration, u.Reason)
@@ -66,8 +95,6 @@ func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
 			p.metrics.Unrewritten(u.Migration, u.Reason)
 		}
 	}
-	p.cache.Add(key, plan)
-	return plan
 }
 
 // build plans every statement of sql.

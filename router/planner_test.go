@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -123,5 +124,46 @@ func TestPrefilterSkipsUnrelatedSQL(t *testing.T) {
 		if plan := p.Plan(cat, "public", "u", sql); plan.Untouched || plan.Statements[0].Read == nil {
 			t.Fatalf("%q: not planned as a read of a migration", sql)
 		}
+	}
+}
+
+// TestPlanByShape: texts that differ only in their literals share one plan of their shape, and
+// each gets its own literals back, verbatim, in its forms.
+func TestPlanByShape(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	a := p.Plan(cat, "public", "u", "SELECT full_name FROM users WHERE id = 5 AND email = 'a''b@x'")
+	b := p.Plan(cat, "public", "u", "SELECT full_name FROM users WHERE id = -17 AND email = E'c\\nd'")
+	if p.shapes.Len() != 1 || p.cache.Len() != 0 || p.instances.Len() != 2 {
+		t.Fatalf("shapes %d, exact %d, instances %d: want one shape, two instances, no exact plans", p.shapes.Len(), p.cache.Len(), p.instances.Len())
+	}
+	if !strings.Contains(a.Statements[0].Read.SQL, "id = 5 AND email = 'a''b@x'") ||
+		!strings.Contains(b.Statements[0].Read.SQL, "id = -17 AND email = E'c\\nd'") {
+		t.Fatalf("literals not restored:\n%s\n%s", a.Statements[0].Read.SQL, b.Statements[0].Read.SQL)
+	}
+	if a.Statements[0].SQL != "SELECT full_name FROM users WHERE id = 5 AND email = 'a''b@x'" {
+		t.Fatalf("the old form is not the client's text: %q", a.Statements[0].SQL)
+	}
+	w := p.Plan(cat, "public", "u", "UPDATE orders SET amount = 12.5 WHERE id = 3")
+	if w.Statements[0].Write == nil || !strings.Contains(w.Statements[0].Write.SQL, "amount_cents = (12.5::numeric(12, 2) * 100)::bigint WHERE id = 3") {
+		t.Fatalf("write form: %+v", w.Statements[0].Write)
+	}
+	// Two statements, or a literal Normalize cannot lift into valid SQL, take the exact path.
+	if p.Plan(cat, "public", "u", "SELECT 1; SELECT * FROM users WHERE id = 2").Statements[1].Read == nil {
+		t.Fatal("multi-statement text not planned")
+	}
+	if p.Plan(cat, "public", "u", "SELECT * FROM users WHERE created_at > now() - interval '1 day'").Statements[0].Read == nil {
+		t.Fatal("typed-literal text not planned")
+	}
+}
+
+// BenchmarkPlanByShape: a text with new literals, its shape already planned.
+func BenchmarkPlanByShape(b *testing.B) {
+	p, _ := NewPlanner(1000, nil)
+	cat := testCatalog()
+	p.Plan(cat, "public", "app", "SELECT full_name, email FROM users WHERE id = 1")
+	b.ReportAllocs()
+	for i := range b.N {
+		p.Plan(cat, "public", "app", fmt.Sprintf("SELECT full_name, email FROM users WHERE id = %d", i+2))
 	}
 }
