@@ -3,6 +3,7 @@ package router
 import (
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
@@ -30,6 +31,9 @@ type template struct {
 // when the text has no literals, is not one statement, or cannot be aligned with its shape; the
 // caller then plans the text itself.
 func (p *Planner) planByShape(cat *Catalog, searchPath, user, sql string) *Plan {
+	if !utf8.ValidString(sql) {
+		return nil // Postgres rejects it; the exact path passes it through untouched
+	}
 	norm, err := pg_query.Normalize(sql)
 	if err != nil || norm == sql {
 		return nil
