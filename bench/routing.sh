@@ -12,32 +12,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/cluster.sh
 source scripts/lib/cluster.sh
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
-USERS=${USERS:-100000}
-CLIENTS=${CLIENTS:-"1 8"}
-[ "${1:-}" = "--quick" ] && ROUNDS=1 DURATION=3 USERS=20000
-BIN=${PGCANARY_BIN:-bin/pgcanary}
-[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgcanary
-
-TMP=$(mktemp -d /tmp/pgcanary-routing.XXXXXX)
-chmod 755 "$TMP"
-PGPORT=$(free_port)
-PROXYPORT=$(free_port)
-ADMINPORT=$(free_port)
-PROXY_PID=
-cleanup() {
-	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
-	cluster_stop "$TMP"
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-log() { printf '[routing %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-cluster_start "$TMP" "$PGPORT"
-BINDIR=$(pg_bindir)
-PSQL=$(command -v psql || echo "$BINDIR/psql")
-PGBENCH=$(command -v pgbench || echo "$BINDIR/pgbench")
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+bench_init routing "$@"
 "$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "create database app"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d app -v users="$USERS" -v orders=10 -f examples/schema.sql
 cp examples/pgcanary.yaml examples/flags.json "$TMP/"
@@ -60,7 +37,6 @@ run() { # percent mode clients -> tps
 	"$PGBENCH" -n -M "$2" -f "$TMP/read.sql" -c "$3" -j "$(($3 > 1 ? 2 : 1))" -T "$DURATION" \
 		-h 127.0.0.1 -p "$PROXYPORT" -U postgres app 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -A results
 for round in $(seq "$ROUNDS"); do

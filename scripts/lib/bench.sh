@@ -1,0 +1,45 @@
+# shellcheck shell=bash
+# Shared setup of the scripts that run pgcanary against a throwaway cluster (bench/mirror.sh,
+# bench/routing.sh). Source it after scripts/lib/cluster.sh, then call:
+#
+#   bench_init NAME "$@"   parse --quick, build pgcanary if needed, make $TMP, pick $PGPORT,
+#                          $PROXYPORT and $ADMINPORT, start the cluster, set $PSQL and $PGBENCH,
+#                          and clean everything up on exit (a pgcanary started into $PROXY_PID too)
+#   log MESSAGE            a timestamped progress line on stderr
+#   median                 the median of numbers on stdin
+#
+# Settings (environment): ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8" PGCANARY_BIN=bin/pgcanary
+
+bench_init() {
+	BENCH_NAME=$1
+	shift
+	ROUNDS=${ROUNDS:-3}
+	DURATION=${DURATION:-10}
+	USERS=${USERS:-100000}
+	CLIENTS=${CLIENTS:-"1 8"}
+	[ "${1:-}" = "--quick" ] && ROUNDS=1 DURATION=3 USERS=20000
+	BIN=${PGCANARY_BIN:-bin/pgcanary}
+	[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgcanary
+	TMP=$(mktemp -d "/tmp/pgcanary-$BENCH_NAME.XXXXXX")
+	chmod 755 "$TMP"
+	PGPORT=$(free_port)
+	PROXYPORT=$(free_port)
+	ADMINPORT=$(free_port)
+	PROXY_PID=
+	trap bench_cleanup EXIT
+	cluster_start "$TMP" "$PGPORT"
+	local bindir
+	bindir=$(pg_bindir)
+	PSQL=$(command -v psql || echo "$bindir/psql")
+	PGBENCH=$(command -v pgbench || echo "$bindir/pgbench")
+}
+
+bench_cleanup() {
+	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
+	cluster_stop "$TMP"
+	rm -rf "$TMP"
+}
+
+log() { printf '[%s %s] %s\n' "$BENCH_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
