@@ -21,7 +21,13 @@ import (
 // cluster is shared by every test in the package; it runs with TLS so both legs can be tested.
 var cluster *pgtest.Cluster
 
-func TestMain(m *testing.M) { pgtest.RunMain(m, pgtest.Options{TLS: true}, &cluster) }
+func TestMain(m *testing.M) {
+	code := pgtest.Run(m, pgtest.Options{TLS: true}, &cluster)
+	if pgcanaryBinPath != "" {
+		_ = os.RemoveAll(filepath.Dir(pgcanaryBinPath)) // the binary built for the tests that run it
+	}
+	os.Exit(code)
+}
 
 // proxyOpts tweaks the proxy a test starts.
 type proxyOpts struct {

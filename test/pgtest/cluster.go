@@ -347,10 +347,11 @@ func (c *Cluster) Exec(ctx context.Context, sql string) error {
 // exits with the tests' code. An interrupt (Ctrl-C) or SIGTERM also stops the
 // cluster before exiting.
 func RunMain(m *testing.M, opts Options, dst **Cluster) {
-	os.Exit(runMain(m, opts, dst))
+	os.Exit(Run(m, opts, dst))
 }
 
-func runMain(m *testing.M, opts Options, dst **Cluster) int {
+// Run is RunMain without the exit: it returns the exit code, for a TestMain with its own cleanup.
+func Run(m *testing.M, opts Options, dst **Cluster) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	c, err := Start(ctx, opts)
 	cancel()
