@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -496,14 +497,7 @@ func collectPrivileges(rows pgx.Rows) (map[string][]string, error) {
 	return out, rows.Err()
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 // unquote turns an identifier as written in the config into the catalog's name.
 func unquote(ident string) string { return UnquoteIdent(ident) }

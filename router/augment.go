@@ -2,6 +2,8 @@ package router
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -116,7 +118,7 @@ func augmentSet(mig *Migration, list *[]*pg_query.Node) (bool, string) {
 		return false, ""
 	}
 	changed := false
-	for _, col := range sortedKeys(exprs) {
+	for _, col := range slices.Sorted(maps.Keys(exprs)) {
 		if names[col] {
 			continue // assigned explicitly
 		}
@@ -198,7 +200,7 @@ func augmentInsert(mig *Migration, ins *pg_query.InsertStmt) (bool, string) {
 		return false, ""
 	}
 	var derived []string
-	for _, col := range sortedKeys(exprs) {
+	for _, col := range slices.Sorted(maps.Keys(exprs)) {
 		if names[col] {
 			continue
 		}
@@ -365,19 +367,6 @@ func isVolatile(expr *pg_query.Node) bool {
 		return !found
 	})
 	return found
-}
-
-func sortedKeys(m map[string]*pg_query.Node) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
 }
 
 // planTruncate adds the other shape of a new-table migration to a TRUNCATE of one shape.

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"slices"
 	"strings"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -213,12 +214,9 @@ func (nopMetrics) Unrewritten(migration, r string) {}
 // mergeNames adds the migrations a write's form or reasons name to the read references' list.
 func mergeNames(names []string, st *StatementPlan) []string {
 	add := func(n string) {
-		for _, have := range names {
-			if have == n {
-				return
-			}
+		if !slices.Contains(names, n) {
+			names = append(names, n)
 		}
-		names = append(names, n)
 	}
 	if st.Write != nil {
 		add(st.Write.Migration)

@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -194,7 +195,7 @@ func capture(mig *Migration, t writeTarget, stmt *pg_query.Node) (*WriteForm, st
 		verb, with, returning = "INSERT", &s.InsertStmt.WithClause, &s.InsertStmt.ReturningList
 		if oc := s.InsertStmt.OnConflictClause; oc != nil {
 			for _, tgt := range oc.TargetList {
-				if rt := tgt.GetResTarget(); rt != nil && contains(key, rt.Name) {
+				if rt := tgt.GetResTarget(); rt != nil && slices.Contains(key, rt.Name) {
 					return nil, ReasonKeyUpdate
 				}
 			}
@@ -259,7 +260,7 @@ func capture(mig *Migration, t writeTarget, stmt *pg_query.Node) (*WriteForm, st
 			}
 			cols = append(cols, col.Name)
 			placeholders = append(placeholders, "NULL")
-			if !contains(key, col.Name) {
+			if !slices.Contains(key, col.Name) {
 				updates = append(updates, fmt.Sprintf("%s = EXCLUDED.%s", ident(col.Name), ident(col.Name)))
 			}
 		}
@@ -336,13 +337,4 @@ func returningBlocker(list []*pg_query.Node, alias string) string {
 
 func cte(name string, query *pg_query.Node) *pg_query.Node {
 	return &pg_query.Node{Node: &pg_query.Node_CommonTableExpr{CommonTableExpr: &pg_query.CommonTableExpr{Ctename: name, Ctequery: query}}}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
