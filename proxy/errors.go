@@ -46,3 +46,25 @@ func isFatalError(body []byte) bool {
 	}
 	return false
 }
+
+// errorField returns one field of an ErrorResponse or NoticeResponse ('C': SQLSTATE, 'M':
+// message), or "".
+func errorField(body []byte, field byte) string {
+	for len(body) > 0 && body[0] != 0 {
+		f := body[0]
+		val, rest, ok := cstring(body[1:])
+		if !ok {
+			return ""
+		}
+		if f == field {
+			return string(val)
+		}
+		body = rest
+	}
+	return ""
+}
+
+// errorMessage renders an ErrorResponse for logs: "SQLSTATE: message".
+func errorMessage(body []byte) string {
+	return errorField(body, 'C') + ": " + errorField(body, 'M')
+}

@@ -38,17 +38,35 @@ func (k requestKind) String() string {
 	return "unknown"
 }
 
-// expected is one FIFO entry: the request a response belongs to and how to treat it. Later
-// stages (mirrored writes, routed reads) hang their response transforms here.
+// expected is one FIFO entry: the request a response belongs to and how to treat it.
 type expected struct {
 	kind requestKind
-	name string // Parse and Close of a named statement: the statement, committed on success
+	name string // Parse and Close of a named statement
 	// write is the capture form whose responses the proxy restores (Parse, Describe, Execute);
 	// writes holds one per statement of a simple Query (nil where the statement is untouched).
 	write  *router.WriteForm
 	writes []*router.WriteForm
 	stmt   int   // Query: index of the statement whose responses arrive now
 	count  int64 // rows counted by a capture form's count row
+
+	suppress  bool // the proxy's own request: its answers never reach the client
+	gated     bool // its completion opens the session's gate (gate.go)
+	batchEnd  bool // the last entry of a gated batch: a failed batch is replayed after it
+	sealsGate bool // the message ends the gated batch (set by the sender)
+
+	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
+	variant *variant   // Parse of a variant: marks it unsent if it fails
+	rec     *recorded  // the gated batch's record of this message
+	// obs times a statement touching migrations (Execute); obsList, per statement (Query).
+	obs     *observation
+	obsList []*observation
+}
+
+// parseUndo restores what the session knew of a statement name when its Parse fails.
+type parseUndo struct {
+	name string
+	prev *stmtInfo
+	had  bool
 }
 
 // headRef returns the head entry for in-place updates (a Query's statement index).
@@ -84,6 +102,22 @@ func (q *fifo) push(e expected) {
 
 func (q *fifo) len() int { return q.size }
 
+// idleAfterOwn reports whether the next request starts a batch on a settled session: nothing
+// outstanding, or only the proxy's own requests ending at a batch boundary (Sync or Query), as
+// after a savepoint's RELEASE. Their answers cannot change what the client was told.
+func (q *fifo) idleAfterOwn() bool {
+	if q.size == 0 {
+		return true
+	}
+	for i := 0; i < q.size; i++ {
+		if !q.buf[(q.head+i)%len(q.buf)].suppress {
+			return false
+		}
+	}
+	last := q.buf[(q.head+q.size-1)%len(q.buf)].kind
+	return last == reqSync || last == reqQuery
+}
+
 // front returns the head entry; ok is false when nothing is outstanding.
 func (q *fifo) front() (e expected, ok bool) {
 	if q.size == 0 {
@@ -102,9 +136,12 @@ func (q *fifo) pop() {
 }
 
 // skipToSync drops the entries the server will not answer after an error in the extended
-// protocol: it discards every message until the next Sync.
-func (q *fifo) skipToSync() {
+// protocol: it discards every message until the next Sync, showing each to skipped first.
+func (q *fifo) skipToSync(skipped func(*expected)) {
 	for q.size > 0 && q.buf[q.head].kind != reqSync {
+		if skipped != nil {
+			skipped(&q.buf[q.head])
+		}
 		q.pop()
 	}
 }

@@ -40,7 +40,7 @@ func TestFIFOProtocol(t *testing.T) {
 					q.pop()
 				case effPopToSync:
 					q.pop()
-					q.skipToSync()
+					q.skipToSync(nil)
 				}
 			}
 			if q.len() != tc.left {

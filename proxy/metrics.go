@@ -1,6 +1,10 @@
 package proxy
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics is what the proxy reports. It is an interface so the session code does not depend on
 // how numbers are exported, and tests can count without a registry.
@@ -15,6 +19,12 @@ type Metrics interface {
 	Statement(migration, kind, route string)
 	ReadPercent(migration string, percent float64)
 	FlagError(migration string)
+	// StatementDuration and StatementError report how a statement touching a migration ended,
+	// by route (old, new, write). The shadow judge learns routed-read error rates from them.
+	StatementDuration(migration, route string, d time.Duration)
+	StatementError(migration, route, sqlstateClass string)
+	// ReadFallback: a routed read failed on the new shape and was re-run in its old form.
+	ReadFallback(migration string)
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -29,6 +39,9 @@ type PromMetrics struct {
 	statements    *prometheus.CounterVec
 	readPercent   *prometheus.GaugeVec
 	flagErrors    *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	errors        *prometheus.CounterVec
+	fallbacks     *prometheus.CounterVec
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -74,7 +87,21 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 		Name: "pgcanary_flag_errors_total",
 		Help: "Flag evaluations that failed (missing flag, wrong type, provider down); they count as 0 %.",
 	}, []string{"migration"})
-	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements, m.readPercent, m.flagErrors)
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pgcanary_statement_duration_seconds",
+		Help:    "Time from sending a statement touching a migration to its CommandComplete, by route (old, new, write).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"migration", "route"})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgcanary_statement_errors_total",
+		Help: "Statements touching a migration that failed, by route and SQLSTATE class (first two characters).",
+	}, []string{"migration", "route", "sqlstate_class"})
+	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgcanary_read_fallbacks_total",
+		Help: "Routed reads that failed on the new shape before any row reached the client and were re-run in the old form.",
+	}, []string{"migration"})
+	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements,
+		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks)
 	return m
 }
 
@@ -96,17 +123,27 @@ func (m *PromMetrics) ReadPercent(migration string, percent float64) {
 	m.readPercent.WithLabelValues(migration).Set(percent)
 }
 func (m *PromMetrics) FlagError(migration string) { m.flagErrors.WithLabelValues(migration).Inc() }
+func (m *PromMetrics) StatementDuration(migration, route string, d time.Duration) {
+	m.duration.WithLabelValues(migration, route).Observe(d.Seconds())
+}
+func (m *PromMetrics) StatementError(migration, route, class string) {
+	m.errors.WithLabelValues(migration, route, class).Inc()
+}
+func (m *PromMetrics) ReadFallback(migration string) { m.fallbacks.WithLabelValues(migration).Inc() }
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
 
-func (nopMetrics) ClientConnected()                 {}
-func (nopMetrics) ClientDisconnected()              {}
-func (nopMetrics) UpstreamConnectError()            {}
-func (nopMetrics) BytesToServer(int)                {}
-func (nopMetrics) BytesToClient(int)                {}
-func (nopMetrics) MirroredWrite(string, string)     {}
-func (nopMetrics) UnmirroredWrite(string, string)   {}
-func (nopMetrics) Statement(string, string, string) {}
-func (nopMetrics) ReadPercent(string, float64)      {}
-func (nopMetrics) FlagError(string)                 {}
+func (nopMetrics) ClientConnected()                                {}
+func (nopMetrics) ClientDisconnected()                             {}
+func (nopMetrics) UpstreamConnectError()                           {}
+func (nopMetrics) BytesToServer(int)                               {}
+func (nopMetrics) BytesToClient(int)                               {}
+func (nopMetrics) MirroredWrite(string, string)                    {}
+func (nopMetrics) UnmirroredWrite(string, string)                  {}
+func (nopMetrics) Statement(string, string, string)                {}
+func (nopMetrics) ReadPercent(string, float64)                     {}
+func (nopMetrics) FlagError(string)                                {}
+func (nopMetrics) StatementDuration(string, string, time.Duration) {}
+func (nopMetrics) StatementError(string, string, string)           {}
+func (nopMetrics) ReadFallback(string)                             {}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -18,11 +19,8 @@ type Planner interface {
 	Plan(searchPath, user, sql string) *router.Plan
 }
 
-// defaultSearchPath is PostgreSQL's default; a session's own comes from its startup parameters.
-// (Role and database defaults, and SET search_path, are not tracked yet: see docs.)
-const defaultSearchPath = `"$user", public`
-
-// searchPathOf finds a search_path given at startup, directly or in options (-c search_path=...).
+// searchPathOf finds a search_path given at startup, directly or in options (-c search_path=...):
+// the planning default until the server's own answer arrives.
 func searchPathOf(params map[string]string) string {
 	if sp, ok := params["search_path"]; ok {
 		return sp
@@ -33,100 +31,422 @@ func searchPathOf(params map[string]string) string {
 	return defaultSearchPath
 }
 
+// stmtInfo is what the session knows of a client prepared statement that touches a migration.
+// A statement is parsed once and executed many times while its route is chosen per execution,
+// so a read keeps its old form under the client's name and gets its new-shape form as a variant
+// under a derived name, prepared on first need.
+type stmtInfo struct {
+	name      string
+	plan      *router.StatementPlan
+	query     string   // the client's own text
+	paramOIDs []uint32 // the client's declared parameter types, for variants
+	// routed: the server holds the new-shape form under the client's name (an unnamed statement
+	// decides at Parse). original: it holds the client's own text even though a mirrored form
+	// exists (a passthrough write that was re-run).
+	routed, original bool
+	newVariant       *variant // the read's new-shape form
+	origVariant      *variant // a passthrough write's original form, prepared when its mirror failed
+}
+
+// variant is a form of a client statement prepared under a name the proxy derives.
+type variant struct {
+	name string
+	sent bool // its Parse went out (reset when it fails)
+}
+
+// portalInfo is what the session knows of a portal bound from a statement that touches a
+// migration: which form it runs, for response transforms and metrics.
+type portalInfo struct {
+	info  *stmtInfo
+	route string            // "old" or "new" for reads, "write" for writes
+	write *router.WriteForm // the capture form whose responses need restoring, if any
+}
+
+// writeForm is the mirrored form a statement runs when sent under the client's name.
+func (i *stmtInfo) writeForm() *router.WriteForm {
+	if i == nil || i.original || i.plan == nil {
+		return nil
+	}
+	return i.plan.Write
+}
+
 // captureOf returns the write form whose responses need restoring (capture forms end in a
 // SELECT); augment and TRUNCATE forms answer like the client's statement and need nothing.
-func captureOf(st *router.StatementPlan) *router.WriteForm {
-	if st != nil && st.Write != nil && st.Write.Strategy == "capture" {
-		return st.Write
+func captureOf(w *router.WriteForm) *router.WriteForm {
+	if w != nil && w.Strategy == "capture" {
+		return w
 	}
 	return nil
 }
 
-// planQuery rewrites a simple Query's text when one of its statements has a mirrored form, and
-// returns the per-statement forms the responses must be restored for (nil: untouched).
-func (s *session) planQuery(body []byte) ([]byte, []*router.WriteForm) {
+// observation is a statement touching migrations, timed from send to completion.
+type observation struct {
+	migrations []string
+	route      string
+	start      time.Time
+	write      *router.WriteForm // counted as mirrored when the statement succeeds
+	unmirrored []router.Unrewritten
+}
+
+func (s *session) observe(st *router.StatementPlan, route string, w *router.WriteForm) *observation {
+	if st == nil || len(st.Migrations) == 0 {
+		return nil
+	}
+	return &observation{migrations: st.Migrations, route: route, start: time.Now(), write: w, unmirrored: st.Unmirrored}
+}
+
+// planAndEmit plans a client message that carries or uses SQL and sends it, with whatever the
+// plan needs sent around it (variants, savepoints, closes).
+func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
+	switch typ {
+	case 'Q':
+		return s.planQuery(body, e)
+	case 'P':
+		return s.planParse(body, e)
+	case 'B':
+		return s.planBind(body, e)
+	case 'D', 'C':
+		return s.planDescribeClose(typ, body, e)
+	case 'E':
+		portal, _, _ := cstring(body)
+		s.mu.Lock()
+		p := s.portals[string(portal)]
+		s.mu.Unlock()
+		if p != nil {
+			e.write = captureOf(p.write)
+			if p.info != nil {
+				route := p.route
+				e.obs = s.observe(p.info.plan, route, p.write)
+			}
+		}
+		return s.emit(typ, body, e, &recorded{typ: typ})
+	case 'S':
+		s.closeOrphans()
+		if err := s.emit(typ, body, e, &recorded{typ: typ}); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		g := s.gate
+		release := g != nil && g.savepoint && !g.sealed
+		s.mu.Unlock()
+		if release { // a passthrough write in a transaction: its savepoint ends with the batch
+			return s.emitOwnSealing("RELEASE SAVEPOINT " + savepointName)
+		}
+		return nil
+	}
+	return s.emit(typ, body, e, &recorded{typ: typ})
+}
+
+// planQuery plans a simple Query: each statement is sent in its mirrored or routed form, and the
+// responses are restored statement by statement.
+func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
-	plan := s.srv.planner.Plan(s.searchPath, s.user, sql)
+	s.mu.Lock()
+	path := s.path.current()
+	s.mu.Unlock()
+	plan := s.srv.planner.Plan(path, s.user, sql)
+	defer s.applySessionChanges(sql)
 	if plan == nil || plan.Untouched {
-		return body, nil
+		return s.emit('Q', body, e, &recorded{typ: 'Q'})
 	}
 	changed := false
 	forms := make([]*router.WriteForm, len(plan.Statements))
+	obs := make([]*observation, len(plan.Statements))
 	texts := make([]string, len(plan.Statements))
+	var gateKind string
+	var gateMigs []string
 	for i, st := range plan.Statements {
-		s.countPlan(st)
 		texts[i] = st.SQL
 		switch {
 		case st.Write != nil:
 			texts[i], changed = st.Write.SQL, true
-			forms[i] = captureOf(st)
+			forms[i] = captureOf(st.Write)
+			obs[i] = s.observe(st, "write", st.Write)
+			if st.Write.Passthrough {
+				gateKind, gateMigs = "write", st.Migrations
+			}
 		case st.Read != nil:
 			routed := s.routeNew(st.Read, st.SQL)
 			s.countRead(st.Read, routed)
+			obs[i] = s.observe(st, routeName(routed), nil)
 			if routed {
 				texts[i], changed = st.Read.SQL, true
+				gateKind, gateMigs = "read", st.Read.Migrations
+			}
+		default:
+			obs[i] = s.observe(st, "old", nil)
+			if obs[i] != nil {
+				obs[i].unmirrored = st.Unmirrored
 			}
 		}
 	}
+	e.obsList = obs
 	if !changed {
-		return body, nil
+		return s.emit('Q', body, e, &recorded{typ: 'Q'})
 	}
+	e.writes = forms
 	// Statements are joined on their own lines: a statement may end in a -- comment.
-	out := strings.Join(texts, "\n;\n")
-	return append([]byte(out), 0), forms
+	out := append([]byte(strings.Join(texts, "\n;\n")), 0)
+	if len(plan.Statements) == 1 && gateKind != "" {
+		return s.emitGatedQuery(out, body, e, gateKind, gateMigs)
+	}
+	return s.emit('Q', out, e, &recorded{typ: 'Q'})
 }
 
-// planParse rewrites a Parse message's query when it has a mirrored form, and returns its plan
-// (nil when untouched); its executions are counted at Execute.
-func (s *session) planParse(body []byte) ([]byte, *router.StatementPlan) {
-	var msg pgproto3.Parse
-	if err := msg.Decode(body); err != nil {
-		return body, nil // classifyFrontend reports malformed messages
+func routeName(newShape bool) string {
+	if newShape {
+		return "new"
 	}
-	plan := s.srv.planner.Plan(s.searchPath, s.user, msg.Query)
-	if plan == nil || plan.Untouched || len(plan.Statements) != 1 {
-		return body, nil
-	}
-	st := plan.Statements[0]
-	if st.Read != nil && msg.Name == "" {
-		// An unnamed statement is executed right after it is parsed: route it now. (A named
-		// statement keeps its old form: per-execution variants are not built yet.)
-		routed := s.routeNew(st.Read, st.SQL)
-		s.countRead(st.Read, routed)
-		if !routed {
-			return body, nil
-		}
-		msg.Query = st.Read.SQL
-		out, err := msg.Encode(nil)
-		if err != nil {
-			return body, nil
-		}
-		return out[headerLen:], nil
-	}
-	if st.Write == nil {
-		if len(st.Unmirrored) > 0 {
-			return body, st
-		}
-		return body, nil
-	}
-	msg.Query = st.Write.SQL
-	out, err := msg.Encode(nil)
-	if err != nil {
-		return body, nil
-	}
-	return out[headerLen:], st
+	return "old"
 }
 
-func (s *session) countPlan(st *router.StatementPlan) {
-	if st == nil {
+// applySessionChanges keeps the session's search_path and statement variants in step with what
+// a Query does to them.
+func (s *session) applySessionChanges(sql string) {
+	ch := router.SessionChangesOf(sql)
+	if len(ch.Paths) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll {
 		return
 	}
-	if st.Write != nil {
-		s.srv.metrics.MirroredWrite(st.Write.Migration, st.Write.Direction)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range ch.Paths {
+		s.path.apply(c)
 	}
-	for _, u := range st.Unmirrored {
-		s.srv.metrics.UnmirroredWrite(u.Migration, u.Reason)
+	for _, name := range ch.Deallocate {
+		if info := s.stmts[name]; info != nil {
+			s.orphanVariants(info)
+			delete(s.stmts, name)
+		}
 	}
+	if ch.DeallocateAll {
+		// The server dropped every prepared statement, variants included.
+		clear(s.stmts)
+		s.orphans = s.orphans[:0]
+	}
+}
+
+// orphanVariants queues a dropped statement's variants for closing at the next Sync. Holds mu.
+func (s *session) orphanVariants(info *stmtInfo) {
+	for _, v := range []*variant{info.newVariant, info.origVariant} {
+		if v != nil && v.sent {
+			s.orphans = append(s.orphans, v.name)
+		}
+	}
+}
+
+// closeOrphans closes the variants of statements the client dropped, just before its Sync.
+func (s *session) closeOrphans() {
+	s.mu.Lock()
+	names := s.orphans
+	s.orphans = nil
+	s.mu.Unlock()
+	for _, name := range names {
+		_ = s.emit('C', closeStatementBody(name), expected{kind: reqClose, suppress: true}, nil)
+	}
+}
+
+// planParse plans a Parse. A named read keeps its old form (routes are chosen at Bind); an
+// unnamed one is executed right after it is parsed, so it is routed now; a write is sent in its
+// mirrored form.
+func (s *session) planParse(body []byte, e expected) error {
+	var msg pgproto3.Parse
+	if err := msg.Decode(body); err != nil {
+		return s.emit('P', body, e, &recorded{typ: 'P'})
+	}
+	s.mu.Lock()
+	path := s.path.current()
+	s.mu.Unlock()
+	if msg.Name == "" {
+		s.applySessionChanges(msg.Query)
+	}
+	plan := s.srv.planner.Plan(path, s.user, msg.Query)
+	var info *stmtInfo
+	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
+		st := plan.Statements[0]
+		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs}
+	}
+	s.mu.Lock()
+	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil}
+	if info != nil {
+		s.stmts[msg.Name] = info
+	} else {
+		delete(s.stmts, msg.Name)
+	}
+	s.mu.Unlock()
+	rec := &recorded{typ: 'P', body: body, info: info}
+	if info == nil {
+		return s.emit('P', body, e, rec)
+	}
+	st := info.plan
+	sendAs := func(query string) []byte {
+		m := msg
+		m.Query = query
+		out, err := m.Encode(nil)
+		if err != nil {
+			return body
+		}
+		return out[headerLen:]
+	}
+	switch {
+	case st.Write != nil:
+		e.write = captureOf(st.Write)
+		out := sendAs(st.Write.SQL)
+		if msg.Name == "" && st.Write.Passthrough {
+			return s.emitGatable('P', out, e, rec, "write", st.Migrations)
+		}
+		return s.emit('P', out, e, rec)
+	case st.Read != nil && msg.Name == "":
+		routed := s.routeNew(st.Read, st.SQL)
+		info.routed = routed
+		s.countRead(st.Read, routed)
+		if !routed {
+			return s.emit('P', body, e, rec)
+		}
+		return s.emitGatable('P', sendAs(st.Read.SQL), e, rec, "read", st.Read.Migrations)
+	}
+	return s.emit('P', body, e, rec)
+}
+
+// planBind plans a Bind: a named read statement picks its route for this execution, switching to
+// its new-shape variant (prepared now if it has not been) when routed to new.
+func (s *session) planBind(body []byte, e expected) error {
+	portal, rest, ok := cstring(body)
+	if !ok {
+		return s.emit('B', body, e, &recorded{typ: 'B'})
+	}
+	stmt, _, _ := cstring(rest)
+	s.mu.Lock()
+	info := s.stmts[string(stmt)]
+	if info == nil && len(s.portals) > 0 {
+		delete(s.portals, string(portal))
+	}
+	s.mu.Unlock()
+	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
+	if info == nil {
+		return s.emit('B', body, e, rec)
+	}
+	st := info.plan
+	p := &portalInfo{info: info, route: "old"}
+	switch {
+	case st.Write != nil:
+		p.route, p.write = "write", info.writeForm()
+	case st.Read != nil && info.name == "":
+		p.route = routeName(info.routed)
+	case st.Read != nil:
+		routed := s.routeNew(st.Read, st.SQL)
+		s.countRead(st.Read, routed)
+		p.route = routeName(routed)
+	}
+	s.mu.Lock()
+	s.portals[string(portal)] = p
+	s.mu.Unlock()
+	switch {
+	case st.Read != nil && info.name != "" && p.route == "new":
+		return s.emitRoutedBind(body, e, rec, info, string(portal))
+	case st.Read != nil && info.name == "" && info.routed:
+		return s.emitGatable('B', body, e, rec, "read", st.Read.Migrations)
+	case p.write != nil && p.write.Passthrough:
+		return s.emitGatable('B', body, e, rec, "write", st.Migrations)
+	}
+	return s.emit('B', body, e, rec)
+}
+
+// emitRoutedBind sends a Bind to a read's new-shape variant, preparing the variant first when
+// this session has not yet.
+func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *stmtInfo, portal string) error {
+	s.mu.Lock()
+	if info.newVariant == nil {
+		s.variantSeq++
+		info.newVariant = &variant{name: "pgcanary_r" + strconv.FormatUint(s.variantSeq, 10)}
+	}
+	v := info.newVariant
+	s.mu.Unlock()
+	if err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
+		return err
+	}
+	if err := s.ensureVariant(v, info.plan.Read.SQL, info.paramOIDs); err != nil {
+		return err
+	}
+	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
+}
+
+// ensureVariant sends the Parse of a variant unless it went out already.
+func (s *session) ensureVariant(v *variant, query string, oids []uint32) error {
+	s.mu.Lock()
+	sent := v.sent
+	v.sent = true
+	s.mu.Unlock()
+	if sent {
+		return nil
+	}
+	msg := pgproto3.Parse{Name: v.name, Query: query, ParameterOIDs: oids}
+	out, err := msg.Encode(nil)
+	if err != nil {
+		return err
+	}
+	return s.emit('P', out[headerLen:], expected{kind: reqParse, suppress: true, variant: v}, nil)
+}
+
+// rebindStatement returns a Bind body that binds portal to statement stmt instead.
+func rebindStatement(body []byte, portal, stmt string) []byte {
+	_, rest, _ := cstring(body)
+	_, params, _ := cstring(rest)
+	out := make([]byte, 0, len(portal)+len(stmt)+2+len(params))
+	out = append(out, portal...)
+	out = append(out, 0)
+	out = append(out, stmt...)
+	out = append(out, 0)
+	return append(out, params...)
+}
+
+func closeStatementBody(name string) []byte {
+	out := make([]byte, 0, len(name)+2)
+	out = append(out, 'S')
+	out = append(out, name...)
+	return append(out, 0)
+}
+
+// planDescribeClose gives a Describe the transform of the form it describes, and makes a Close
+// of a statement close its variants too.
+func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
+	if len(body) < 2 {
+		return s.emit(typ, body, e, &recorded{typ: typ})
+	}
+	name, _, _ := cstring(body[1:])
+	rec := &recorded{typ: typ, body: body}
+	s.mu.Lock()
+	var closeVariants []string
+	if body[0] == 'P' {
+		p := s.portals[string(name)]
+		if typ == 'D' && p != nil {
+			e.write = captureOf(p.write)
+		} else if typ == 'C' {
+			delete(s.portals, string(name))
+		}
+	} else {
+		info := s.stmts[string(name)]
+		rec.info = info
+		if typ == 'D' && info != nil {
+			e.write = captureOf(info.writeForm())
+		} else if typ == 'C' && info != nil {
+			for _, v := range []*variant{info.newVariant, info.origVariant} {
+				if v != nil && v.sent {
+					closeVariants = append(closeVariants, v.name)
+				}
+			}
+			delete(s.stmts, string(name))
+		}
+	}
+	s.mu.Unlock()
+	if err := s.emit(typ, body, e, rec); err != nil {
+		return err
+	}
+	for _, v := range closeVariants {
+		if err := s.emit('C', closeStatementBody(v), expected{kind: reqClose, suppress: true}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // restore applies a capture form's response transform to one server message: the client sees
@@ -139,9 +459,6 @@ func restore(e *expected, typ byte, body []byte) (byte, []byte) {
 			w = e.writes[e.stmt]
 		} else {
 			w = nil
-		}
-		if typ == 'C' || typ == 'I' {
-			defer func() { e.stmt++ }()
 		}
 	}
 	if w == nil {
@@ -209,59 +526,4 @@ func commandTag(verb string, n int64) []byte {
 		tag = verb + " " + strconv.FormatInt(n, 10)
 	}
 	return append([]byte(tag), 0)
-}
-
-// planMessage plans a client message that carries or uses SQL and records in entry the response
-// transform it needs. It returns the body to send.
-func (s *session) planMessage(typ byte, body []byte, entry *expected) []byte {
-	if (typ == 'Q' || typ == 'P') && !s.srv.planner.Active() {
-		return body
-	}
-	switch typ {
-	case 'Q':
-		out, writes := s.planQuery(body)
-		entry.writes = writes
-		return out
-	case 'P':
-		out, st := s.planParse(body)
-		name, _, _ := cstring(body)
-		if st != nil {
-			s.stmtPlans[string(name)] = st
-		} else if len(s.stmtPlans) > 0 {
-			delete(s.stmtPlans, string(name))
-		}
-		entry.write = captureOf(st)
-		return out
-	case 'B':
-		portal, rest, ok := cstring(body)
-		if !ok {
-			return body
-		}
-		stmt, _, _ := cstring(rest)
-		if st := s.stmtPlans[string(stmt)]; st != nil {
-			s.portalPlans[string(portal)] = st
-		} else if len(s.portalPlans) > 0 {
-			delete(s.portalPlans, string(portal))
-		}
-	case 'D', 'C':
-		if len(body) < 2 {
-			return body
-		}
-		name, _, _ := cstring(body[1:])
-		plans := s.stmtPlans
-		if body[0] == 'P' {
-			plans = s.portalPlans
-		}
-		if typ == 'D' {
-			entry.write = captureOf(plans[string(name)])
-		} else {
-			delete(plans, string(name))
-		}
-	case 'E':
-		portal, _, _ := cstring(body)
-		st := s.portalPlans[string(portal)]
-		s.countPlan(st)
-		entry.write = captureOf(st)
-	}
-	return body
 }

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pgcanary/pgcanary/router"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 const (
@@ -49,7 +49,10 @@ type session struct {
 	cr     *frameReader // client messages (after startup)
 	sr     *frameReader // server messages
 
-	sout         []byte // server-bound output; only the client loop touches it
+	// smu guards sout, partialWrite and writes to the server. The client loop writes; the server
+	// loop writes only to release or replay a gated batch (gate.go). Lock order: mu, then smu.
+	smu          sync.Mutex
+	sout         []byte // server-bound output
 	partialWrite bool   // a server write stopped mid-message: the stream cannot take a Terminate
 
 	cmu  sync.Mutex // guards cout and writes to client
@@ -57,36 +60,37 @@ type session struct {
 
 	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
-	txStatus    byte // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
-	ready       bool // startup finished
-	draining    bool // close as soon as the session is idle
-	closing     bool // no more requests go upstream
-	serverFatal bool // the server sent FATAL: its EOF is expected
-	statements  map[string]struct{}
+	txStatus    byte      // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
+	ready       bool      // startup finished
+	draining    bool      // close as soon as the session is idle
+	closing     bool      // no more requests go upstream
+	serverFatal bool      // the server sent FATAL: its EOF is expected
+	gate        *gate     // a routed batch whose fallback is still possible (gate.go)
+	path        pathState // the session's search_path, for planning
+	// the client's prepared statements and portals that touch a migration, with their variants
+	stmts      map[string]*stmtInfo
+	portals    map[string]*portalInfo
+	variantSeq uint64
+	orphans    []string // variants of dropped statements, closed at the next Sync
 
 	key       backendKey // the key this client knows us by
 	closeOnce sync.Once
 
-	// Planning state, owned by the client loop.
-	user, searchPath string
-	route            routing
-	appName          string // application_name, from startup and ParameterStatus; guarded by mu
-	// plans of the client's prepared statements and portals that have a mirrored form (or a reason
-	// to have none), tracked as the client sends Parse and Bind (Postgres processes them in order,
-	// so a failed Parse fails its Bind too).
-	stmtPlans, portalPlans map[string]*router.StatementPlan
+	// Routing state, owned by the client loop.
+	user    string
+	route   routing
+	appName string // application_name, from startup and ParameterStatus; guarded by mu
 }
 
 func newSession(srv *Server, client net.Conn) *session {
 	return &session{
-		srv:         srv,
-		client:      client,
-		log:         srv.log.With("client", client.RemoteAddr().String()),
-		statements:  make(map[string]struct{}),
-		stmtPlans:   make(map[string]*router.StatementPlan),
-		portalPlans: make(map[string]*router.StatementPlan),
-		cout:        make([]byte, 0, 8<<10),
-		sout:        make([]byte, 0, 8<<10),
+		srv:     srv,
+		client:  client,
+		log:     srv.log.With("client", client.RemoteAddr().String()),
+		stmts:   make(map[string]*stmtInfo),
+		portals: make(map[string]*portalInfo),
+		cout:    make([]byte, 0, 8<<10),
+		sout:    make([]byte, 0, 8<<10),
 	}
 }
 
@@ -99,7 +103,7 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
-	s.user, s.searchPath = params["user"], searchPathOf(params)
+	s.user, s.path = params["user"], newPathState(searchPathOf(params))
 	s.route = newRouting(s.srv.routingKey, params, s.client.RemoteAddr())
 	s.appName = params["application_name"]
 	if !s.connectUpstream(ctx, startup) {
@@ -307,6 +311,11 @@ func (s *session) relayAuth() bool {
 				s.fatalToClient(codeProtocolViolation, "malformed ReadyForQuery from upstream")
 				return false
 			}
+			if s.srv.planner != nil {
+				if !s.learnSearchPath() {
+					return false
+				}
+			}
 			s.mu.Lock()
 			s.txStatus, s.ready = body[0], true
 			drain := s.draining && !s.closing
@@ -345,6 +354,37 @@ func (s *session) relayAuth() bool {
 			if s.flushServer() != nil {
 				return false
 			}
+		}
+	}
+}
+
+// learnSearchPath asks the server for the session's search_path before the client's first
+// statement: role and database defaults (ALTER ROLE ... SET search_path) apply at startup, and
+// planning must resolve names the way the server will.
+func (s *session) learnSearchPath() bool {
+	s.toServer('Q', queryBody("SHOW search_path"))
+	if s.flushServer() != nil {
+		s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost upstream %s during startup", s.srv.upstream.Addr))
+		return false
+	}
+	for {
+		typ, body, err := s.sr.next()
+		if err != nil {
+			s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost upstream %s during startup: %v", s.srv.upstream.Addr, err))
+			return false
+		}
+		switch typ {
+		case 'D':
+			var row pgproto3.DataRow
+			if err := row.Decode(body); err == nil && len(row.Values) == 1 && row.Values[0] != nil {
+				s.path = newPathState(string(row.Values[0]))
+			}
+		case 'E':
+			s.log.Warn("reading the session's search_path", "err", errorMessage(body))
+		case 'S', 'N':
+			s.toClient(typ, body) // asynchronous: the client sees them as it would have
+		case 'Z':
+			return true
 		}
 	}
 }
@@ -397,39 +437,26 @@ func bufferedBytes(fr *frameReader) []byte {
 }
 
 // onClientMessage handles one client message: it records the response the message expects and
-// queues it for the server.
+// queues it for the server, planning it first when migrations are configured.
 func (s *session) onClientMessage(typ byte, body []byte) error {
 	kind, name, err := classifyFrontend(typ, body)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errMalformed, err)
 	}
-	if typ == 'X' { // Terminate: finish passes it on
+	if typ == 'X' { // Terminate: finish passes it on, once a gated batch has settled
+		s.mu.Lock()
+		g := s.gate
+		s.mu.Unlock()
+		if g != nil {
+			<-g.done
+		}
 		return errStopPump
 	}
-	entry := expected{kind: kind, name: name}
-	if s.srv.planner != nil {
-		body = s.planMessage(typ, body, &entry)
+	e := expected{kind: kind, name: name}
+	if s.srv.planner != nil && s.srv.planner.Active() {
+		return s.planAndEmit(typ, body, e)
 	}
-	if kind != 0 {
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			return errStopPump
-		}
-		if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' {
-			s.closing = true
-			s.mu.Unlock()
-			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
-			return errStopPump
-		}
-		s.fifo.push(entry)
-		s.mu.Unlock()
-	}
-	s.toServer(typ, body)
-	if len(s.sout) >= flushThreshold {
-		return s.flushServer()
-	}
-	return nil
+	return s.emit(typ, body, e, nil)
 }
 
 // classifyFrontend validates a client message just enough to know the response it expects, and
@@ -501,15 +528,25 @@ func (s *session) serverLoop() {
 // errClientWrite marks a failed write to the client: the session ends without blaming upstream.
 var errClientWrite = errors.New("write to client failed")
 
-// onServerMessage handles one server message: it moves the FIFO and queues the message for the
-// client.
+// onServerMessage handles one server message: it moves the FIFO, applies the head's response
+// transform, and queues the message for the client (or holds it, while a gate is open).
 func (s *session) onServerMessage(typ byte, body []byte) error {
 	s.mu.Lock()
-	head, _ := s.fifo.front()
-	origTyp := typ
-	if ref := s.fifo.headRef(); ref != nil && (ref.write != nil || ref.writes != nil) {
-		typ, body = restore(ref, typ, body)
+	ref := s.fifo.headRef()
+	var head expected
+	if ref != nil {
+		head = *ref
 	}
+	origTyp, origBody := typ, body
+	if ref != nil {
+		if ref.write != nil || ref.writes != nil {
+			typ, body = restore(ref, typ, body)
+		}
+		if ref.suppress && origTyp != 'A' && origTyp != 'S' && origTyp != 'N' {
+			typ = 0 // the proxy's own request
+		}
+	}
+	s.path.observe(origTyp, origBody)
 	switch origTyp {
 	case 'S': // ParameterStatus: the session's application_name feeds routing
 		if name, rest, ok := cstring(body); ok && string(name) == "application_name" {
@@ -522,32 +559,42 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			s.txStatus = body[0]
 		}
 	case '1':
-		if head.kind == reqParse && head.name != "" {
-			s.statements[head.name] = struct{}{}
+		if head.rec != nil {
+			head.rec.parsed = true
 		}
-	case '3':
-		if head.kind == reqClose && head.name != "" {
-			delete(s.statements, head.name)
+	case 'C', 'I', 's':
+		if ref != nil {
+			s.completed(ref, nil)
 		}
 	case 'E':
 		if isFatalError(body) {
 			s.serverFatal = true
 		}
+		if ref != nil {
+			s.completed(ref, origBody)
+		}
 	}
-	switch effectOf(origTyp, head.kind) {
+	batchEnded := false
+	effect := effectOf(origTyp, head.kind)
+	switch effect {
 	case effPop:
+		batchEnded = head.batchEnd
 		s.fifo.pop()
 	case effPopToSync:
+		s.failedRequest(ref)
 		s.fifo.pop()
-		s.fifo.skipToSync()
+		s.fifo.skipToSync(s.failedRequest)
 	}
-	idleDrain := s.draining && origTyp == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I'
+	if g := s.gate; g != nil {
+		typ = s.gateOnServer(g, origTyp, typ, body, head, effect, batchEnded)
+	}
+	idleDrain := s.draining && origTyp == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil
 	if idleDrain {
 		s.closing = true
 	}
 	s.mu.Unlock()
 	if typ == 0 {
-		return nil // consumed by a response transform
+		return nil // consumed by a response transform, or held by a gate
 	}
 
 	s.cmu.Lock()
@@ -566,6 +613,63 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		return errStopPump
 	}
 	return nil
+}
+
+// completed records the outcome of one statement of the head request: its duration or error
+// class, and the mirrored or unmirrored write it made. errBody is the ErrorResponse, if it failed.
+// Holds mu.
+func (s *session) completed(e *expected, errBody []byte) {
+	o := e.obs
+	if e.kind == reqQuery {
+		o = nil
+		if e.stmt < len(e.obsList) {
+			o = e.obsList[e.stmt]
+		}
+		if errBody == nil {
+			e.stmt++
+		}
+	}
+	if o == nil {
+		return
+	}
+	if errBody != nil {
+		class := errorField(errBody, 'C')
+		if len(class) >= 2 {
+			class = class[:2]
+		}
+		for _, m := range o.migrations {
+			s.srv.metrics.StatementError(m, o.route, class)
+		}
+		return
+	}
+	d := time.Since(o.start)
+	for _, m := range o.migrations {
+		s.srv.metrics.StatementDuration(m, o.route, d)
+	}
+	if o.write != nil {
+		s.srv.metrics.MirroredWrite(o.write.Migration, o.write.Direction)
+	}
+	for _, u := range o.unmirrored {
+		s.srv.metrics.UnmirroredWrite(u.Migration, u.Reason)
+	}
+}
+
+// failedRequest undoes what the session assumed of a request the server failed or skipped: a
+// Parse that created nothing, a variant that was not prepared. Holds mu.
+func (s *session) failedRequest(e *expected) {
+	if e == nil {
+		return
+	}
+	if u := e.undo; u != nil {
+		if u.had {
+			s.stmts[u.name] = u.prev
+		} else {
+			delete(s.stmts, u.name)
+		}
+	}
+	if e.variant != nil {
+		e.variant.sent = false
+	}
 }
 
 // drain asks the session to close as soon as it is idle; an idle session closes now. A
@@ -599,6 +703,10 @@ func (s *session) close() {
 		s.mu.Lock()
 		s.closing = true
 		server := s.server
+		if g := s.gate; g != nil {
+			s.gate = nil
+			close(g.done) // a client loop waiting on the gate goes on to find the session closed
+		}
 		s.mu.Unlock()
 		_ = s.client.Close()
 		if server != nil {
@@ -617,10 +725,12 @@ func (s *session) finish() {
 	if server == nil {
 		return
 	}
+	s.smu.Lock()
 	if !s.partialWrite {
 		_ = server.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = server.Write([]byte{'X', 0, 0, 0, 4})
 	}
+	s.smu.Unlock()
 	_ = server.Close()
 }
 
@@ -635,10 +745,17 @@ func (s *session) clientReadFailed(err error) {
 	}
 }
 
-// toServer appends a message for the server; large bodies are written through directly.
+// toServer appends a message for the server (startup phase, single goroutine).
 func (s *session) toServer(typ byte, body []byte) {
+	s.smu.Lock()
+	s.toServerLocked(typ, body)
+	s.smu.Unlock()
+}
+
+// toServerLocked appends a message for the server; large bodies are written through. Holds smu.
+func (s *session) toServerLocked(typ byte, body []byte) {
 	if len(body) >= directWriteThreshold {
-		if err := s.flushServer(); err != nil {
+		if err := s.flushServerLocked(); err != nil {
 			return
 		}
 		hdr := appendHeader(make([]byte, 0, headerLen), typ, len(body))
@@ -655,6 +772,12 @@ func (s *session) toServer(typ byte, body []byte) {
 }
 
 func (s *session) flushServer() error {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	return s.flushServerLocked()
+}
+
+func (s *session) flushServerLocked() error {
 	if len(s.sout) == 0 {
 		return nil
 	}

@@ -54,6 +54,8 @@ type ReadForm struct {
 	Migrations []string
 	// Flags are the migrations' read-percent flag keys, in the order of Migrations.
 	Flags []string
+	// Ordered: the statement's top level has ORDER BY, so row order is part of its answer.
+	Ordered bool
 }
 
 // Unrewritten records a statement that touches a migration but is not rewritten.

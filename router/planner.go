@@ -188,7 +188,8 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 			}
 		}
 	}
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags}
+	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered}
 	return st
 }
 

@@ -24,6 +24,9 @@ type WriteForm struct {
 	// CountOnly: a capture form of a statement without RETURNING yields one row, count(*), that the
 	// proxy consumes (RowDescription becomes NoData) and uses for the command tag.
 	CountOnly bool
+	// Passthrough: the migration's on_mirror_error is passthrough, so when this form fails the
+	// proxy re-runs the client's statement alone (and counts it unmirrored).
+	Passthrough bool
 }
 
 // Reasons a write to a migrated relation passes through unmirrored (verify and repair close the
@@ -119,6 +122,7 @@ func planWrite(cat *Catalog, searchPath []string, version int32, stmt *pg_query.
 		return
 	}
 	form.SQL = out
+	form.Passthrough = mig.Config.OnMirrorError == "passthrough"
 	st.Write = form
 }
 

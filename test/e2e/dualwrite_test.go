@@ -28,6 +28,13 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 	t.Helper()
 	ctx := testCtx(t)
 	inDB := loadExamples(t, db)
+	if o.setupSQL != "" {
+		c := connectDSN(t, inDB(cluster.DSN(pgtest.SuperUser, "")))
+		if _, err := c.Exec(ctx, o.setupSQL); err != nil {
+			t.Fatalf("setup: %v", err)
+		}
+		c.Close(ctx)
+	}
 	// The shipped example configuration, pointed at this database.
 	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
 	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))

@@ -40,6 +40,8 @@ type proxyOpts struct {
 	planner    proxy.Planner
 	flags      flags.Source
 	routingKey string
+	// setupSQL runs in the migrated database before the configuration is checked (migratedProxyWith).
+	setupSQL string
 }
 
 // testProxy is a proxy running in-process on a free port.

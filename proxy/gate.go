@@ -1,0 +1,445 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// A gate keeps a routed read (or a passthrough write's mirrored form) undecided until its answer
+// is known, so that when the new form fails before anything reached the client, the batch can be
+// re-run in its old form and the client sees only the old form's answer.
+//
+// A gate opens on the first message of a batch sent while the session is idle (nothing in flight,
+// outside an explicit transaction; a passthrough write may also start one inside a transaction,
+// wrapped in a savepoint). From then on:
+//   - the client loop records the batch's messages (to replay them) up to its Sync, or the Query
+//     itself, and holds any later message back, so that nothing overtakes a replay;
+//   - the server loop holds the batch's output back until the gated statement completes (then
+//     it releases everything) or fails (then it drops the output up to the batch's last answer
+//     and sends the replay, then the held messages).
+//
+// Output beyond maxGateOutput is released early: from then on a failure reaches the client like
+// any error. A session that is not idle, a pipeline, or a batch mixing in other protocol
+// messages simply runs without a fallback.
+type gate struct {
+	kind       string // "read" or "write"
+	migrations []string
+	savepoint  bool // a passthrough write inside a transaction: SAVEPOINT before, RELEASE after
+	extended   bool // the batch uses the extended protocol
+	sealed     bool // the batch is complete: later client messages wait in held
+	noFallback bool // the batch cannot be replayed: release at the next server message
+	gatedSet   bool // an entry of the batch carries gated
+	recorded   []*recorded
+	recSize    int
+	held       []byte // client messages after the batch
+	heldEnts   []expected
+	out        []byte // the batch's output, held back
+	failed     bool   // the gated statement failed: drop output until the batch ends, then replay
+	done       chan struct{}
+}
+
+const (
+	// maxGateOutput bounds the output held back while a fallback is possible.
+	maxGateOutput = 256 << 10
+	// maxGateBatch bounds the recorded batch; larger batches run without a fallback.
+	maxGateBatch = 1 << 20
+	// maxGateHeld bounds client messages held behind a gate before the client loop waits.
+	maxGateHeld = 256 << 10
+	// savepointName wraps a passthrough write's mirrored form inside a transaction.
+	savepointName = "pgcanary_mirror"
+)
+
+// recorded is one client message of a gated batch, kept to build its replay.
+type recorded struct {
+	typ    byte
+	body   []byte    // the client's own message
+	info   *stmtInfo // Parse, Bind, Describe/Close of a statement
+	portal string    // Bind
+	parsed bool      // Parse: its ParseComplete arrived (a named statement then exists)
+}
+
+// maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
+// transaction (a write with passthrough may open one inside a transaction, with a savepoint).
+// extended says which protocol the batch uses, and so how to send the savepoint.
+func (s *session) maybeStartGate(kind string, migrations []string, extended bool) error {
+	s.mu.Lock()
+	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready {
+		s.mu.Unlock()
+		return nil
+	}
+	inTx := s.txStatus == 'T'
+	if s.txStatus != 'I' && !(inTx && kind == "write") {
+		s.mu.Unlock()
+		return nil
+	}
+	s.gate = &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, done: make(chan struct{})}
+	s.mu.Unlock()
+	if inTx {
+		return s.emitOwn("SAVEPOINT "+savepointName, extended, false)
+	}
+	return nil
+}
+
+// emitOwn sends a statement of the proxy's own, its answers suppressed. In an extended batch it
+// goes through a named statement and portal, closed right after: a simple Query would drop the
+// client's unnamed statement. sync ends it with a Sync of its own, so that its failure cannot
+// make the server skip the client's next messages.
+func (s *session) emitOwn(sql string, extended, sync bool) error {
+	msgs, ents := ownStatement(nil, nil, sql, extended, sync)
+	return s.emitAll(msgs, ents)
+}
+
+// emitOwnSealing sends the RELEASE that ends an extended batch's savepoint, with its own Sync,
+// and seals the gate with it.
+func (s *session) emitOwnSealing(sql string) error {
+	msgs, ents := ownStatement(nil, nil, sql, true, true)
+	ents[len(ents)-1].sealsGate = true
+	return s.emitAll(msgs, ents)
+}
+
+// emitAll emits encoded messages, each with its entry (every message here expects an answer).
+func (s *session) emitAll(msgs []byte, ents []expected) error {
+	for len(msgs) > 0 {
+		typ, n := msgs[0], int(binary.BigEndian.Uint32(msgs[1:5]))
+		body := msgs[5 : 1+n]
+		msgs = msgs[1+n:]
+		e := ents[0]
+		ents = ents[1:]
+		if err := s.emit(typ, body, e, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownStatement appends the messages and entries of a statement of the proxy's own.
+func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) ([]byte, []expected) {
+	own := expected{suppress: true}
+	add := func(typ byte, body []byte, kind requestKind) {
+		out = appendMessage(out, typ, body)
+		e := own
+		e.kind = kind
+		ents = append(ents, e)
+	}
+	if !extended {
+		add('Q', queryBody(sql), reqQuery)
+		return out, ents
+	}
+	const name = "pgcanary_own"
+	add('P', parseBody(name, sql, nil), reqParse)
+	add('B', []byte(name+"\x00"+name+"\x00\x00\x00\x00\x00\x00\x00"), reqBind)
+	add('E', []byte(name+"\x00\x00\x00\x00\x00"), reqExecute)
+	add('C', append([]byte("P"+name), 0), reqClose)
+	add('C', closeStatementBody(name), reqClose)
+	if sync {
+		add('S', nil, reqSync)
+	}
+	return out, ents
+}
+
+// emitGatable sends the first message of a routed or passthrough batch, opening a gate if it can.
+func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string) error {
+	if err := s.maybeStartGate(kind, migrations, true); err != nil {
+		return err
+	}
+	return s.emit(typ, body, e, rec)
+}
+
+// emitGatedQuery sends a single-statement Query whose new (or mirrored) form may fail; orig is
+// the client's own Query body, replayed on failure.
+func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string) error {
+	if err := s.maybeStartGate(kind, migrations, false); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	g := s.gate
+	s.mu.Unlock()
+	if g == nil {
+		return s.emit('Q', out, e, &recorded{typ: 'Q'})
+	}
+	s.mu.Lock()
+	g.gatedSet = true
+	s.mu.Unlock()
+	e.gated, e.sealsGate = true, !g.savepoint
+	if err := s.emit('Q', out, e, &recorded{typ: 'Q', body: orig}); err != nil {
+		return err
+	}
+	if g.savepoint {
+		return s.emit('Q', queryBody("RELEASE SAVEPOINT "+savepointName), expected{kind: reqQuery, suppress: true, sealsGate: true}, nil)
+	}
+	return nil
+}
+
+// emit sends one message to the server and records the response it expects. While a gate
+// records a batch, the message is recorded too; once the batch is sealed, it waits in the gate.
+func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
+	hasEntry := e.kind != 0
+	s.mu.Lock()
+	if hasEntry && !e.suppress {
+		if s.closing {
+			s.mu.Unlock()
+			return errStopPump
+		}
+		if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil {
+			s.closing = true
+			s.mu.Unlock()
+			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+			return errStopPump
+		}
+	}
+	if g := s.gate; g != nil {
+		if g.sealed {
+			g.held = appendMessage(g.held, typ, body)
+			if hasEntry {
+				g.heldEnts = append(g.heldEnts, e)
+			}
+			wait := len(g.held) > maxGateHeld
+			s.mu.Unlock()
+			if wait {
+				<-g.done // the client loop pauses until the gate opens: backpressure
+			}
+			return nil
+		}
+		s.recordInGate(g, typ, body, &e, rec)
+	}
+	if hasEntry {
+		s.fifo.push(e)
+	}
+	s.mu.Unlock()
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	s.toServerLocked(typ, body)
+	if len(s.sout) >= flushThreshold {
+		return s.flushServerLocked()
+	}
+	return nil
+}
+
+// recordInGate adds a message to the gate's batch and marks the entries the server loop acts on.
+// Holds mu.
+func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec *recorded) {
+	switch {
+	case e.suppress && !e.sealsGate:
+	case e.sealsGate:
+		if !g.gatedSet {
+			e.gated, g.gatedSet = true, true
+		}
+		e.batchEnd, g.sealed = true, true
+	case typ == 'S':
+		if !g.gatedSet {
+			e.gated, g.gatedSet = true, true
+		}
+		if g.savepoint {
+			// RELEASE SAVEPOINT follows the Sync and ends the batch (planAndEmit sends it).
+			break
+		}
+		e.batchEnd, g.sealed = true, true
+	case e.kind == reqExecute && !g.gatedSet:
+		e.gated, g.gatedSet = true, true
+	case e.suppress || e.gated:
+	case typ == 'Q', typ == 'F', typ == 'd', typ == 'c', typ == 'f':
+		g.noFallback = true // another protocol flow inside the batch: no replay
+	}
+	if e.suppress || g.noFallback {
+		return
+	}
+	if rec == nil {
+		g.noFallback = true
+		return
+	}
+	if rec.body == nil {
+		rec.body = body
+	}
+	rec.body = bytes.Clone(rec.body)
+	g.recSize += len(rec.body)
+	if g.recSize > maxGateBatch {
+		g.noFallback = true
+		return
+	}
+	g.recorded = append(g.recorded, rec)
+	e.rec = rec
+}
+
+// gateOnServer decides what happens to one server message while a gate is open. It returns the
+// type to forward now (0: held or dropped). Holds mu.
+func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head expected, effect responseEffect, batchEnded bool) byte {
+	if g.failed {
+		if batchEnded {
+			s.replay(g)
+		}
+		if origTyp == 'A' || origTyp == 'S' {
+			return typ
+		}
+		return 0
+	}
+	if g.noFallback {
+		s.release(g)
+		return typ
+	}
+	if origTyp == 'E' {
+		if g.sealed && fallbackable(body) {
+			g.failed, g.out = true, nil
+			for _, m := range g.migrations {
+				if g.kind == "read" {
+					s.srv.metrics.ReadFallback(m)
+				} else {
+					s.srv.metrics.UnmirroredWrite(m, "mirror_failed")
+				}
+			}
+			s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(body))
+			return 0
+		}
+		s.release(g)
+		return typ
+	}
+	if typ != 0 {
+		g.out = appendMessage(g.out, typ, body)
+	}
+	if head.gated && effect == effPop || len(g.out) > maxGateOutput {
+		s.release(g)
+	}
+	return 0
+}
+
+// fallbackable reports whether a failed new form may be re-run: not a fatal error (the session
+// is ending), not a cancel or statement timeout (the client asked for it to stop), not a
+// connection or operator-intervention error.
+func fallbackable(body []byte) bool {
+	if isFatalError(body) {
+		return false
+	}
+	code := errorField(body, 'C')
+	return len(code) == 5 && code != "57014" && code[:2] != "57" && code[:2] != "08"
+}
+
+// release opens the gate: held output goes to the client, held messages to the server. Holds mu.
+func (s *session) release(g *gate) {
+	s.gate = nil
+	close(g.done)
+	if len(g.out) > 0 {
+		s.cmu.Lock()
+		s.cout = append(s.cout, g.out...)
+		s.cmu.Unlock()
+	}
+	s.sendLocked(g.held, g.heldEnts)
+}
+
+// replay re-runs the gated batch in its old form, then sends what the client sent after it.
+// Holds mu; runs when the failed batch's last answer arrived, so the server is idle.
+func (s *session) replay(g *gate) {
+	s.gate = nil
+	close(g.done)
+	out, ents := s.buildReplay(g)
+	s.sendLocked(append(out, g.held...), append(ents, g.heldEnts...))
+}
+
+// sendLocked writes messages from the server loop, pushing their entries first. Holds mu.
+func (s *session) sendLocked(msgs []byte, ents []expected) {
+	for _, e := range ents {
+		s.fifo.push(e)
+	}
+	if len(msgs) == 0 {
+		return
+	}
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	s.sout = append(s.sout, msgs...)
+	if err := s.flushServerLocked(); err != nil {
+		s.log.Debug("send replay", "err", err)
+	}
+}
+
+// buildReplay turns the recorded batch into its old form: reads bind their statement's old form,
+// writes their client's own text; statements the server holds in a new or mirrored form under
+// the client's name are parsed again in the client's text (unnamed) or bound through a variant
+// of the client's text (named). Holds mu.
+func (s *session) buildReplay(g *gate) ([]byte, []expected) {
+	var out []byte
+	var ents []expected
+	add := func(typ byte, body []byte, e expected) {
+		out = appendMessage(out, typ, body)
+		if e.kind != 0 {
+			ents = append(ents, e)
+		}
+	}
+	if g.savepoint {
+		out, ents = ownStatement(out, ents, "ROLLBACK TO SAVEPOINT "+savepointName, g.extended, false)
+		out, ents = ownStatement(out, ents, "RELEASE SAVEPOINT "+savepointName, g.extended, false)
+	}
+	reparsed := false // the unnamed statement holds the client's text again
+	for _, r := range g.recorded {
+		kind, name, _ := classifyFrontend(r.typ, r.body)
+		e := expected{kind: kind, name: name}
+		body := r.body
+		switch r.typ {
+		case 'Q':
+			e.obsList = []*observation{{migrations: g.migrations, route: "old", start: time.Now()}}
+		case 'P':
+			if r.parsed && name != "" {
+				continue // the named statement exists; its form stands
+			}
+			if r.info != nil {
+				r.info.routed = false
+				r.info.original = r.info.plan.Write != nil
+			}
+			reparsed = reparsed || name == ""
+		case 'B':
+			info := r.info
+			if info == nil {
+				break
+			}
+			switch {
+			case info.name == "" && !reparsed && (info.routed || info.writeForm() != nil):
+				add('P', parseBody("", info.query, info.paramOIDs), expected{kind: reqParse, suppress: true})
+				info.routed, info.original = false, info.plan.Write != nil
+				reparsed = true
+			case info.name != "" && info.writeForm() != nil:
+				if info.origVariant == nil {
+					s.variantSeq++
+					info.origVariant = &variant{name: "pgcanary_o" + strconv.FormatUint(s.variantSeq, 10)}
+				}
+				if v := info.origVariant; !v.sent {
+					v.sent = true
+					add('P', parseBody(v.name, info.query, info.paramOIDs), expected{kind: reqParse, suppress: true, variant: v})
+				}
+				body = rebindStatement(body, r.portal, info.origVariant.name)
+			}
+			route := "old"
+			if info.plan.Write != nil {
+				route = "write"
+			}
+			s.portals[r.portal] = &portalInfo{info: info, route: route}
+		case 'D':
+			if r.body[0] == 'S' && r.info != nil {
+				e.write = captureOf(r.info.writeForm())
+			}
+		case 'E':
+			e.obs = &observation{migrations: g.migrations, route: "old", start: time.Now()}
+			if g.kind == "write" {
+				e.obs.route = "write"
+			}
+		}
+		add(r.typ, body, e)
+	}
+	return out, ents
+}
+
+// appendMessage appends one protocol message.
+func appendMessage(buf []byte, typ byte, body []byte) []byte {
+	buf = appendHeader(buf, typ, len(body))
+	return append(buf, body...)
+}
+
+// queryBody is a Query message's body.
+func queryBody(sql string) []byte { return append([]byte(sql), 0) }
+
+// parseBody is a Parse message's body.
+func parseBody(name, query string, oids []uint32) []byte {
+	msg := pgproto3.Parse{Name: name, Query: query, ParameterOIDs: oids}
+	out, _ := msg.Encode(nil)
+	return out[headerLen:]
+}

@@ -1,0 +1,327 @@
+package e2e
+
+import (
+	"database/sql"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgcanary/pgcanary/test/pgtest"
+)
+
+// accountsSchema: balances move from numeric to text in a new table. The read map casts the text
+// back, which fails on a row whose text is not a number (corrupted below, directly in the new
+// table): a read expression that fails at run time for some rows.
+const accountsSchema = `
+create table accounts (id int primary key, owner text not null, balance numeric(12,2) not null);
+create table accounts_v2 (id int primary key, owner text not null, balance_text text not null
+	check (length(balance_text) <= 8));
+insert into accounts select i, 'owner ' || i, i * 10.5 from generate_series(1, 50) i;
+insert into accounts_v2 select id, owner, balance::text from accounts;
+update accounts_v2 set balance_text = 'oops' where id = 7;
+`
+
+func accountsMigration(onMirrorError string) string {
+	return `  - name: accounts-text
+    database: $DB
+    old: public.accounts
+    new: public.accounts_v2
+    key: [id]
+    write:
+      balance_text: balance::text
+    read:
+      balance: balance_text::numeric(12,2)
+    on_mirror_error: ` + onMirrorError + "\n"
+}
+
+// TestReadFallback: at 100 %, reads whose new form fails on some rows still answer with the old
+// form's rows, through every protocol path (simple, unnamed, named variants, lib/pq, psql), and
+// each re-run is counted; inside an explicit transaction the error reaches the client.
+func TestReadFallback(t *testing.T) {
+	cs := customProxy(t, "fallback_reads", accountsSchema, accountsMigration("fail"), proxyOpts{})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	fallbacks := func() float64 {
+		return cs.metric("pgcanary_read_fallbacks_total", map[string]string{"migration": "accounts-text"})
+	}
+	routedNew := func() float64 {
+		return cs.metric("pgcanary_statements_total", map[string]string{"migration": "accounts-text", "kind": "read", "route": "new"})
+	}
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement,
+		pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec}
+	for _, mode := range modes {
+		before, newBefore := fallbacks(), routedNew()
+		// One failing row, and a scan that fails part-way through.
+		var balance string
+		if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = $1", mode, 7).Scan(&balance); err != nil {
+			t.Fatalf("%v: single row: %v", mode, err)
+		}
+		if balance != "73.50" {
+			t.Fatalf("%v: balance %q, want the old shape's 73.50", mode, balance)
+		}
+		var n int
+		var sum string
+		if err := conn.QueryRow(ctx, "SELECT count(*), sum(balance)::text FROM (SELECT balance FROM accounts WHERE id > $1) a", mode, 0).Scan(&n, &sum); err != nil {
+			t.Fatalf("%v: aggregate: %v", mode, err)
+		}
+		if n != 50 || sum != "13387.50" {
+			t.Fatalf("%v: aggregate %d %s", mode, n, sum)
+		}
+		rows, err := conn.Query(ctx, "SELECT id, balance FROM accounts WHERE id >= $1 ORDER BY id", mode, 1)
+		if err != nil {
+			t.Fatalf("%v: scan: %v", mode, err)
+		}
+		count := 0
+		for rows.Next() {
+			count++
+		}
+		if err := rows.Err(); err != nil || count != 50 {
+			t.Fatalf("%v: scan returned %d rows, err %v", mode, count, err)
+		}
+		// A row the new form reads fine is served by it.
+		if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = $1", mode, 2).Scan(&balance); err != nil || balance != "21.00" {
+			t.Fatalf("%v: healthy row: %q %v", mode, balance, err)
+		}
+		if got := fallbacks() - before; got != 3 {
+			t.Fatalf("%v: %v fallbacks counted, want 3", mode, got)
+		}
+		if routedNew()-newBefore < 4 {
+			t.Fatalf("%v: reads were not routed to the new shape", mode)
+		}
+	}
+
+	// Inside an explicit transaction there is no fallback: the error is the client's.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var balance string
+	err = tx.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = $1", 7).Scan(&balance)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22P02" {
+		t.Fatalf("in a transaction: got %v, want the new form's 22P02", err)
+	}
+	_ = tx.Rollback(ctx)
+
+	// lib/pq (unnamed statement parsed, described and executed in two batches) and psql.
+	before := fallbacks()
+	db, err := sql.Open("postgres", cs.dsn(pgtest.SuperUser, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.QueryRowContext(ctx, "SELECT balance::text FROM accounts WHERE id = $1", 7).Scan(&balance); err != nil || balance != "73.50" {
+		t.Fatalf("lib/pq: %q %v", balance, err)
+	}
+	if psql, err := pgtest.FindBin("psql"); err == nil {
+		out, err := exec.Command(psql, "-X", "-At", "-c", "SELECT balance FROM accounts WHERE id = 7", cs.dsn(pgtest.SuperUser, "")).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "73.50" {
+			t.Fatalf("psql: %v\n%s", err, out)
+		}
+	}
+	if got := fallbacks() - before; got < 1 {
+		t.Fatalf("lib/pq and psql: %v fallbacks counted", got)
+	}
+	// The session is still usable after all of it, and errors per route are counted.
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	if cs.metric("pgcanary_statement_errors_total", map[string]string{"migration": "accounts-text", "route": "new", "sqlstate_class": "22"}) == 0 {
+		t.Fatal("statement errors on the new route were not counted")
+	}
+}
+
+// TestNamedStatementsSwitchRoute: a statement prepared once (pgx's statement cache) follows the
+// flag on every execution, and closing, DEALLOCATE and DISCARD ALL leave the session consistent.
+func TestNamedStatementsSwitchRoute(t *testing.T) {
+	cs := customProxy(t, "named_variants", accountsSchema+"update accounts_v2 set balance_text = '73.50' where id = 7;",
+		accountsMigration("fail"), proxyOpts{})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	route := func(r string) float64 {
+		return cs.metric("pgcanary_statements_total", map[string]string{"migration": "accounts-text", "kind": "read", "route": r})
+	}
+	const q = "SELECT owner, balance::text FROM accounts WHERE id = $1"
+	read := func() {
+		t.Helper()
+		var owner, balance string
+		if err := conn.QueryRow(ctx, q, pgx.QueryExecModeCacheStatement, 7).Scan(&owner, &balance); err != nil {
+			t.Fatal(err)
+		}
+		if owner != "owner 7" || balance != "73.50" {
+			t.Fatalf("read %q %s", owner, balance)
+		}
+	}
+	read() // prepared at 0 %
+	if route("old") != 1 || route("new") != 0 {
+		t.Fatalf("at 0%%: old %v new %v", route("old"), route("new"))
+	}
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	for range 3 {
+		read()
+	}
+	if route("new") != 3 {
+		t.Fatalf("after the flag went to 100%%, the prepared statement took the new route %v times of 3", route("new"))
+	}
+	cs.setFlags(map[string]float64{"accounts-text": 0})
+	read()
+	if route("old") != 2 {
+		t.Fatalf("back at 0%%: old %v", route("old"))
+	}
+	// Close (pgx Deallocate) drops the statement and its variant; a new statement under the same
+	// name with another text must work.
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	for _, reset := range []string{"deallocate", "DEALLOCATE ALL", "DISCARD ALL"} {
+		read()
+		switch reset {
+		case "deallocate":
+			if err := conn.DeallocateAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if _, err := conn.Exec(ctx, reset, pgx.QueryExecModeSimpleProtocol); err != nil {
+				t.Fatal(err)
+			}
+			// pgx does not know the server dropped its statements.
+			conn.Close(ctx)
+			conn = connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+		}
+		read()
+	}
+	// Prepare the same name twice by hand: the variant follows the current text.
+	pc := conn.PgConn()
+	for i, text := range []string{"SELECT owner FROM accounts WHERE id = $1", "SELECT balance::text FROM accounts WHERE id = $1"} {
+		if _, err := pc.Prepare(ctx, "mine", text, nil); err != nil {
+			t.Fatal(err)
+		}
+		res := pc.ExecPrepared(ctx, "mine", [][]byte{[]byte("7")}, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 {
+			t.Fatalf("statement %d: %v", i, res.Err)
+		}
+		want := []string{"owner 7", "73.50"}[i]
+		if got := string(res.Rows[0][0]); got != want {
+			t.Fatalf("statement %d returned %q, want %q", i, got, want)
+		}
+		if err := pc.Deallocate(ctx, "mine"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPassthroughMirror: with on_mirror_error passthrough, a write whose mirror fails (a check
+// constraint on the new table) succeeds unmirrored and is counted, outside and inside explicit
+// transactions (through a savepoint) and in every protocol mode; with fail, it fails.
+func TestPassthroughMirror(t *testing.T) {
+	cs := customProxy(t, "passthrough", accountsSchema, accountsMigration("passthrough"), proxyOpts{})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	direct := connectDSN(t, cs.directDSN)
+	unmirrored := func() float64 {
+		return cs.metric("pgcanary_unmirrored_writes_total", map[string]string{"migration": "accounts-text", "reason": "mirror_failed"})
+	}
+	newText := func(id int) string {
+		t.Helper()
+		var s string
+		if err := direct.QueryRow(ctx, "select balance_text from accounts_v2 where id = $1", id).Scan(&s); err != nil {
+			return "<" + err.Error() + ">"
+		}
+		return s
+	}
+	oldBalance := func(id int) string {
+		t.Helper()
+		var s string
+		if err := direct.QueryRow(ctx, "select balance::text from accounts where id = $1", id).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement,
+		pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeDescribeExec}
+	for i, mode := range modes {
+		id := 10 + i
+		before := unmirrored()
+		// Outside a transaction: the mirror fails, the original runs alone.
+		tag, err := conn.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", mode, "123456.78", id)
+		if err != nil || tag.String() != "UPDATE 1" {
+			t.Fatalf("%v: update: %v %v", mode, tag, err)
+		}
+		if oldBalance(id) != "123456.78" || newText(id) == "123456.78" {
+			t.Fatalf("%v: old %s new %s", mode, oldBalance(id), newText(id))
+		}
+		// A write the mirror accepts is still mirrored.
+		if _, err := conn.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", mode, "5.25", id); err != nil {
+			t.Fatal(err)
+		}
+		if newText(id) != "5.25" {
+			t.Fatalf("%v: mirrored write left %q", mode, newText(id))
+		}
+		// INSERT ... RETURNING returns the original's rows.
+		var got int
+		if err := conn.QueryRow(ctx, "INSERT INTO accounts (id, owner, balance) VALUES ($1, 'x', 99999999.99) RETURNING id", mode, 100+i).Scan(&got); err != nil || got != 100+i {
+			t.Fatalf("%v: insert returning: %v %v", mode, got, err)
+		}
+		// Inside a transaction: a savepoint keeps the transaction alive; other writes mirror;
+		// COMMIT keeps both.
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", mode, "7777777.77", id); err != nil {
+			t.Fatalf("%v: in transaction: %v", mode, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", mode, "1.5", id+20); err != nil {
+			t.Fatalf("%v: second write in transaction: %v", mode, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("%v: commit: %v", mode, err)
+		}
+		if oldBalance(id) != "7777777.77" || newText(id) != "5.25" || newText(id+20) != "1.50" {
+			t.Fatalf("%v: after commit old %s new %s other %s", mode, oldBalance(id), newText(id), newText(id+20))
+		}
+		// ROLLBACK undoes the re-run write too.
+		tx, err = conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", mode, "8888888.88", id); err != nil {
+			t.Fatalf("%v: in transaction: %v", mode, err)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if oldBalance(id) != "7777777.77" {
+			t.Fatalf("%v: rollback left %s", mode, oldBalance(id))
+		}
+		if got := unmirrored() - before; got != 4 {
+			t.Fatalf("%v: %v unmirrored writes counted, want 4", mode, got)
+		}
+	}
+	// A genuine error of the client's statement is the client's, in and out of transactions.
+	if _, err := conn.Exec(ctx, "UPDATE accounts SET balance = 1/0 WHERE id = 1"); err == nil {
+		t.Fatal("division by zero succeeded")
+	}
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMirrorFailFails: under on_mirror_error fail, the same write fails and neither shape changes.
+func TestMirrorFailFails(t *testing.T) {
+	cs := customProxy(t, "mirror_fail", accountsSchema, accountsMigration("fail"), proxyOpts{})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	_, err := conn.Exec(ctx, "UPDATE accounts SET balance = $1 WHERE id = $2", "123456.78", 3)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23514" {
+		t.Fatalf("got %v, want the new table's check violation", err)
+	}
+	var b string
+	if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = 3").Scan(&b); err != nil || b != "31.50" {
+		t.Fatalf("old shape changed: %s %v", b, err)
+	}
+}
