@@ -39,24 +39,33 @@ type Options struct {
 	// Pprof mounts net/http/pprof under /debug/pprof/ for profiling a live proxy. Off by default:
 	// profiles reveal query text in memory.
 	Pprof bool
+	// Migrations serves the JSON API under /v1/migrations; nil leaves it out.
+	Migrations Migrations
+	// Token is the bearer token (admin.token_file's contents): required for POSTs, and for every
+	// endpoint but the health probes when Listen is beyond loopback.
+	Token string
 }
 
 // NewWithOptions builds the admin server from opts.
 func NewWithOptions(o Options) *Server {
 	listen, gatherer, ready, log := o.Listen, o.Gatherer, o.Ready, o.Log
 	mux := http.NewServeMux()
+	a := auth{token: o.Token, loopback: isLoopback(listen)}
 	if o.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		for path, h := range map[string]http.HandlerFunc{"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline,
+			"/debug/pprof/profile": pprof.Profile, "/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace} {
+			mux.Handle(path, a.wrap(h, false))
+		}
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	if o.Migrations != nil {
+		mountAPI(mux, o.Migrations, a)
+	}
+	probe := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, a.wrap(h, true)) }
+	probe("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	probe("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -67,7 +76,7 @@ func NewWithOptions(o Options) *Server {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", a.wrap(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}), false))
 	return &Server{
 		http: &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 		log:  log,

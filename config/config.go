@@ -32,6 +32,7 @@ type Config struct {
 	SideDSN    string      `yaml:"side_dsn"`
 	Flags      FlagSource  `yaml:"flags"`
 	RoutingKey string      `yaml:"routing_key"`
+	Shadow     Shadow      `yaml:"shadow"`
 	Migrations []Migration `yaml:"migrations"`
 
 	src *source
@@ -53,6 +54,21 @@ type UpstreamTLS struct {
 type ClientTLS struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+}
+
+// Shadow configures comparisons and the canary judge (shared by all migrations; each migration's
+// compare section says how its results are compared).
+type Shadow struct {
+	Workers     int           `yaml:"workers"`      // comparisons run at once; default 4
+	QueueSize   int           `yaml:"queue_size"`   // sampled reads waiting; beyond it they are dropped; default 1000
+	Timeout     time.Duration `yaml:"timeout"`      // per form, as statement_timeout on the side connection; default 5s
+	MismatchLog string        `yaml:"mismatch_log"` // JSONL file mismatch records are appended to (relative to the config file)
+	StateFile   string        `yaml:"state_file"`   // where engaged kill switches are kept across restarts (relative to the config file)
+	// The judge: a sliding window, a minimum sample count, and the rates that fail a canary.
+	Window               time.Duration `yaml:"window"`                  // default 10m
+	MinSamples           int           `yaml:"min_samples"`             // comparisons needed to pass; default 200
+	MaxMismatchRate      float64       `yaml:"max_mismatch_rate"`       // Wilson 95% upper bound above this fails; default 0.001
+	MaxErrorRateIncrease float64       `yaml:"max_error_rate_increase"` // new-route error rate minus old above this fails; default 0.01
 }
 
 // Admin configures the operator HTTP endpoint.
@@ -177,6 +193,13 @@ func (c *Config) lintSettings() Report {
 	}
 	if err := ValidRoutingKey(c.RoutingKey); err != nil {
 		bad("routing_key", "%v", err)
+	}
+	sh := c.Shadow
+	if sh.Workers < 0 || sh.QueueSize < 0 || sh.Timeout < 0 || sh.Window < 0 || sh.MinSamples < 0 {
+		bad("shadow", "shadow: workers, queue_size, timeout, window and min_samples cannot be negative")
+	}
+	if sh.MaxMismatchRate < 0 || sh.MaxMismatchRate >= 1 || sh.MaxErrorRateIncrease < 0 || sh.MaxErrorRateIncrease >= 1 {
+		bad("shadow", "shadow: max_mismatch_rate and max_error_rate_increase are rates in [0, 1)")
 	}
 	if c.Flags.File != "" && c.Flags.Flagd != "" {
 		bad("flags", "flags: set file or flagd, not both")

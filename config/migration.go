@@ -28,7 +28,13 @@ type Migration struct {
 	ReadPercentFlag  string  `yaml:"read_percent_flag"`  // default <name>.read-percent
 	CompareRatioFlag string  `yaml:"compare_ratio_flag"` // default <name>.compare-ratio
 	Compare          Compare `yaml:"compare"`
+	// AutoRollback: a failing canary verdict engages the kill switch (reads back to the old
+	// shape) on its own; default true.
+	AutoRollback *bool `yaml:"auto_rollback"`
 }
+
+// RollsBackAutomatically reports whether a failing verdict engages the kill switch.
+func (m *Migration) RollsBackAutomatically() bool { return m.AutoRollback == nil || *m.AutoRollback }
 
 // Compare configures shadow comparisons of reads.
 type Compare struct {

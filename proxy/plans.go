@@ -13,10 +13,10 @@ import (
 
 // Planner gives sessions the plan of a statement; nil plans mean "relay untouched".
 type Planner interface {
-	// Active reports whether any migration is configured now; when not, sessions skip planning
-	// (and the text conversion it needs) entirely.
-	Active() bool
-	Plan(searchPath, user, sql string) *router.Plan
+	// Active reports whether a migration is configured now in database; when not, its sessions
+	// skip planning (and the text conversion it needs) entirely.
+	Active(database string) bool
+	Plan(database, searchPath, user, sql string) *router.Plan
 }
 
 // searchPathOf finds a search_path given at startup, directly or in options (-c search_path=...):
@@ -144,7 +144,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	s.mu.Lock()
 	path := s.path.current()
 	s.mu.Unlock()
-	plan := s.srv.planner.Plan(path, s.user, sql)
+	plan := s.srv.planner.Plan(s.database, path, s.user, sql)
 	defer s.applySessionChanges(sql)
 	if plan == nil || plan.Untouched {
 		return s.emit('Q', body, e, &recorded{typ: 'Q'})
@@ -168,6 +168,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 		case st.Read != nil:
 			routed := s.routeNew(st.Read, st.SQL)
 			s.countRead(st.Read, routed)
+			s.maybeCompare(st.Read, st.SQL, nil, nil)
 			obs[i] = s.observe(st, routeName(routed), nil)
 			if routed {
 				texts[i], changed = st.Read.SQL, true
@@ -259,7 +260,7 @@ func (s *session) planParse(body []byte, e expected) error {
 	if msg.Name == "" {
 		s.applySessionChanges(msg.Query)
 	}
-	plan := s.srv.planner.Plan(path, s.user, msg.Query)
+	plan := s.srv.planner.Plan(s.database, path, s.user, msg.Query)
 	var info *stmtInfo
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
 		st := plan.Statements[0]
@@ -340,6 +341,9 @@ func (s *session) planBind(body []byte, e expected) error {
 	s.mu.Lock()
 	s.portals[string(portal)] = p
 	s.mu.Unlock()
+	if st.Read != nil {
+		s.maybeCompare(st.Read, st.SQL, body, info.paramOIDs)
+	}
 	switch {
 	case st.Read != nil && info.name != "" && p.route == "new":
 		return s.emitRoutedBind(body, e, rec, info, string(portal))

@@ -119,6 +119,10 @@ func (s *session) routeNew(rf *router.ReadForm, sql string) bool {
 // percent evaluates a migration's read-percent flag for key, or reuses the session's last
 // evaluation when nothing it depends on changed. A flag error counts as 0 %.
 func (s *session) percent(migration, flag, key string) float64 {
+	if s.srv.shadow != nil && s.srv.shadow.Killed(migration) {
+		s.srv.metrics.ReadPercent(migration, 0) // the kill switch holds reads on the old shape
+		return 0
+	}
 	r := &s.route
 	attrs := s.evalAttributes(migration)
 	version := s.srv.flags.Version()

@@ -36,6 +36,8 @@ type Config struct {
 	// RoutingKey is the config's routing_key: session (default), statement, user,
 	// application_name, client_addr, startup:<param> or comment:<key>.
 	RoutingKey string
+	// Shadow, when set, receives sampled reads to compare and holds the kill switches.
+	Shadow Shadow
 }
 
 // Server accepts client connections and relays each to the upstream server.
@@ -48,6 +50,7 @@ type Server struct {
 	log            *slog.Logger
 	metrics        Metrics
 	planner        Planner
+	shadow         Shadow
 	flags          flags.Source
 	routingKey     string
 	keys           *cancelKeys
@@ -88,6 +91,7 @@ func New(cfg Config) (*Server, error) {
 		log:            cfg.Logger,
 		metrics:        cfg.Metrics,
 		planner:        cfg.Planner,
+		shadow:         cfg.Shadow,
 		flags:          cfg.Flags,
 		routingKey:     cfg.RoutingKey,
 		keys:           newCancelKeys(),

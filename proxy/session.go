@@ -71,15 +71,17 @@ type session struct {
 	stmts      map[string]*stmtInfo
 	portals    map[string]*portalInfo
 	variantSeq uint64
-	orphans    []string // variants of dropped statements, closed at the next Sync
+	orphans    []string          // variants of dropped statements, closed at the next Sync
+	settings   map[string]string // reported settings that change how values print (shadow.go)
 
 	key       backendKey // the key this client knows us by
 	closeOnce sync.Once
 
 	// Routing state, owned by the client loop.
-	user    string
-	route   routing
-	appName string // application_name, from startup and ParameterStatus; guarded by mu
+	user     string
+	database string // the session's database: migrations are per database
+	route    routing
+	appName  string // application_name, from startup and ParameterStatus; guarded by mu
 }
 
 func newSession(srv *Server, client net.Conn) *session {
@@ -104,6 +106,10 @@ func (s *session) run(ctx context.Context) {
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
 	s.user, s.path = params["user"], newPathState(searchPathOf(params))
+	s.database = params["database"]
+	if s.database == "" {
+		s.database = s.user // Postgres's default
+	}
 	s.route = newRouting(s.srv.routingKey, params, s.client.RemoteAddr())
 	s.appName = params["application_name"]
 	if !s.connectUpstream(ctx, startup) {
@@ -453,7 +459,7 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 		return errStopPump
 	}
 	e := expected{kind: kind, name: name}
-	if s.srv.planner != nil && s.srv.planner.Active() {
+	if s.srv.planner != nil && s.srv.planner.Active(s.database) {
 		return s.planAndEmit(typ, body, e)
 	}
 	return s.emit(typ, body, e, nil)
@@ -548,10 +554,18 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	}
 	s.path.observe(origTyp, origBody)
 	switch origTyp {
-	case 'S': // ParameterStatus: the session's application_name feeds routing
-		if name, rest, ok := cstring(body); ok && string(name) == "application_name" {
+	case 'S': // ParameterStatus: application_name feeds routing, a few settings comparisons
+		if name, rest, ok := cstring(body); ok {
 			if v, _, ok := cstring(rest); ok {
-				s.appName = string(v)
+				switch n := string(name); {
+				case n == "application_name":
+					s.appName = string(v)
+				case reportedSettings[n]:
+					if s.settings == nil {
+						s.settings = map[string]string{}
+					}
+					s.settings[n] = string(v)
+				}
 			}
 		}
 	case 'Z':
@@ -640,17 +654,29 @@ func (s *session) completed(e *expected, errBody []byte) {
 		for _, m := range o.migrations {
 			s.srv.metrics.StatementError(m, o.route, class)
 		}
+		s.readDone(o, true)
 		return
 	}
 	d := time.Since(o.start)
 	for _, m := range o.migrations {
 		s.srv.metrics.StatementDuration(m, o.route, d)
 	}
+	s.readDone(o, false)
 	if o.write != nil {
 		s.srv.metrics.MirroredWrite(o.write.Migration, o.write.Direction)
 	}
 	for _, u := range o.unmirrored {
 		s.srv.metrics.UnmirroredWrite(u.Migration, u.Reason)
+	}
+}
+
+// readDone tells the judge how a read ended on its route.
+func (s *session) readDone(o *observation, failed bool) {
+	if s.srv.shadow == nil || o.route != "old" && o.route != "new" {
+		return
+	}
+	for _, m := range o.migrations {
+		s.srv.shadow.ReadDone(m, o.route, failed)
 	}
 }
 

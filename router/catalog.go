@@ -14,6 +14,7 @@ import (
 // for each, the compatibility projection that serves the old shape from the new one.
 type Catalog struct {
 	Generation int64
+	Database   string // "" for a catalog of every database's migrations (NewCatalog)
 	byOld      map[relName]*Migration
 	byNew      map[relName]*Migration // new relations of new-table migrations (reverse mirroring)
 	// schemasOf lists, for each migrated relation name, the schemas holding a relation of that
@@ -46,12 +47,21 @@ func (m *Migration) SameTable() bool { return m.Catalog.Old.OID == m.Catalog.New
 
 // NewCatalog builds the planner's catalog for a generation. A migration whose projection cannot be
 // built is kept (its writes can still be recognised) and its reads are never rewritten.
-func NewCatalog(gen *config.Generation) *Catalog {
-	c := &Catalog{Generation: gen.Number, byOld: map[relName]*Migration{}, byNew: map[relName]*Migration{}, schemasOf: map[string][]string{}}
+func NewCatalog(gen *config.Generation) *Catalog { return newCatalog(gen, "", true) }
+
+// NewCatalogFor builds the catalog of the migrations that live in database.
+func NewCatalogFor(gen *config.Generation, database string) *Catalog {
+	return newCatalog(gen, database, false)
+}
+
+func (c *Catalog) empty() bool { return len(c.byOld) == 0 }
+
+func newCatalog(gen *config.Generation, database string, all bool) *Catalog {
+	c := &Catalog{Generation: gen.Number, Database: database, byOld: map[relName]*Migration{}, byNew: map[relName]*Migration{}, schemasOf: map[string][]string{}}
 	for i := range gen.Config.Migrations {
 		m := &gen.Config.Migrations[i]
 		mc, ok := gen.Catalog[m.Name]
-		if !ok {
+		if !ok || !all && m.Database != database {
 			continue
 		}
 		mig := &Migration{Name: m.Name, Config: m, Catalog: mc, oldCols: map[string]bool{}}

@@ -1,17 +1,26 @@
 package router
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/pgcanary/pgcanary/config"
 )
 
-// Live plans against whatever configuration generation is current: it rebuilds the planner's
-// catalog once per generation, so statements planned after a reload use the new one.
+// Live plans against whatever configuration generation is current. A migration lives in one
+// database, so each database a session connects to gets its own catalog (built once per
+// generation): a table of the same name in another database is not migrated.
 type Live struct {
 	store   *config.Store
 	planner *Planner
-	cat     atomic.Pointer[Catalog]
+	mu      sync.Mutex // serializes building catalogs
+	cats    atomic.Pointer[liveCatalogs]
+}
+
+// liveCatalogs are one generation's catalogs by database; replaced, never changed, once published.
+type liveCatalogs struct {
+	generation int64
+	byDB       map[string]*Catalog
 }
 
 // NewLive plans with planner against the generations in store.
@@ -19,23 +28,46 @@ func NewLive(store *config.Store, planner *Planner) *Live {
 	return &Live{store: store, planner: planner}
 }
 
-// Plan plans sql for a session, or returns nil when the current generation configures no
-// migration (the proxy then relays everything untouched).
-func (l *Live) Plan(searchPath, user, sql string) *Plan {
-	gen := l.store.Current()
-	if gen == nil || len(gen.Catalog) == 0 {
+// Plan plans sql for a session of database, or returns nil when the current generation
+// configures no migration there (the proxy then relays everything untouched).
+func (l *Live) Plan(database, searchPath, user, sql string) *Plan {
+	cat := l.catalog(database)
+	if cat == nil {
 		return nil
-	}
-	cat := l.cat.Load()
-	if cat == nil || cat.Generation != gen.Number {
-		cat = NewCatalog(gen)
-		l.cat.Store(cat)
 	}
 	return l.planner.Plan(cat, searchPath, user, sql)
 }
 
-// Active reports whether the current generation configures a migration.
-func (l *Live) Active() bool {
+// Active reports whether the current generation configures a migration in database.
+func (l *Live) Active(database string) bool { return l.catalog(database) != nil }
+
+func (l *Live) catalog(database string) *Catalog {
 	gen := l.store.Current()
-	return gen != nil && len(gen.Catalog) > 0
+	if gen == nil || len(gen.Catalog) == 0 {
+		return nil
+	}
+	if cs := l.cats.Load(); cs != nil && cs.generation == gen.Number {
+		if cat, ok := cs.byDB[database]; ok {
+			return cat
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cs := l.cats.Load()
+	next := &liveCatalogs{generation: gen.Number, byDB: map[string]*Catalog{}}
+	if cs != nil && cs.generation == gen.Number {
+		for db, cat := range cs.byDB {
+			next.byDB[db] = cat
+		}
+	}
+	cat, ok := next.byDB[database]
+	if !ok {
+		cat = NewCatalogFor(gen, database)
+		if cat.empty() {
+			cat = nil
+		}
+		next.byDB[database] = cat
+		l.cats.Store(next)
+	}
+	return cat
 }

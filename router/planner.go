@@ -29,6 +29,7 @@ type Planner struct {
 // and another generation may migrate other relations.
 type cacheKey struct {
 	generation int64
+	database   string
 	searchPath string
 	user       string
 	sql        string
@@ -57,7 +58,7 @@ func NewPlanner(size int, metrics Metrics) (*Planner, error) {
 // Plan plans sql for a session with the given search_path setting and user. It never fails:
 // SQL it cannot parse or rewrite passes through unchanged (KindOther, no forms).
 func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
-	key := cacheKey{cat.Generation, searchPath, user, sql}
+	key := cacheKey{cat.Generation, cat.Database, searchPath, user, sql}
 	if plan, ok := p.cache.Get(key); ok {
 		p.metrics.PlanCacheHit()
 		return plan

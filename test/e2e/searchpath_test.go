@@ -79,3 +79,29 @@ func TestSearchPathTracking(t *testing.T) {
 	exec(fresh, "RESET search_path", pgx.QueryExecModeSimpleProtocol)
 	check(fresh, "RESET returns to the database default", app, pgx.QueryExecModeSimpleProtocol)
 }
+
+// TestOtherDatabaseUntouched: a migration lives in one database; a session of another database
+// with a table of the same name is relayed untouched (reads not routed, writes not mirrored).
+func TestOtherDatabaseUntouched(t *testing.T) {
+	ff := newFlagFile(t)
+	p, _ := migratedProxyWith(t, "db_scoped", proxyOpts{flags: ff.src})
+	ff.set(100)
+	ctx := testCtx(t)
+	// The proxy's own DSN points at the harness's default database, not db_scoped.
+	conn := connectDSN(t, p.dsn(pgtest.SuperUser, ""))
+	if _, err := conn.Exec(ctx, `drop table if exists users; create table users (id int primary key, full_name text);
+		insert into users values (2, 'other database')`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = connectDSN(t, cluster.DSN(pgtest.SuperUser, "")).Exec(ctx, "drop table if exists users") })
+	var name string
+	if err := conn.QueryRow(ctx, "SELECT full_name FROM users WHERE id = $1", 2).Scan(&name); err != nil || name != "other database" {
+		t.Fatalf("read %q %v", name, err)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE users SET full_name = 'x' WHERE id = 2"); err != nil {
+		t.Fatalf("a write in another database was mirrored: %v", err)
+	}
+	if old, new := routeCounts(t, p); old+new != 0 {
+		t.Fatalf("reads in another database were routed: old %v new %v", old, new)
+	}
+}
