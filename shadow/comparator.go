@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // Request is one sampled read to compare. The proxy builds it off its hot path; the comparator
@@ -100,6 +101,55 @@ type Comparator struct {
 
 	// compare runs one comparison; tests replace it to control timing.
 	compare func(ctx context.Context, req Request) outcome
+
+	breakers breakers // per database: back off from a side database that is down
+}
+
+// breakers stop comparisons against a side database that failed (refused connections, did not
+// answer) for a while, doubling from a second to half a minute: a dead side database must not
+// turn every sampled read into a connection attempt competing with clients for CPU.
+type breakers struct {
+	mu    sync.Mutex
+	state map[string]*breaker
+}
+
+type breaker struct {
+	openUntil time.Time
+	backoff   time.Duration
+}
+
+const (
+	minBackoff = time.Second
+	maxBackoff = 30 * time.Second
+)
+
+// open reports whether database is being backed off from.
+func (b *breakers) open(database string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.state[database]
+	return st != nil && now.Before(st.openUntil)
+}
+
+// record updates database's breaker with a comparison's outcome.
+func (b *breakers) record(database string, out outcome, now time.Time) {
+	tripped := out.result == ResultError && (out.reason == "connect" || out.reason == "timeout" ||
+		out.reason == "side_error" || strings.HasPrefix(out.reason, "server_"))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == nil {
+		b.state = map[string]*breaker{}
+	}
+	st := b.state[database]
+	switch {
+	case tripped && st == nil:
+		b.state[database] = &breaker{openUntil: now.Add(minBackoff), backoff: minBackoff}
+	case tripped && !now.Before(st.openUntil):
+		st.backoff = min(2*st.backoff, maxBackoff)
+		st.openUntil = now.Add(st.backoff)
+	case !tripped && (out.result == ResultMatch || out.result == ResultMismatch):
+		delete(b.state, database)
+	}
 }
 
 // New starts a comparator with its workers. It connects lazily: a side database that is down
@@ -147,6 +197,11 @@ func (c *Comparator) Submit(req Request) bool {
 		c.metrics.Comparison(req.Migration, ResultDropped)
 		return false
 	default:
+	}
+	if c.breakers.open(req.Database, time.Now()) {
+		// Counted here, without waking a worker: a dead side database costs the client nothing.
+		c.metrics.Comparison(req.Migration, ResultError)
+		return false
 	}
 	select {
 	case c.queue <- req:
@@ -228,9 +283,22 @@ func (c *Comparator) handle(req Request) {
 		c.metrics.Comparison(req.Migration, ResultDropped)
 		return
 	}
+	if req.Fingerprint == "" {
+		// Here rather than on the client's path: fingerprinting parses the statement.
+		req.Fingerprint, _ = pg_query.Fingerprint(req.OldSQL)
+	}
+	if req.Normalized == "" {
+		req.Normalized, _ = pg_query.Normalize(req.OldSQL)
+	}
+	if c.breakers.open(req.Database, time.Now()) {
+		c.report(req, outcome{result: ResultError, reason: "side_unavailable",
+			err: fmt.Errorf("side database %q failed recently: backing off", req.Database)})
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.ctx, 2*c.opts.Timeout+timeoutGrace)
 	out := c.compare(ctx, req)
 	cancel()
+	c.breakers.record(req.Database, out, time.Now())
 	c.report(req, out)
 }
 

@@ -218,3 +218,40 @@ func TestValidate(t *testing.T) {
 		t.Errorf("3 formats for 2 parameters: %v", err)
 	}
 }
+
+// TestBreakers: a side failure opens the database's breaker for a second, doubling while it keeps
+// failing up to half a minute; a comparison that reaches a result closes it.
+func TestBreakers(t *testing.T) {
+	var b breakers
+	now := time.Unix(1000, 0)
+	down := outcome{result: ResultError, reason: "connect"}
+	if b.open("db", now) {
+		t.Fatal("open before any failure")
+	}
+	b.record("db", down, now)
+	if !b.open("db", now.Add(500*time.Millisecond)) || b.open("db", now.Add(time.Second)) {
+		t.Fatal("first failure: want one second of backoff")
+	}
+	b.record("db", down, now.Add(time.Second))
+	if !b.open("db", now.Add(2900*time.Millisecond)) || b.open("db", now.Add(3*time.Second)) {
+		t.Fatal("second failure: want two seconds")
+	}
+	for i := range 10 {
+		b.record("db", down, now.Add(time.Duration(100+i*100)*time.Second))
+	}
+	if !b.open("db", now.Add(1029*time.Second)) || b.open("db", now.Add(1031*time.Second)) {
+		t.Fatal("backoff not capped at 30 s")
+	}
+	if b.open("other", now) {
+		t.Fatal("another database is affected")
+	}
+	b.record("db", outcome{result: ResultError, reason: "statement_timeout"}, now.Add(2000*time.Second))
+	if b.open("db", now.Add(2000*time.Second)) {
+		t.Fatal("a slow statement opened the breaker")
+	}
+	b.record("db", outcome{result: ResultMatch}, now.Add(2000*time.Second))
+	b.record("db", down, now.Add(2001*time.Second))
+	if b.open("db", now.Add(2002*time.Second)) {
+		t.Fatal("a success did not reset the backoff")
+	}
+}

@@ -540,10 +540,11 @@ func (c *comparer) setRow(d *Diff, i int, inNew bool) {
 	if c.key == nil {
 		return
 	}
-	row := c.old.Rows[i]
+	rows := c.old.Rows
 	if inNew {
-		row = c.new.Rows[i]
+		rows = c.new.Rows
 	}
+	row := rows[i]
 	d.Key = map[string]string{}
 	for _, k := range c.key {
 		name := c.old.Columns[k].Name

@@ -100,6 +100,11 @@ func TestCompareRowCount(t *testing.T) {
 	if d.Kind != KindRowCount || d.Row != 1 || !d.RowInNew || d.Key["id"] != "2" {
 		t.Errorf("got %+v, want row_count at new row 1 (id 2)", d)
 	}
+	// The extra new row lies past the end of the old result.
+	d = Compare(result(userCols, row("1", "Ada")), result(userCols, row("1", "Ada"), row("2", "Alan"), row("3", "Grace")), CompareOptions{KeyColumns: []string{"id"}})
+	if d.Kind != KindRowCount || d.Row != 1 || !d.RowInNew || d.Key["id"] != "2" {
+		t.Errorf("got %+v, want row_count at new row 1 (id 2)", d)
+	}
 }
 
 func TestCompareValues(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgcanary/pgcanary/admin"
+	"github.com/pgcanary/pgcanary/canary"
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/flags"
 	"github.com/pgcanary/pgcanary/proxy"
@@ -192,7 +193,29 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	if flagSrc != nil {
 		defer flagSrc.Close()
 	}
+	var canarySvc *canary.Service
+	if loader != nil && cfg.SideDSN != "" {
+		canarySvc, err = canary.New(canary.Options{Store: &store, Flags: flagSrc, Registerer: reg, Gatherer: reg, Logger: log})
+		if err != nil {
+			return &exitError{code: 2, err: err}
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = canarySvc.Close(cctx)
+		}()
+	}
+	var shadowSvc proxy.Shadow
+	var migrationsAPI admin.Migrations
+	if canarySvc != nil {
+		shadowSvc, migrationsAPI = canarySvc, canarySvc
+	}
+	token, err := adminToken(&cfg)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
 	srv, err := proxy.New(proxy.Config{
+		Shadow:         shadowSvc,
 		Planner:        planner,
 		Flags:          flagSrc,
 		RoutingKey:     cfg.RoutingKey,
@@ -210,7 +233,12 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	adm := admin.NewWithOptions(admin.Options{Listen: cfg.Admin.Listen, Gatherer: reg, Ready: srv.CheckUpstream, Log: log, Pprof: cfg.Admin.Pprof})
+	adm := admin.NewWithOptions(admin.Options{Listen: cfg.Admin.Listen, Gatherer: reg, Ready: srv.CheckUpstream, Log: log,
+		Pprof: cfg.Admin.Pprof, Migrations: migrationsAPI, Token: token})
+	if token == "" && !admin.IsLoopback(cfg.Admin.Listen) {
+		log.Warn("admin listens beyond loopback without admin.token_file: /metrics and health probes are open, the /v1 API refuses every request",
+			"admin", cfg.Admin.Listen)
+	}
 	if err := adm.Listen(); err != nil {
 		srv.Close()
 		return err
@@ -241,6 +269,9 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 				}
 			}
 		}()
+	}
+	if canarySvc != nil {
+		go canarySvc.Run(ctx)
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx) }()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgcanary/pgcanary/canary"
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/router"
 	"github.com/pgcanary/pgcanary/test/pgtest"
@@ -43,6 +45,9 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 	if err != nil {
 		t.Fatal(err)
 	}
+	if o.configEdit != nil {
+		o.configEdit(cfg)
+	}
 	report, catalog, err := config.Check(ctx, cfg, config.DSNConnector(cfg.SideDSN))
 	if err != nil || report.HasErrors() {
 		t.Fatalf("check: %v\n%v", err, report)
@@ -54,7 +59,26 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 		t.Fatal(err)
 	}
 	o.planner, o.registry = router.NewLive(&store, planner), prometheus.NewRegistry()
+	var svc *canary.Service
+	if o.sideDSN != "" {
+		cfg.SideDSN = o.sideDSN
+	}
+	if o.canary {
+		svc, err = canary.New(canary.Options{Store: &store, Flags: o.flags, Registerer: o.registry, Gatherer: o.registry,
+			NoSharedSnapshot: o.noSharedSnapshot, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, stop := context.WithCancel(context.Background())
+		go svc.Run(runCtx)
+		t.Cleanup(func() {
+			stop()
+			_ = svc.Close(context.Background())
+		})
+		o.shadow = svc
+	}
 	p := startProxy(t, o)
+	p.canary = svc
 	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
 }
 

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pgcanary/pgcanary/canary"
+	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/flags"
 	"github.com/pgcanary/pgcanary/proxy"
 	"github.com/pgcanary/pgcanary/test/pgtest"
@@ -42,13 +44,21 @@ type proxyOpts struct {
 	routingKey string
 	// setupSQL runs in the migrated database before the configuration is checked (migratedProxyWith).
 	setupSQL string
+	// configEdit changes the example configuration before it is checked (migratedProxyWith).
+	configEdit func(*config.Config)
+	// canary runs the canary machinery (comparisons, judge, kill switch) (migratedProxyWith).
+	canary           bool
+	noSharedSnapshot bool
+	sideDSN          string // the canary's side DSN, when not the checked database's
+	shadow           proxy.Shadow
 }
 
 // testProxy is a proxy running in-process on a free port.
 type testProxy struct {
-	srv  *proxy.Server
-	addr string
-	reg  *prometheus.Registry
+	srv    *proxy.Server
+	addr   string
+	reg    *prometheus.Registry
+	canary *canary.Service // with proxyOpts.canary
 }
 
 // startProxy starts a proxy in front of the cluster and stops it when the test ends.
@@ -78,6 +88,7 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		Planner:        o.planner,
 		Flags:          o.flags,
 		RoutingKey:     o.routingKey,
+		Shadow:         o.shadow,
 	})
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)
