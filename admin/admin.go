@@ -50,7 +50,7 @@ type Options struct {
 func NewWithOptions(o Options) *Server {
 	listen, gatherer, ready, log := o.Listen, o.Gatherer, o.Ready, o.Log
 	mux := http.NewServeMux()
-	a := auth{token: o.Token, loopback: isLoopback(listen)}
+	a := auth{token: o.Token, loopback: IsLoopback(listen)}
 	if o.Pprof {
 		for path, h := range map[string]http.HandlerFunc{"/debug/pprof/": pprof.Index, "/debug/pprof/cmdline": pprof.Cmdline,
 			"/debug/pprof/profile": pprof.Profile, "/debug/pprof/symbol": pprof.Symbol, "/debug/pprof/trace": pprof.Trace} {

@@ -60,8 +60,8 @@ func (a auth) wrap(next http.Handler, probe bool) http.Handler {
 	})
 }
 
-// isLoopback reports whether a listen address only accepts local connections.
-func isLoopback(listen string) bool {
+// IsLoopback reports whether a listen address only accepts local connections.
+func IsLoopback(listen string) bool {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return false

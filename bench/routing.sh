@@ -18,6 +18,8 @@ bench_init routing "$@"
 "$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "create database app"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d app -v users="$USERS" -v orders=10 -f examples/schema.sql
 cp examples/pgcanary.yaml examples/flags.json "$TMP/"
+# Routing alone: no comparisons (their cost is the side database's, measured apart).
+sed -i 's/"default": 0.1/"default": 0/' "$TMP/flags.json"
 export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT
 export PGCANARY_SIDE_DSN=postgres://postgres@127.0.0.1:$PGPORT/app?sslmode=disable
 export PGCANARY_DATABASE=app
@@ -65,3 +67,4 @@ for mode in simple extended; do
 	done
 done
 echo "reads served by the new shape during the run: ${new_reads:-0}"
+curl -fsS "http://127.0.0.1:$ADMINPORT/v1/migrations/users-split-name" | grep -E '"(engaged|status|comparisons)"' || true

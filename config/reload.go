@@ -200,6 +200,8 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("admin.token_file", old.Admin.TokenFile, cur.Admin.TokenFile)
 	changed("flags", old.Flags, cur.Flags)
 	changed("routing_key", old.RoutingKey, cur.RoutingKey)
+	changed("side_dsn", old.SideDSN, cur.SideDSN)
+	changed("shadow", old.Shadow, cur.Shadow)
 }
 
 // Watch reloads when the file's directory changes (editors replace files by rename; a Kubernetes

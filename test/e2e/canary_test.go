@@ -318,7 +318,7 @@ func TestCanarySideDatabaseDown(t *testing.T) {
 				with = append(with, measure(conn))
 				without = append(without, measure(plainConn))
 			}
-			pollUntil(t, 30*time.Second, func() bool {
+			pollUntil(t, 60*time.Second, func() bool {
 				return comparisons(t, p, "error")+comparisons(t, p, "dropped") >= 5000
 			}, func() string {
 				return fmt.Sprintf("comparisons: error %v dropped %v match %v", comparisons(t, p, "error"), comparisons(t, p, "dropped"), comparisons(t, p, "match"))

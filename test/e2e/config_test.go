@@ -397,7 +397,7 @@ func TestConfigServeRestartOnlySettingsWarn(t *testing.T) {
 	p := startServeConfig(t, file)
 	v2 := "upstream: 127.0.0.1:1\nupstream_tls: {sslmode: disable}\ndrain_timeout: 1s\nconnect_timeout: 3s\n"
 	cfgReplace(t, file, v2)
-	pollUntil(t, 5*time.Second, func() bool { g, _ := configMetrics(t, p); return g == 2 },
+	pollUntil(t, 15*time.Second, func() bool { g, _ := configMetrics(t, p); return g == 2 },
 		func() string { return "generation 2 not reached" })
 	log := p.log.String()
 	if !strings.Contains(log, `"setting":"upstream"`) {
@@ -496,18 +496,24 @@ func TestStatusCommand(t *testing.T) {
 	if out, stderr, code := runPgcanary(t, dir, nil, "ramp", "--config", "pgcanary.yaml", "users-split-name", "25"); code != 0 {
 		t.Fatalf("ramp: %d %s %s", code, out, stderr)
 	}
-	out, stderr, code := runPgcanary(t, dir, nil, "status", "--config", "pgcanary.yaml", "--admin", p.admin)
-	if code != 0 {
-		t.Fatalf("status: exit %d\n%s\n%s", code, out, stderr)
-	}
+	// The running pgcanary reports the flag once it has re-read the file.
+	var out string
 	var users []string
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "users-split-name") {
-			users = strings.Fields(line)
+	pollUntil(t, 10*time.Second, func() bool {
+		o, stderr, code := runPgcanary(t, dir, nil, "status", "--config", "pgcanary.yaml", "--admin", p.admin)
+		if code != 0 {
+			t.Fatalf("status: exit %d\n%s\n%s", code, o, stderr)
 		}
-	}
-	// MIGRATION MIRROR FLAG EFFECTIVE% READS-OLD READS-NEW MIRRORED UNMIRRORED FLAG-ERRORS
-	if len(users) != 9 || users[1] != "on" || users[2] != "25" || users[4] != "1" || users[5] != "0" || users[6] != "1" {
+		out = o
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "users-split-name") {
+				users = strings.Fields(line)
+			}
+		}
+		return len(users) > 2 && users[2] == "25"
+	}, func() string { return "status never showed the flag at 25:\n" + out })
+	// MIGRATION MIRROR FLAG EFFECTIVE% KILL-SWITCH VERDICT COMPARISONS MISMATCHES READS-OLD READS-NEW MIRRORED UNMIRRORED
+	if len(users) != 12 || users[1] != "on" || users[2] != "25" || users[8] != "1" || users[9] != "0" || users[10] != "1" {
 		t.Fatalf("status line %v in:\n%s", users, out)
 	}
 	if !strings.Contains(out, "orders-cents") {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -93,7 +94,7 @@ func TestOtherDatabaseUntouched(t *testing.T) {
 		insert into users values (2, 'other database')`); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = connectDSN(t, cluster.DSN(pgtest.SuperUser, "")).Exec(ctx, "drop table if exists users") })
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop table if exists users") })
 	var name string
 	if err := conn.QueryRow(ctx, "SELECT full_name FROM users WHERE id = $1", 2).Scan(&name); err != nil || name != "other database" {
 		t.Fatalf("read %q %v", name, err)
