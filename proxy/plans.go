@@ -175,6 +175,9 @@ func (s *session) planQuery(body []byte, e expected) error {
 				gateKind, gateMigs = "read", st.Read.Migrations
 			}
 		default:
+			if st.Compare != nil {
+				s.maybeCompare(st.Compare, st.Compare.OldSQL, nil, nil)
+			}
 			obs[i] = s.observe(st, "old", nil)
 			if obs[i] != nil {
 				obs[i].unmirrored = st.Unmirrored
@@ -343,6 +346,8 @@ func (s *session) planBind(body []byte, e expected) error {
 	s.mu.Unlock()
 	if st.Read != nil {
 		s.maybeCompare(st.Read, st.SQL, body, info.paramOIDs)
+	} else if st.Compare != nil {
+		s.maybeCompare(st.Compare, st.Compare.OldSQL, body, info.paramOIDs)
 	}
 	switch {
 	case st.Read != nil && info.name != "" && p.route == "new":

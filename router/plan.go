@@ -42,6 +42,9 @@ type StatementPlan struct {
 	Read *ReadForm
 	// Unrewritten says, per migration, why a statement touching it keeps only its old form.
 	Unrewritten []Unrewritten
+	// Compare, for a read that is never routed because it locks rows, holds the forms a
+	// comparison runs instead: both without their locking clauses (OldSQL set).
+	Compare *ReadForm
 	// Write is the mirrored form of a write to a migrated relation with mirror on.
 	Write *WriteForm
 	// Unmirrored says why a write to a migrated relation passes through without its mirror.
@@ -56,6 +59,8 @@ type ReadForm struct {
 	Flags []string
 	// Ordered: the statement's top level has ORDER BY, so row order is part of its answer.
 	Ordered bool
+	// OldSQL, when set, is the old form a comparison runs instead of the client's text.
+	OldSQL string
 }
 
 // Unrewritten records a statement that touches a migration but is not rewritten.

@@ -6,6 +6,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 )
 
 // Metrics is what the planner reports.
@@ -174,6 +175,9 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 	}
 	if reason := readBlocker(raw.Stmt, refs); reason != "" {
+		if reason == ReasonLocking {
+			st.Compare = compareWithoutLocks(cat, searchPath, version, raw.Stmt, st.Migrations)
+		}
 		return unrewritten(reason)
 	}
 	rewriteRead(raw.Stmt, refs)
@@ -192,6 +196,39 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
 	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered}
 	return st
+}
+
+// compareWithoutLocks builds the comparison forms of a locking read (SELECT ... FOR UPDATE),
+// which is never routed: both forms without their locking clauses, since a comparison runs read
+// only. nil when the read has another blocker.
+func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt *pg_query.Node, migrations []string) *ReadForm {
+	clone := proto.Clone(stmt).(*pg_query.Node)
+	walkNodes(clone, func(n *pg_query.Node) bool {
+		if sel := n.GetSelectStmt(); sel != nil {
+			sel.LockingClause = nil
+		}
+		return true
+	})
+	refs := findReferences(clone, cat, searchPath)
+	if len(refs) == 0 || readBlocker(clone, refs) != "" {
+		return nil
+	}
+	for _, r := range refs {
+		if r.mig.projection == nil {
+			return nil
+		}
+	}
+	old, err := deparse(version, clone)
+	if err != nil {
+		return nil
+	}
+	rewriteRead(clone, refs)
+	out, err := deparse(version, clone)
+	if err != nil {
+		return nil
+	}
+	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0
+	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered}
 }
 
 // deparse renders a statement and proves the text parses again: pg_query's deparser has corners

@@ -211,3 +211,24 @@ func writeSQL(st *StatementPlan) string {
 	}
 	return st.Write.SQL
 }
+
+// TestLockingReadCompareForm: a locking read is never routed, but gets comparison forms without
+// its locking clauses; one with another blocker gets none; literals are kept (no shape template).
+func TestLockingReadCompareForm(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	st := p.Plan(cat, "public", "u", "SELECT full_name FROM users WHERE id = 7 ORDER BY id FOR UPDATE").Statements[0]
+	if st.Read != nil || st.Compare == nil {
+		t.Fatalf("read %+v compare %+v", st.Read, st.Compare)
+	}
+	c := st.Compare
+	if strings.Contains(c.OldSQL, "FOR UPDATE") || strings.Contains(c.SQL, "FOR UPDATE") || !c.Ordered {
+		t.Fatalf("compare forms keep locks or lost ORDER BY:\n%s\n%s", c.OldSQL, c.SQL)
+	}
+	if !strings.Contains(c.OldSQL, "id = 7") || !strings.Contains(c.SQL, "users_v2") || !strings.Contains(c.SQL, "id = 7") {
+		t.Fatalf("compare forms:\n%s\n%s", c.OldSQL, c.SQL)
+	}
+	if st := p.Plan(cat, "public", "u", "SELECT ctid FROM users FOR SHARE").Statements[0]; st.Compare != nil {
+		t.Fatal("a read with a system column got comparison forms")
+	}
+}

@@ -65,6 +65,9 @@ func compileShape(plan *Plan, lits map[int]string) *shapePlan {
 		return nil
 	}
 	st := plan.Statements[0]
+	if st.Compare != nil {
+		return nil // comparison forms are not templated: plan such texts exactly
+	}
 	sp := &shapePlan{plan: plan}
 	var ok bool
 	if st.Read != nil {

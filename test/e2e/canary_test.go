@@ -349,3 +349,31 @@ func isRetryable(err error) bool {
 	code := pgCode(err)
 	return code == "40P01" || code == "40001" || code == "23505"
 }
+
+// TestCanaryComparesLockingReads: a SELECT ... FOR UPDATE is never routed, but it is compared,
+// both forms without their locking clause, with the client's parameters.
+func TestCanaryComparesLockingReads(t *testing.T) {
+	ff := newFlagFile(t)
+	p, dsn := migratedProxyWith(t, "canary_locking", proxyOpts{flags: ff.src, canary: true, configEdit: compareAll("")})
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	for i := range 20 {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		if err := tx.QueryRow(ctx, "SELECT full_name FROM users WHERE id = $1 FOR UPDATE", 1+i).Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pollUntil(t, 10*time.Second, func() bool { return comparisons(t, p, "match") >= 20 }, func() string {
+		return fmt.Sprintf("match %v mismatch %v error %v", comparisons(t, p, "match"), comparisons(t, p, "mismatch"), comparisons(t, p, "error"))
+	})
+	if comparisons(t, p, "mismatch")+comparisons(t, p, "error") != 0 {
+		t.Fatalf("locking reads: %v mismatches, %v errors", comparisons(t, p, "mismatch"), comparisons(t, p, "error"))
+	}
+}
