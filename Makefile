@@ -5,7 +5,7 @@ BIN := bin/pgcanary
 # Packages that run goroutines concurrently get the race detector (all of ours do).
 RACE_PKGS := ./...
 
-.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing deps clean
+.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing bench-shadow deps clean
 
 all: build
 
@@ -41,6 +41,10 @@ bench-mirror: build deps
 # bench-routing: reads served by the new shape vs the old, through pgcanary.
 bench-routing: build deps
 	PGCANARY_BIN=$(BIN) bash bench/routing.sh
+
+# bench-shadow: client reads with every read compared against a side database that is down.
+bench-shadow: build deps
+	PGCANARY_BIN=$(BIN) bash bench/shadow.sh
 
 clean:
 	rm -rf bin

@@ -6,7 +6,8 @@
 # pgbench reads users by key (-M simple and -M extended, whose unnamed statements are routed per
 # execution); rounds alternate the flag between 0 % (old shape) and 100 % (new shape).
 #
-# Usage: bench/routing.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8")
+# Usage: bench/routing.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8"
+#                                      MODES="simple extended prepared")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/cluster.sh
@@ -15,6 +16,9 @@ source scripts/lib/cluster.sh
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
 bench_init routing "$@"
+# simple and extended parse every execution; prepared (named statements, routed per Bind through
+# the new-shape variant) plans once.
+MODES=${MODES:-"simple extended prepared"}
 "$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c "create database app"
 "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d app -v users="$USERS" -v orders=10 -f examples/schema.sql
 cp examples/pgcanary.yaml examples/flags.json "$TMP/"
@@ -32,6 +36,16 @@ cat >"$TMP/read.sql" <<SQL
 \set id random(1, $USERS)
 SELECT full_name, email, tier FROM users WHERE id = :id;
 SQL
+# What pgcanary sends at 100 % (the compatibility projection), sent directly: the database's own
+# share of the difference.
+cat >"$TMP/read_new.sql" <<SQL
+\set id random(1, $USERS)
+SELECT full_name, email, tier FROM (SELECT id::bigint AS id, concat_ws(' ', first_name, last_name)::text AS full_name, email::text AS email, tier::public.user_tier AS tier FROM public.users_v2) users WHERE id = :id;
+SQL
+direct() { # script mode clients -> tps, straight to Postgres
+	"$PGBENCH" -n -M "$2" -f "$TMP/$1" -c "$3" -j "$(($3 > 1 ? 2 : 1))" -T "$DURATION" \
+		-h 127.0.0.1 -p "$PGPORT" -U postgres app 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
 
 run() { # percent mode clients -> tps
 	"$BIN" ramp --config "$TMP/pgcanary.yaml" users-split-name "$1" >/dev/null
@@ -42,7 +56,7 @@ run() { # percent mode clients -> tps
 
 declare -A results
 for round in $(seq "$ROUNDS"); do
-	for mode in simple extended; do
+	for mode in $MODES; do
 		for c in $CLIENTS; do
 			order="0 100"
 			[ $((round % 2)) -eq 0 ] && order="100 0"
@@ -51,6 +65,11 @@ for round in $(seq "$ROUNDS"); do
 				log "round $round $mode c=$c ${pct}%: $tps tps"
 				results[$mode.$c.$pct]+="$tps "
 			done
+			for f in read.sql read_new.sql; do
+				tps=$(direct "$f" "$mode" "$c")
+				log "round $round $mode c=$c direct $f: $tps tps"
+				results[$mode.$c.$f]+="$tps "
+			done
 		done
 	done
 done
@@ -58,12 +77,14 @@ new_reads=$(curl -fsS "http://127.0.0.1:$ADMINPORT/metrics" | sed -n 's/^pgcanar
 
 echo
 echo "reads by key through pgcanary (median of $ROUNDS x ${DURATION}s, $USERS users)"
-printf '%-9s %-8s %-12s %-12s %s\n' protocol clients "old (0%)" "new (100%)" new/old
-for mode in simple extended; do
+printf '%-9s %-8s %-12s %-12s %-9s %s\n' protocol clients "old (0%)" "new (100%)" new/old "direct new-SQL/old-SQL"
+for mode in $MODES; do
 	for c in $CLIENTS; do
 		o=$(echo "${results[$mode.$c.0]}" | tr ' ' '\n' | grep . | median)
 		n=$(echo "${results[$mode.$c.100]}" | tr ' ' '\n' | grep . | median)
-		printf '%-9s %-8s %-12.0f %-12.0f %.2f\n' "$mode" "$c" "$o" "$n" "$(echo "$n / $o" | bc -l)"
+		dold=$(echo "${results[$mode.$c.read.sql]}" | tr ' ' '\n' | grep . | median)
+		dnew=$(echo "${results[$mode.$c.read_new.sql]}" | tr ' ' '\n' | grep . | median)
+		printf '%-9s %-8s %-12.0f %-12.0f %-9.2f %.2f\n' "$mode" "$c" "$o" "$n" "$(echo "$n / $o" | bc -l)" "$(echo "$dnew / $dold" | bc -l)"
 	done
 done
 echo "reads served by the new shape during the run: ${new_reads:-0}"
