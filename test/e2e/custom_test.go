@@ -10,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/flags"
-	"github.com/pgcanary/pgcanary/router"
 	"github.com/pgcanary/pgcanary/test/pgtest"
 )
 
@@ -59,24 +56,13 @@ func customProxy(t *testing.T, db, schema, migrations string, o proxyOpts) *cust
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	report, catalog, err := config.Check(ctx, cfg, config.DSNConnector(cfg.SideDSN))
-	if err != nil || report.HasErrors() {
-		t.Fatalf("check: %v\n%v", err, report)
-	}
-	var store config.Store
-	store.Install(&config.Generation{Config: cfg, Catalog: catalog})
-	planner, err := router.NewPlanner(1000, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	src, err := flags.NewFile(context.Background(), cs.flagPath, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	cs.flags = src
-	o.planner, o.registry, o.flags = router.NewLive(&store, planner), prometheus.NewRegistry(), src
-	cs.proxy = startProxy(t, o)
+	cs.flags, o.flags = src, src
+	cs.proxy = startConfiguredProxy(t, cfg, o)
 	cs.dsn = func(user, password string) string { return inDB(cs.proxy.dsn(user, password)) }
 	return cs
 }

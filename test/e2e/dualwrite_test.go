@@ -48,7 +48,15 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 	if o.configEdit != nil {
 		o.configEdit(cfg)
 	}
-	report, catalog, err := config.Check(ctx, cfg, config.DSNConnector(cfg.SideDSN))
+	p := startConfiguredProxy(t, cfg, o)
+	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
+}
+
+// startConfiguredProxy checks cfg against its databases and starts a proxy planning with it (and
+// running the canary with proxyOpts.canary).
+func startConfiguredProxy(t *testing.T, cfg *config.Config, o proxyOpts) *testProxy {
+	t.Helper()
+	report, catalog, err := config.Check(testCtx(t), cfg, config.DSNConnector(cfg.SideDSN))
 	if err != nil || report.HasErrors() {
 		t.Fatalf("check: %v\n%v", err, report)
 	}
@@ -79,7 +87,7 @@ func migratedProxyWith(t *testing.T, db string, o proxyOpts) (*testProxy, func(u
 	}
 	p := startProxy(t, o)
 	p.canary = svc
-	return p, func(user, password string) string { return inDB(p.dsn(user, password)) }
+	return p
 }
 
 // loadExamples creates database db with examples/schema.sql and returns a function that points a
