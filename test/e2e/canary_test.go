@@ -50,7 +50,8 @@ func usersWorkload(ctx context.Context, t *testing.T, dsn string, writers, reade
 	var nReads, nWrites atomic.Int64
 	errs := make(chan error, writers+readers)
 	names := []string{"Ada Lovelace", "Cher", "Grace Brewster Hopper", "Edsger Wybe Dijkstra", "Barbara Liskov", "Ken Thompson"}
-	for w := range writers {
+	// client runs body on its own connection, reporting a failure to connect.
+	client := func(body func(c *pgx.Conn)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -60,6 +61,11 @@ func usersWorkload(ctx context.Context, t *testing.T, dsn string, writers, reade
 				return
 			}
 			defer c.Close(context.Background())
+			body(c)
+		}()
+	}
+	for w := range writers {
+		client(func(c *pgx.Conn) {
 			r := rand.New(rand.NewPCG(uint64(w), 1))
 			for ctx.Err() == nil {
 				var err error
@@ -77,18 +83,10 @@ func usersWorkload(ctx context.Context, t *testing.T, dsn string, writers, reade
 				}
 				nWrites.Add(1)
 			}
-		}()
+		})
 	}
 	for rd := range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := pgx.Connect(ctx, dsn)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close(context.Background())
+		client(func(c *pgx.Conn) {
 			r := rand.New(rand.NewPCG(uint64(rd), 2))
 			mode := pgx.QueryExecModeCacheStatement
 			if rd%2 == 1 {
@@ -132,7 +130,7 @@ func usersWorkload(ctx context.Context, t *testing.T, dsn string, writers, reade
 				nReads.Add(1)
 			}
 			cancel() // the readers decide when the run is over
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
