@@ -5,7 +5,7 @@ BIN := bin/pgcanary
 # Packages that run goroutines concurrently get the race detector (all of ours do).
 RACE_PKGS := ./...
 
-.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing bench-shadow deps clean
+.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing bench-shadow bench-backfill bench-verify deps clean
 
 all: build
 
@@ -45,6 +45,13 @@ bench-routing: build deps
 # bench-shadow: client reads with every read compared against a side database that is down.
 bench-shadow: build deps
 	PGCANARY_BIN=$(BIN) bash bench/shadow.sh
+
+# bench-backfill, bench-verify: 1M rows against one INSERT ... SELECT / one hash aggregate.
+bench-backfill: build deps
+	PGCANARY_BIN=$(BIN) bash bench/backfill.sh
+
+bench-verify: build deps
+	PGCANARY_BIN=$(BIN) bash bench/verify.sh
 
 clean:
 	rm -rf bin
