@@ -24,6 +24,7 @@ import (
 	"github.com/pgcanary/pgcanary/backfill"
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/test/pgtest"
+	"github.com/pgcanary/pgcanary/verify"
 )
 
 // TestBackfillUnderConcurrentWrites: both example migrations are backfilled from scratch while 8
@@ -190,6 +191,16 @@ func TestBackfillUnderConcurrentWrites(t *testing.T) {
 	unexpected.Range(func(k, _ any) bool { t.Errorf("unexpected error: %v", k); return true })
 	check := connectDSN(t, cfgSuperDSN(db))
 	assertShapesAgree(t, check)
+	// And pgcanary verify says so too.
+	for _, m := range []string{"users-split-name", "orders-cents"} {
+		res, err := verify.Verify(testCtx(t), cfg, m, config.DSNConnector(cfg.SideDSN), verify.Options{RangeRows: 100})
+		if err != nil {
+			t.Fatalf("verify %s: %v", m, err)
+		}
+		if res.Differences() != 0 || res.RowsCompared < 300 {
+			t.Fatalf("verify %s after the backfill: %+v", m, res)
+		}
+	}
 	t.Logf("backfilled %d users in %.1fs (%d chunks, %d retried) and %d orders in %.1fs (%d chunks, %d retried) under %d writes by 8 clients (%d refused by the database); both shapes agree",
 		results[0].Rows, results[0].Seconds, results[0].Chunks, results[0].Retries,
 		results[1].Rows, results[1].Seconds, results[1].Chunks, results[1].Retries, ops.Load(), refused.Load())
