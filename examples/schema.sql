@@ -93,8 +93,8 @@ select id, split_part(full_name, ' ', 1),
 from users;
 
 insert into orders (user_id, amount, currency, status, placed_on, items, note, created_at)
-select 1 + (g * 7919) % :users,
-       round(((g * 104729) % 100000) / 100.0, 2),
+select 1 + (g::bigint * 7919) % :users,
+       round(((g::bigint * 104729) % 100000) / 100.0, 2),
        (array['EUR', 'USD', 'GBP'])[1 + g % 3],
        (array['new', 'paid', 'shipped', 'cancelled'])[1 + g % 4]::order_status,
        date '2024-01-01' + g % 365,

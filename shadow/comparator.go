@@ -32,6 +32,7 @@ type Request struct {
 	ParamOIDs    []uint32          // declared parameter types (0 = unspecified); may be shorter than Params
 	Ordered      bool              // the statement's top level has ORDER BY: compare in order
 	KeyColumns   []string          // the migration key, to name the first differing row
+	Sampled      time.Time         // when the read was sampled (Submit sets it when zero)
 	Fingerprint  string            // pg_query fingerprint of OldSQL
 	Normalized   string            // OldSQL with literals replaced, safe to log
 
@@ -198,7 +199,10 @@ func (c *Comparator) Submit(req Request) bool {
 		return false
 	default:
 	}
-	if c.breakers.open(req.Database, time.Now()) {
+	if req.Sampled.IsZero() {
+		req.Sampled = time.Now()
+	}
+	if c.breakers.open(req.Database, req.Sampled) {
 		// Counted here, without waking a worker: a dead side database costs the client nothing.
 		c.metrics.Comparison(req.Migration, ResultError)
 		return false
@@ -290,7 +294,10 @@ func (c *Comparator) handle(req Request) {
 	if req.Normalized == "" {
 		req.Normalized, _ = pg_query.Normalize(req.OldSQL)
 	}
-	if c.breakers.open(req.Database, time.Now()) {
+	if req.Sampled.IsZero() {
+		req.Sampled = time.Now()
+	}
+	if c.breakers.open(req.Database, req.Sampled) {
 		c.report(req, outcome{result: ResultError, reason: "side_unavailable",
 			err: fmt.Errorf("side database %q failed recently: backing off", req.Database)})
 		return
@@ -324,7 +331,7 @@ func (c *Comparator) report(req Request, out outcome) {
 	switch out.result {
 	case ResultMatch, ResultMismatch:
 		if c.opts.Judge != nil {
-			c.opts.Judge.RecordComparison(req.Migration, out.result == ResultMismatch, out.oldDur, out.newDur)
+			c.opts.Judge.RecordSampledComparison(req.Migration, req.Sampled, out.result == ResultMismatch, out.oldDur, out.newDur)
 		}
 	case ResultError:
 		if ok, suppressed := c.errLogs.allow(time.Now()); ok {

@@ -86,7 +86,8 @@ func (o *JudgeOptions) applyDefaults() {
 	setDefault(&o.LatencyAlpha, 0.01)
 	setDefault(&o.LatencyMinEffect, 0.2)
 	setDefault(&o.LatencyMinRatio, 1.2)
-	setDefault(&o.LatencyMinPairs, 30)
+	// A fresh window (after a resume, say) must not fail on a few dozen pairs from a busy moment.
+	setDefault(&o.LatencyMinPairs, 200)
 	setDefault(&o.LatencyReservoir, 2000)
 	setDefault(&o.Interval, 2*time.Second)
 	if o.Now == nil {
@@ -196,6 +197,9 @@ type judgeState struct {
 	// rolledBack is set when the judge engaged the kill switch during the current fail; an
 	// operator's Release then holds until the verdict leaves fail and fails again.
 	rolledBack bool
+	// resetAt is when an operator last reset the window: comparisons sampled before it (still
+	// queued at the reset, planned under the configuration being fixed) are not evidence.
+	resetAt time.Time
 }
 
 // bucket holds the events of one Bucket-long slice of time.
@@ -263,9 +267,18 @@ func mod(a int64, n int) int { return int((a%int64(n) + int64(n)) % int64(n)) }
 // RecordComparison records one comparison that reached a result (match or mismatch) with each
 // form's duration. A zero duration (a form that failed) leaves the pair out of the latency test.
 func (j *Judge) RecordComparison(migration string, mismatch bool, oldDur, newDur time.Duration) {
+	j.RecordSampledComparison(migration, time.Time{}, mismatch, oldDur, newDur)
+}
+
+// RecordSampledComparison is RecordComparison for a read sampled at sampled: one sampled before
+// the window's last Reset is left out.
+func (j *Judge) RecordSampledComparison(migration string, sampled time.Time, mismatch bool, oldDur, newDur time.Duration) {
 	s := j.state(migration)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !sampled.IsZero() && sampled.Before(s.resetAt) {
+		return
+	}
 	b := j.current(s, j.opts.Now())
 	b.comparisons++
 	if mismatch {
@@ -323,6 +336,7 @@ func (j *Judge) Reset(migration string) {
 		s.buckets[i] = bucket{}
 	}
 	s.lastStatus, s.rolledBack = "", false
+	s.resetAt = j.opts.Now()
 	s.mu.Unlock()
 	j.metrics.Verdict(migration, StatusInconclusive)
 }

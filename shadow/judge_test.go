@@ -240,3 +240,18 @@ func TestVerdictJSON(t *testing.T) {
 		t.Errorf("round trip: %+v, want %+v", back, v)
 	}
 }
+
+// TestResetIgnoresEarlierSamples: comparisons sampled before a Reset (queued under the
+// configuration being fixed) do not count in the fresh window.
+func TestResetIgnoresEarlierSamples(t *testing.T) {
+	now := time.Unix(5000, 0)
+	j := NewJudge(JudgeOptions{Now: func() time.Time { return now }})
+	before := now.Add(-time.Second)
+	j.Reset("m")
+	j.RecordSampledComparison("m", before, true, time.Millisecond, time.Millisecond)
+	j.RecordSampledComparison("m", now, false, time.Millisecond, time.Millisecond)
+	j.RecordComparison("m", false, time.Millisecond, time.Millisecond)
+	if v := j.Verdict("m"); v.Comparisons != 2 || v.Mismatches != 0 {
+		t.Fatalf("after reset: %d comparisons, %d mismatches; want 2 and 0", v.Comparisons, v.Mismatches)
+	}
+}
