@@ -189,7 +189,9 @@ func (s *session) negotiateStartup(ctx context.Context) (map[string]string, []by
 				s.log.Info("client TLS handshake failed", "err", err)
 				return nil, nil, false
 			}
+			s.mu.Lock() // close (Shutdown) may read s.client from another goroutine
 			s.client = tc
+			s.mu.Unlock()
 			tlsDone = true
 		case code == gssEncRequestCode && !tlsDone:
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
@@ -256,8 +258,8 @@ func (s *session) connectUpstream(ctx context.Context, startup []byte) bool {
 	// From here on the session moves bytes: plain TCP legs switch to raw system calls (sysconn.go).
 	s.mu.Lock()
 	s.server = newSysConn(conn)
-	s.mu.Unlock()
 	s.client = newSysConn(s.client)
+	s.mu.Unlock()
 	s.sr = newFrameReader(bufio.NewReaderSize(s.server, ioBufferSize), maxServerMessage)
 	s.cr = newFrameReader(bufio.NewReaderSize(s.client, ioBufferSize), s.srv.maxMessageSize)
 	return true
@@ -728,13 +730,13 @@ func (s *session) close() {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closing = true
-		server := s.server
+		server, client := s.server, s.client
 		if g := s.gate; g != nil {
 			s.gate = nil
 			close(g.done) // a client loop waiting on the gate goes on to find the session closed
 		}
 		s.mu.Unlock()
-		_ = s.client.Close()
+		_ = client.Close()
 		if server != nil {
 			_ = server.SetWriteDeadline(time.Now())
 		}
