@@ -28,19 +28,11 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // superDSN is a superuser DSN for db.
-func superDSN(db string) string {
-	return strings.Replace(cluster.DSN(pgtest.SuperUser, ""), "/"+pgtest.TestDB+"?", "/"+db+"?", 1)
-}
+func superDSN(db string) string { return cluster.DatabaseDSN(db, pgtest.SuperUser, "") }
 
 // createDB makes a fresh database, dropped when the test ends.
 func createDB(t *testing.T, name string) string {
-	t.Helper()
-	ctx := context.Background()
-	_ = cluster.Exec(ctx, "drop database if exists "+name+" with (force)")
-	if err := cluster.Exec(ctx, "create database "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists "+name+" with (force)") })
+	cluster.CreateDatabase(t, name)
 	return name
 }
 

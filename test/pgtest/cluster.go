@@ -319,6 +319,23 @@ func (c *Cluster) ConnString(addr, user, password string) string {
 	return u.String()
 }
 
+// DatabaseDSN is DSN for database db instead of TestDB.
+func (c *Cluster) DatabaseDSN(db, user, password string) string {
+	return strings.Replace(c.DSN(user, password), "/"+TestDB+"?", "/"+url.PathEscape(db)+"?", 1)
+}
+
+// CreateDatabase makes a fresh database db (dropping one left behind), dropped again when the
+// test ends.
+func (c *Cluster) CreateDatabase(t testing.TB, db string) {
+	t.Helper()
+	ctx := context.Background()
+	_ = c.Exec(ctx, "drop database if exists "+db+" with (force)")
+	if err := c.Exec(ctx, "create database "+db); err != nil {
+		t.Fatalf("create database %s: %v", db, err)
+	}
+	t.Cleanup(func() { _ = c.Exec(context.Background(), "drop database if exists "+db+" with (force)") })
+}
+
 // Exec runs sql (which may hold several statements) as SuperUser in TestDB.
 // For an external server it runs as the user of PGCANARY_TEST_DSN.
 func (c *Cluster) Exec(ctx context.Context, sql string) error {
