@@ -65,23 +65,25 @@ type recorded struct {
 // maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
 // transaction (a write with passthrough may open one inside a transaction, with a savepoint).
 // extended says which protocol the batch uses, and so how to send the savepoint.
-func (s *session) maybeStartGate(kind string, migrations []string, extended bool) error {
+// It returns the gate it opened, or nil.
+func (s *session) maybeStartGate(kind string, migrations []string, extended bool) (*gate, error) {
 	s.mu.Lock()
 	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready {
 		s.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	inTx := s.txStatus == 'T'
 	if s.txStatus != 'I' && !(inTx && kind == "write") {
 		s.mu.Unlock()
-		return nil
+		return nil, nil
 	}
-	s.gate = &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, done: make(chan struct{})}
+	g := &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, done: make(chan struct{})}
+	s.gate = g
 	s.mu.Unlock()
 	if inTx {
-		return s.emitOwn("SAVEPOINT "+savepointName, extended, false)
+		return g, s.emitOwn("SAVEPOINT "+savepointName, extended, false)
 	}
-	return nil
+	return g, nil
 }
 
 // emitOwn sends a statement of the proxy's own, its answers suppressed. In an extended batch it
@@ -143,7 +145,7 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 
 // emitGatable sends the first message of a routed or passthrough batch, opening a gate if it can.
 func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string) error {
-	if err := s.maybeStartGate(kind, migrations, true); err != nil {
+	if _, err := s.maybeStartGate(kind, migrations, true); err != nil {
 		return err
 	}
 	return s.emit(typ, body, e, rec)
@@ -152,14 +154,12 @@ func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, 
 // emitGatedQuery sends a single-statement Query whose new (or mirrored) form may fail; orig is
 // the client's own Query body, replayed on failure.
 func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string) error {
-	if err := s.maybeStartGate(kind, migrations, false); err != nil {
+	g, err := s.maybeStartGate(kind, migrations, false)
+	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	g := s.gate
-	s.mu.Unlock()
 	if g == nil {
-		return s.emit('Q', out, e, &recorded{typ: 'Q'})
+		return s.emit('Q', out, e, nil)
 	}
 	s.mu.Lock()
 	g.gatedSet = true
@@ -175,7 +175,8 @@ func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migr
 }
 
 // emit sends one message to the server and records the response it expects. While a gate
-// records a batch, the message is recorded too; once the batch is sealed, it waits in the gate.
+// records a batch, the message is recorded too (rec, when nil, is made then: most messages
+// replay as they are); once the batch is sealed, it waits in the gate.
 func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	hasEntry := e.kind != 0
 	s.mu.Lock()
@@ -247,9 +248,8 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 	if e.suppress || g.noFallback {
 		return
 	}
-	if rec == nil {
-		g.noFallback = true
-		return
+	if rec == nil { // a message whose replay is itself: recorded only while a gate records
+		rec = &recorded{typ: typ}
 	}
 	if rec.body == nil {
 		rec.body = body

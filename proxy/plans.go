@@ -119,10 +119,10 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 				e.obs = s.observe(p.info.plan, route, p.write)
 			}
 		}
-		return s.emit(typ, body, e, &recorded{typ: typ})
+		return s.emit(typ, body, e, nil)
 	case 'S':
 		s.closeOrphans()
-		if err := s.emit(typ, body, e, &recorded{typ: typ}); err != nil {
+		if err := s.emit(typ, body, e, nil); err != nil {
 			return err
 		}
 		s.mu.Lock()
@@ -134,7 +134,7 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 		}
 		return nil
 	}
-	return s.emit(typ, body, e, &recorded{typ: typ})
+	return s.emit(typ, body, e, nil)
 }
 
 // planQuery plans a simple Query: each statement is sent in its mirrored or routed form, and the
@@ -147,7 +147,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	plan := s.srv.planner.Plan(s.database, path, s.user, sql)
 	defer s.applySessionChanges(sql)
 	if plan == nil || plan.Untouched {
-		return s.emit('Q', body, e, &recorded{typ: 'Q'})
+		return s.emit('Q', body, e, nil)
 	}
 	changed := false
 	forms := make([]*router.WriteForm, len(plan.Statements))
@@ -186,7 +186,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	}
 	e.obsList = obs
 	if !changed {
-		return s.emit('Q', body, e, &recorded{typ: 'Q'})
+		return s.emit('Q', body, e, nil)
 	}
 	e.writes = forms
 	// Statements are joined on their own lines: a statement may end in a -- comment.
@@ -194,7 +194,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	if len(plan.Statements) == 1 && gateKind != "" {
 		return s.emitGatedQuery(out, body, e, gateKind, gateMigs)
 	}
-	return s.emit('Q', out, e, &recorded{typ: 'Q'})
+	return s.emit('Q', out, e, nil)
 }
 
 func routeName(newShape bool) string {
@@ -370,7 +370,7 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 	}
 	v := info.newVariant
 	s.mu.Unlock()
-	if err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
+	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
 		return err
 	}
 	if err := s.ensureVariant(v, info.plan.Read.SQL, info.paramOIDs); err != nil {
