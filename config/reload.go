@@ -204,6 +204,17 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("shadow", old.Shadow, cur.Shadow)
 }
 
+// recheckEvery is how often Watch compares the file's content even without an event.
+const recheckEvery = 5 * time.Second
+
+// recheck reloads when the file's content differs from the running generation's (only once
+// one runs: loading the first is the caller's business).
+func (r *Reloader) recheck(ctx context.Context) {
+	if r.store.Current() != nil {
+		_ = r.Reload(ctx, "file changed")
+	}
+}
+
 // Watch reloads when the file's directory changes (editors replace files by rename; a Kubernetes
 // ConfigMap update swaps a symlink) and on each value from signals (SIGHUP). Events are coalesced
 // for debounce. It returns when ctx ends.
@@ -217,11 +228,18 @@ func (r *Reloader) Watch(ctx context.Context, signals <-chan os.Signal, debounce
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watch config directory %s: %w", dir, err)
 	}
+	// A change made between the first load and the watch went unseen; and inotify can drop events
+	// (queue overflow). Comparing the content now and then costs a read and a hash.
+	r.recheck(ctx)
+	recheck := time.NewTicker(recheckEvery)
+	defer recheck.Stop()
 	var timer <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-recheck.C:
+			r.recheck(ctx)
 		case <-signals:
 			_ = r.Reload(ctx, "SIGHUP")
 		case ev, ok := <-w.Events:
