@@ -299,26 +299,33 @@ func TestCancel(t *testing.T) {
 
 	// Same through PgConn.CancelRequest directly, keeping the connection.
 	conn2 := p.connect(t)
+	cancelRunning(t, conn2, "select pg_sleep(30)", conn2.Config().DefaultQueryExecMode)
+	var n int
+	if err := conn2.QueryRow(context.Background(), "select 1").Scan(&n); err != nil {
+		t.Fatalf("connection unusable after cancel: %v", err)
+	}
+}
+
+// cancelRunning runs sql (which must take long) on conn, cancels it with a CancelRequest once it
+// runs, and expects query_canceled; conn stays usable.
+func cancelRunning(t *testing.T, conn *pgx.Conn, sql string, mode pgx.QueryExecMode) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() {
-		_, err := conn2.Exec(context.Background(), "select pg_sleep(30)")
+		_, err := conn.Exec(context.Background(), sql, mode)
 		done <- err
 	}()
 	time.Sleep(300 * time.Millisecond)
-	if err := conn2.PgConn().CancelRequest(context.Background()); err != nil {
+	if err := conn.PgConn().CancelRequest(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case err := <-done:
 		if pgCode(err) != "57014" {
-			t.Fatalf("cancelled query: %v", err)
+			t.Fatalf("cancelled %q: %v", sql, err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("cancel request did not interrupt pg_sleep")
-	}
-	var n int
-	if err := conn2.QueryRow(context.Background(), "select 1").Scan(&n); err != nil {
-		t.Fatalf("connection unusable after cancel: %v", err)
+		t.Fatalf("cancel request did not interrupt %q", sql)
 	}
 }
 

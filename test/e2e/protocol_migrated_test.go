@@ -125,23 +125,7 @@ func TestProtocolWithMigrations(t *testing.T) {
 	// A routed read cancelled by the client is not re-run in the old form.
 	before := max(gatheredValue(t, p.reg, "pgcanary_read_fallbacks_total", map[string]string{"migration": usersMigration}), 0)
 	slow := connectDSN(t, dsn(pgtest.SuperUser, ""))
-	done := make(chan error, 1)
-	go func() {
-		_, err := slow.Exec(context.Background(), "SELECT full_name, pg_sleep(30) FROM users WHERE id = 1", pgx.QueryExecModeSimpleProtocol)
-		done <- err
-	}()
-	time.Sleep(300 * time.Millisecond)
-	if err := slow.PgConn().CancelRequest(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if pgCode(err) != "57014" {
-			t.Fatalf("cancelled routed read: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("cancel did not interrupt the routed read")
-	}
+	cancelRunning(t, slow, "SELECT full_name, pg_sleep(30) FROM users WHERE id = 1", pgx.QueryExecModeSimpleProtocol)
 	if after := max(gatheredValue(t, p.reg, "pgcanary_read_fallbacks_total", map[string]string{"migration": usersMigration}), 0); after != before {
 		t.Fatalf("a cancelled read was re-run (%v fallbacks)", after-before)
 	}
