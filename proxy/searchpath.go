@@ -1,13 +1,19 @@
 package proxy
 
 import (
-	"strings"
+	"bytes"
 
 	"github.com/pgcanary/pgcanary/router"
 )
 
 // defaultSearchPath is PostgreSQL's default, used until the server says otherwise.
 const defaultSearchPath = `"$user", public`
+
+var (
+	tagCommit   = []byte("COMMIT")
+	tagPrepare  = []byte("PREPARE TRANSACTION")
+	tagRollback = []byte("ROLLBACK")
+)
 
 // pathState follows the session's search_path with Postgres's scoping, because planning resolves
 // unqualified names with it and Postgres before 18 does not report it. The client loop applies
@@ -50,12 +56,12 @@ func (p *pathState) apply(c router.PathChange) {
 // observe follows a server message to learn how the current transaction ends.
 func (p *pathState) observe(typ byte, body []byte) {
 	switch typ {
-	case 'C':
-		tag := strings.TrimRight(string(body), "\x00")
-		switch tag {
-		case "COMMIT", "PREPARE TRANSACTION":
+	case 'C': // compared as bytes: this runs for every statement, migrations or not
+		tag := bytes.TrimRight(body, "\x00")
+		switch {
+		case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
 			p.sawCommit = true
-		case "ROLLBACK":
+		case bytes.Equal(tag, tagRollback):
 			p.sawRollback = true
 		}
 	case 'E':
