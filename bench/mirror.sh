@@ -4,7 +4,8 @@
 # Two databases with examples/schema.sql: in one, a row trigger on users mirrors every write into
 # users_v2 through the write map; the other has no trigger and is reached through pgcanary, whose
 # mirrored form (a data-modifying CTE) does the same. pgbench runs the same UPDATE workload on
-# both, interleaved over several rounds, and prints the median TPS and pgcanary/trigger.
+# both, interleaved over several rounds, and prints the median TPS and pgcanary/trigger; a third
+# column sends pgcanary's mirrored SQL directly, to show the database's cost apart from the hop.
 #
 # Usage: bench/mirror.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8")
 set -euo pipefail
@@ -56,18 +57,26 @@ cat >"$TMP/update.sql" <<SQL
 UPDATE users SET full_name = 'Name' || :id || ' Last' || (:id % 97) WHERE id = :id;
 SQL
 
+# pgcanary's own mirrored form of that UPDATE (from `pgcanary explain`), for a third column: the
+# same SQL sent directly, so that what the database pays for it and what the proxy hop costs show apart.
+form=$("$BIN" explain --config examples/pgcanary.yaml \
+	"UPDATE users SET full_name = 'Name' || \$1 || ' Last' || (\$1 % 97) WHERE id = \$1" | sed -n 's/^  mirrored ([^)]*): //p')
+[ -n "$form" ] || { echo "ERROR: pgcanary explain printed no mirrored form" >&2; exit 1; }
+printf '\\set id random(1, %s)\n%s;\n' "$USERS" "${form//\$1/:id}" >"$TMP/form.sql"
+
 run() { # target clients -> tps
-	local target=$1 c=$2 port=$PGPORT db=trig
+	local target=$1 c=$2 port=$PGPORT db=trig script=update.sql
 	[ "$target" = pgcanary ] && port=$PROXYPORT db=proxied
-	"$PGBENCH" -n -M prepared -f "$TMP/update.sql" -c "$c" -j "$((c > 1 ? 2 : 1))" -T "$DURATION" \
+	[ "$target" = form ] && db=proxied script=form.sql
+	"$PGBENCH" -n -M prepared -f "$TMP/$script" -c "$c" -j "$((c > 1 ? 2 : 1))" -T "$DURATION" \
 		-h 127.0.0.1 -p "$port" -U postgres "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 
 declare -A results
 for round in $(seq "$ROUNDS"); do
 	for c in $CLIENTS; do
-		order="trigger pgcanary"
-		[ $((round % 2)) -eq 0 ] && order="pgcanary trigger"
+		order="trigger pgcanary form"
+		[ $((round % 2)) -eq 0 ] && order="form pgcanary trigger"
 		for target in $order; do
 			tps=$(run "$target" "$c")
 			log "round $round c=$c $target: $tps tps"
@@ -85,10 +94,12 @@ done
 
 echo
 echo "mirrored UPDATE (pgbench -M prepared, median of $ROUNDS x ${DURATION}s, $USERS users)"
-printf '%-8s %-10s %-10s %s\n' clients trigger pgcanary pgcanary/trigger
+printf '%-8s %-10s %-10s %-18s %-14s %s\n' clients trigger pgcanary pgcanary/trigger "form direct" "form/trigger"
 for c in $CLIENTS; do
 	t=$(echo "${results[trigger.$c]}" | tr ' ' '\n' | grep . | median)
 	p=$(echo "${results[pgcanary.$c]}" | tr ' ' '\n' | grep . | median)
-	printf '%-8s %-10.0f %-10.0f %.2f\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)"
+	f=$(echo "${results[form.$c]}" | tr ' ' '\n' | grep . | median)
+	printf '%-8s %-10.0f %-10.0f %-18.2f %-14.0f %.2f\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)" "$f" "$(echo "$f / $t" | bc -l)"
 done
+echo "form direct: pgcanary's mirrored SQL sent straight to Postgres (no proxy): the database's cost of the form"
 echo "both shapes agree in both databases"

@@ -53,20 +53,20 @@ type StatementPlan struct {
 
 // ReadForm is a read rewritten to take the listed migrations from their new shape.
 type ReadForm struct {
-	SQL        string
-	Migrations []string
+	SQL        string   `json:"sql"`
+	Migrations []string `json:"migrations"`
 	// Flags are the migrations' read-percent flag keys, in the order of Migrations.
-	Flags []string
+	Flags []string `json:"flags"`
 	// Ordered: the statement's top level has ORDER BY, so row order is part of its answer.
-	Ordered bool
+	Ordered bool `json:"ordered"`
 	// OldSQL, when set, is the old form a comparison runs instead of the client's text.
-	OldSQL string
+	OldSQL string `json:"old_sql,omitempty"`
 }
 
 // Unrewritten records a statement that touches a migration but is not rewritten.
 type Unrewritten struct {
-	Migration string
-	Reason    string // a short label, also the metric's reason label
+	Migration string `json:"migration"`
+	Reason    string `json:"reason"` // a short label, also the metric's reason label
 }
 
 // Reasons a statement keeps its old form.

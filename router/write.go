@@ -14,19 +14,19 @@ import (
 
 // WriteForm is a write rewritten so that it also changes the other shape, in the same statement.
 type WriteForm struct {
-	SQL       string
-	Migration string
-	Direction string // "forward": a write to the old relation mirrored into the new; "reverse": the other way
-	Strategy  string // "capture" (new table) or "augment" (new columns of the same table)
+	SQL       string `json:"sql"`
+	Migration string `json:"migration"`
+	Direction string `json:"direction"` // "forward": a write to the old relation mirrored into the new; "reverse": the other way
+	Strategy  string `json:"strategy"`  // "capture" (new table) or "augment" (new columns of the same table)
 	// Verb is the client's command (INSERT, UPDATE, DELETE, TRUNCATE): a capture form ends in a
 	// SELECT, whose command tag the proxy replaces with "INSERT 0 n", "UPDATE n" or "DELETE n".
-	Verb string
+	Verb string `json:"verb"`
 	// CountOnly: a capture form of a statement without RETURNING yields one row, count(*), that the
 	// proxy consumes (RowDescription becomes NoData) and uses for the command tag.
-	CountOnly bool
+	CountOnly bool `json:"count_only"`
 	// Passthrough: the migration's on_mirror_error is passthrough, so when this form fails the
 	// proxy re-runs the client's statement alone (and counts it unmirrored).
-	Passthrough bool
+	Passthrough bool `json:"passthrough"`
 }
 
 // Reasons a write to a migrated relation passes through unmirrored (verify and repair close the

@@ -27,7 +27,7 @@ schema migration is under way. Applications connect to it instead of to Postgres
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newCheckCmd(), newRampCmd(), newStatusCmd(), newRollbackCmd(), newResumeCmd(), newBackfillCmd(), newVerifyCmd(), newHealthcheckCmd())
+	root.AddCommand(newServeCmd(), newCheckCmd(), newRampCmd(), newStatusCmd(), newRollbackCmd(), newResumeCmd(), newBackfillCmd(), newVerifyCmd(), newExplainCmd(), newHealthcheckCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgcanary:", err)
 		var ee *exitError
