@@ -141,10 +141,7 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 // responses are restored statement by statement.
 func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
-	s.mu.Lock()
-	path := s.path.current()
-	s.mu.Unlock()
-	plan := s.srv.planner.Plan(s.database, path, s.user, sql)
+	plan := s.plan(sql)
 	defer s.applySessionChanges(sql)
 	if plan == nil || plan.Untouched {
 		return s.emit('Q', body, e, nil)
@@ -204,17 +201,56 @@ func routeName(newShape bool) string {
 	return "old"
 }
 
+// plan plans sql with the session's search_path and role. When a statement set either to a value
+// the proxy cannot know (set_config with a computed argument), names cannot be resolved as the
+// server will: the statement is relayed as written, and a write that would have been mirrored is
+// counted unmirrored (verify --repair closes the drift) until the session sets them plainly again.
+func (s *session) plan(sql string) *router.Plan {
+	s.mu.Lock()
+	path, user := s.path.current(), s.role.current()
+	known := path != unknownSetting && (user != unknownSetting || !strings.Contains(path, "$user"))
+	base, warn := s.path.base, !known && !s.pathWarned
+	s.pathWarned = s.pathWarned || warn
+	s.mu.Unlock()
+	if known {
+		return s.srv.planner.Plan(s.database, path, user, sql)
+	}
+	if warn {
+		s.log.Warn("the session set search_path or its role to a value pgcanary cannot follow (set_config with a computed argument); its statements are relayed unrewritten and unmirrored until it sets them plainly")
+	}
+	if plan := s.srv.planner.Plan(s.database, base, s.user, sql); plan != nil {
+		for _, st := range plan.Statements {
+			if st.Write != nil {
+				s.srv.metrics.UnmirroredWrite(st.Write.Migration, reasonSettingUnknown)
+			}
+		}
+	}
+	return nil
+}
+
+// reasonSettingUnknown labels writes left unmirrored because the session's search_path or role
+// could not be followed.
+const reasonSettingUnknown = "search_path_unknown"
+
 // applySessionChanges keeps the session's search_path and statement variants in step with what
 // a Query does to them.
 func (s *session) applySessionChanges(sql string) {
 	ch := router.SessionChangesOf(sql)
-	if len(ch.Paths) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll {
+	if len(ch.Settings) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range ch.Paths {
-		s.path.apply(c)
+	for _, c := range ch.Settings {
+		switch c.Setting {
+		case router.SettingSearchPath:
+			s.path.apply(c)
+		case router.SettingRole:
+			s.role.apply(c)
+		default: // savepoints scope both
+			s.path.apply(c)
+			s.role.apply(c)
+		}
 	}
 	for _, name := range ch.Deallocate {
 		if info := s.stmts[name]; info != nil {
@@ -257,13 +293,10 @@ func (s *session) planParse(body []byte, e expected) error {
 	if err := msg.Decode(body); err != nil {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
-	s.mu.Lock()
-	path := s.path.current()
-	s.mu.Unlock()
+	plan := s.plan(msg.Query)
 	if msg.Name == "" {
 		s.applySessionChanges(msg.Query)
 	}
-	plan := s.srv.planner.Plan(s.database, path, s.user, msg.Query)
 	var info *stmtInfo
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
 		st := plan.Statements[0]

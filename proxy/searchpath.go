@@ -15,22 +15,36 @@ var (
 	tagRollback = []byte("ROLLBACK")
 )
 
-// pathState follows the session's search_path with Postgres's scoping, because planning resolves
-// unqualified names with it and Postgres before 18 does not report it. The client loop applies
-// changes as it sends them; the server loop ends transactions as ReadyForQuery reports them.
-// Guarded by session.mu.
-type pathState struct {
-	base      string  // the session default: SHOW search_path after startup (role, database, options)
+// unknownSetting is the value of a followed setting that a statement changed in a way the proxy
+// cannot know (set_config with a computed argument). No real value contains a NUL.
+const unknownSetting = "\x00unknown"
+
+// settingState follows one session setting (search_path, role) with Postgres's scoping, because
+// planning resolves unqualified names with it and Postgres before 18 does not report it. The
+// client loop applies changes as it sends them; the server loop ends transactions as
+// ReadyForQuery reports them. Guarded by session.mu.
+type settingState struct {
+	base      string  // the session default, asked for after startup (role, database, options)
 	committed string  // the value outside any transaction
 	tx        *string // set by SET inside the current transaction: kept if it commits
 	local     *string // set by SET LOCAL: gone when the transaction ends
+	saves     []savedSetting
 	// outcome of the current transaction, from the responses since the last ReadyForQuery
 	sawCommit, sawRollback, sawError bool
 }
 
-func newPathState(base string) pathState { return pathState{base: base, committed: base} }
+// savedSetting is the transaction's view of a setting when a savepoint was taken: ROLLBACK TO
+// returns to it.
+type savedSetting struct {
+	name      string
+	tx, local *string
+}
 
-func (p *pathState) current() string {
+func newSettingState(base string) settingState {
+	return settingState{base: base, committed: base}
+}
+
+func (p *settingState) current() string {
 	switch {
 	case p.local != nil:
 		return *p.local
@@ -41,9 +55,29 @@ func (p *pathState) current() string {
 }
 
 // apply records a statement's change as it is sent.
-func (p *pathState) apply(c router.PathChange) {
+func (p *settingState) apply(c router.SettingChange) {
+	switch c.Op {
+	case router.ChangeSavepoint:
+		p.saves = append(p.saves, savedSetting{name: c.Savepoint, tx: p.tx, local: p.local})
+		return
+	case router.ChangeRelease, router.ChangeRollbackTo:
+		i := p.savepoint(c.Savepoint)
+		if i < 0 {
+			return // no such savepoint: the statement fails and changes nothing
+		}
+		if c.Op == router.ChangeRelease {
+			p.saves = p.saves[:i] // what was set since stays, in the enclosing (sub)transaction
+			return
+		}
+		p.tx, p.local = p.saves[i].tx, p.saves[i].local
+		p.saves = p.saves[:i+1] // the savepoint itself remains
+		return
+	}
 	v := c.Value
-	if c.Reset {
+	switch {
+	case c.Unknown:
+		v = unknownSetting
+	case c.Reset:
 		v = p.base
 	}
 	if c.Local {
@@ -53,8 +87,19 @@ func (p *pathState) apply(c router.PathChange) {
 	p.tx, p.local = &v, nil
 }
 
+// savepoint is the index of the latest savepoint named name (names compare as Postgres folds
+// them: the parser already did), or -1.
+func (p *settingState) savepoint(name string) int {
+	for i := len(p.saves) - 1; i >= 0; i-- {
+		if p.saves[i].name == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // observe follows a server message to learn how the current transaction ends.
-func (p *pathState) observe(typ byte, body []byte) {
+func (p *settingState) observe(typ byte, body []byte) {
 	switch typ {
 	case 'C': // compared as bytes: this runs for every statement, migrations or not
 		tag := bytes.TrimRight(body, "\x00")
@@ -74,7 +119,7 @@ func (p *pathState) observe(typ byte, body []byte) {
 			if commit && p.tx != nil {
 				p.committed = *p.tx
 			}
-			p.tx, p.local = nil, nil
+			p.tx, p.local, p.saves = nil, nil, p.saves[:0]
 		}
 		p.sawCommit, p.sawRollback, p.sawError = false, false, false
 	}

@@ -60,13 +60,15 @@ type session struct {
 
 	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
-	txStatus    byte      // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
-	ready       bool      // startup finished
-	draining    bool      // close as soon as the session is idle
-	closing     bool      // no more requests go upstream
-	serverFatal bool      // the server sent FATAL: its EOF is expected
-	gate        *gate     // a routed batch whose fallback is still possible (gate.go)
-	path        pathState // the session's search_path, for planning
+	txStatus    byte         // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
+	ready       bool         // startup finished
+	draining    bool         // close as soon as the session is idle
+	closing     bool         // no more requests go upstream
+	serverFatal bool         // the server sent FATAL: its EOF is expected
+	gate        *gate        // a routed batch whose fallback is still possible (gate.go)
+	path        settingState // the session's search_path, for planning
+	role        settingState // the current role, for "$user" in the search_path
+	pathWarned  bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts      map[string]*stmtInfo
 	portals    map[string]*portalInfo
@@ -105,7 +107,7 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
-	s.user, s.path = params["user"], newPathState(searchPathOf(params))
+	s.user, s.path, s.role = params["user"], newSettingState(searchPathOf(params)), newSettingState(params["user"])
 	s.database = params["database"]
 	if s.database == "" {
 		s.database = s.user // Postgres's default
@@ -366,11 +368,11 @@ func (s *session) relayAuth() bool {
 	}
 }
 
-// learnSearchPath asks the server for the session's search_path before the client's first
-// statement: role and database defaults (ALTER ROLE ... SET search_path) apply at startup, and
-// planning must resolve names the way the server will.
+// learnSearchPath asks the server for the session's search_path and current role before the
+// client's first statement: role and database defaults (ALTER ROLE ... SET search_path) apply at
+// startup, and planning must resolve names (and "$user") the way the server will.
 func (s *session) learnSearchPath() bool {
-	s.toServer('Q', queryBody("SHOW search_path"))
+	s.toServer('Q', queryBody("SELECT pg_catalog.current_setting('search_path'), current_user"))
 	if s.flushServer() != nil {
 		s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost upstream %s during startup", s.srv.upstream.Addr))
 		return false
@@ -384,8 +386,8 @@ func (s *session) learnSearchPath() bool {
 		switch typ {
 		case 'D':
 			var row pgproto3.DataRow
-			if err := row.Decode(body); err == nil && len(row.Values) == 1 && row.Values[0] != nil {
-				s.path = newPathState(string(row.Values[0]))
+			if err := row.Decode(body); err == nil && len(row.Values) == 2 && row.Values[0] != nil && row.Values[1] != nil {
+				s.path, s.role = newSettingState(string(row.Values[0])), newSettingState(string(row.Values[1]))
 			}
 		case 'E':
 			s.log.Warn("reading the session's search_path", "err", errorMessage(body))
@@ -555,6 +557,7 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		}
 	}
 	s.path.observe(origTyp, origBody)
+	s.role.observe(origTyp, origBody)
 	switch origTyp {
 	case 'S': // ParameterStatus: application_name feeds routing, a few settings comparisons
 		if name, rest, ok := cstring(body); ok {

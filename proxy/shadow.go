@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"strings"
+
 	"bytes"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -52,7 +54,8 @@ func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oid
 		}
 	}
 	s.mu.Lock()
-	req.SearchPath = s.path.current()
+	// The side connection's role is not the client's: "$user" is spelled out.
+	req.SearchPath = expandUser(s.path.current(), s.role.current())
 	req.Settings = make(map[string]string, len(s.settings))
 	for k, v := range s.settings {
 		req.Settings[k] = v
@@ -60,4 +63,20 @@ func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oid
 	s.mu.Unlock()
 	req.Database = s.database
 	sh.Compare(req)
+}
+
+// expandUser replaces "$user" in a search_path setting with the role's name, quoted: the schema
+// Postgres would take for it (none, when no schema has that name).
+func expandUser(path, role string) string {
+	if !strings.Contains(path, `"$user"`) && !strings.Contains(path, "$user") {
+		return path
+	}
+	quoted := `"` + strings.ReplaceAll(role, `"`, `""`) + `"`
+	items := strings.Split(path, ",")
+	for i, it := range items {
+		if t := strings.TrimSpace(it); t == `"$user"` || t == "$user" {
+			items[i] = " " + quoted
+		}
+	}
+	return strings.TrimSpace(strings.Join(items, ","))
 }

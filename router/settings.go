@@ -6,33 +6,57 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
-// PathChange is one statement's effect on the session's search_path.
-type PathChange struct {
-	// Value is the new search_path; Reset means "back to the session default" (RESET, SET ... TO
-	// DEFAULT, RESET ALL, DISCARD ALL).
+// Settings the proxy follows: planning resolves unqualified names with search_path, and
+// "$user" in it with the current role.
+const (
+	SettingSearchPath = "search_path"
+	SettingRole       = "role"
+)
+
+// ChangeOp is what a SettingChange does.
+type ChangeOp uint8
+
+const (
+	ChangeSet        ChangeOp = iota // set Setting (to Value, to its default, or to an unknown value)
+	ChangeSavepoint                  // SAVEPOINT Savepoint: the settings as they are now can be returned to
+	ChangeRelease                    // RELEASE Savepoint: it and the savepoints after it are gone
+	ChangeRollbackTo                 // ROLLBACK TO Savepoint: the settings return to what they were then
+)
+
+// SettingChange is one statement's effect on a setting the proxy follows, or on the savepoints
+// that scope such effects inside a transaction.
+type SettingChange struct {
+	Op      ChangeOp
+	Setting string // ChangeSet: SettingSearchPath or SettingRole
+	// Value is the new value; Reset means "back to the session default" (RESET, SET ... TO
+	// DEFAULT, RESET ALL, DISCARD ALL, SET ROLE NONE).
 	Value string
 	Reset bool
-	// Local: SET LOCAL, which lasts until the end of the transaction.
-	Local bool
+	// Unknown: the statement sets the value to something its text does not tell (set_config with
+	// a computed argument, or a call the proxy cannot tell will run).
+	Unknown bool
+	// Local: SET LOCAL (or set_config(..., true)), which lasts until the end of the transaction.
+	Local     bool
+	Savepoint string // the savepoint's name, for the savepoint operations
 }
 
 // SessionChanges are a query's effects on session state the proxy keeps in step with the server.
 type SessionChanges struct {
-	Paths []PathChange // search_path changes, in order
+	Settings []SettingChange // in statement order
 	// Deallocate names prepared statements dropped by DEALLOCATE; DeallocateAll: DEALLOCATE ALL
 	// or DISCARD ALL dropped every one.
 	Deallocate    []string
 	DeallocateAll bool
 }
 
-// SessionChangesOf finds the statements of sql that change search_path or drop prepared
-// statements. Planning depends on search_path, and Postgres before 18 does not report it, so
-// sessions track it from what they send; prepared statement variants follow their statement. A
-// cheap text test keeps the parser away from every other statement.
+// SessionChangesOf finds the statements of sql that change search_path or the current role,
+// scope such changes (savepoints), or drop prepared statements. Planning depends on search_path,
+// and Postgres before 18 does not report it, so sessions track it from what they send; prepared
+// statement variants follow their statement. A cheap text test keeps the parser away from every
+// other statement.
 func SessionChangesOf(sql string) SessionChanges {
 	var out SessionChanges
-	if !containsFold(sql, "search_path") && !containsFold(sql, "discard") && !containsFold(sql, "reset") &&
-		!containsFold(sql, "deallocate") {
+	if !mayChangeSession(sql) {
 		return out
 	}
 	res, err := pg_query.Parse(sql)
@@ -42,12 +66,12 @@ func SessionChangesOf(sql string) SessionChanges {
 	for _, raw := range res.Stmts {
 		switch n := raw.Stmt.Node.(type) {
 		case *pg_query.Node_VariableSetStmt:
-			if c, ok := pathChange(n.VariableSetStmt); ok {
-				out.Paths = append(out.Paths, c)
-			}
+			out.Settings = append(out.Settings, settingChanges(n.VariableSetStmt)...)
 		case *pg_query.Node_DiscardStmt:
 			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
-				out.Paths = append(out.Paths, PathChange{Reset: true})
+				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others.
+				out.Settings = append(out.Settings, SettingChange{Setting: SettingSearchPath, Reset: true},
+					SettingChange{Setting: SettingRole, Reset: true})
 				out.DeallocateAll = true
 			}
 		case *pg_query.Node_DeallocateStmt:
@@ -56,41 +80,170 @@ func SessionChangesOf(sql string) SessionChanges {
 			} else {
 				out.Deallocate = append(out.Deallocate, n.DeallocateStmt.Name)
 			}
+		case *pg_query.Node_TransactionStmt:
+			t := n.TransactionStmt
+			switch t.Kind {
+			case pg_query.TransactionStmtKind_TRANS_STMT_SAVEPOINT:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeSavepoint, Savepoint: t.SavepointName})
+			case pg_query.TransactionStmtKind_TRANS_STMT_RELEASE:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeRelease, Savepoint: t.SavepointName})
+			case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeRollbackTo, Savepoint: t.SavepointName})
+			}
+		default:
+			out.Settings = append(out.Settings, setConfigChanges(raw.Stmt)...)
 		}
 	}
 	return out
 }
 
-func pathChange(v *pg_query.VariableSetStmt) (PathChange, bool) {
-	switch v.Kind {
-	case pg_query.VariableSetKind_VAR_RESET_ALL:
-		return PathChange{Reset: true}, true
-	case pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_RESET:
-		if strings.EqualFold(v.Name, "search_path") {
-			return PathChange{Reset: true, Local: v.IsLocal}, true
+// mayChangeSession is the text test: false when sql certainly changes nothing SessionChangesOf
+// reports.
+func mayChangeSession(sql string) bool {
+	return containsFold(sql, "search_path") || containsFold(sql, "discard") || containsFold(sql, "reset") ||
+		containsFold(sql, "deallocate") || containsFold(sql, "savepoint") || containsFold(sql, "release") ||
+		containsFold(sql, "rollback") || containsFold(sql, "set_config") || containsFold(sql, "schema") ||
+		(containsFold(sql, "role") || containsFold(sql, "authorization")) && containsFold(sql, "set")
+}
+
+// settingChanges is what a SET or RESET does to the followed settings.
+func settingChanges(v *pg_query.VariableSetStmt) []SettingChange {
+	name := strings.ToLower(v.Name)
+	switch name {
+	case "session_authorization":
+		name = SettingRole // it also resets the role: the current user becomes the named one
+	case SettingSearchPath, SettingRole:
+	default:
+		if v.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
+			// RESET ALL leaves the role alone (Postgres exempts it).
+			return []SettingChange{{Setting: SettingSearchPath, Reset: true}}
 		}
-	case pg_query.VariableSetKind_VAR_SET_VALUE:
-		if !strings.EqualFold(v.Name, "search_path") {
-			return PathChange{}, false
-		}
-		// Postgres flattens the list the same way: each element quoted as an identifier when it
-		// needs quoting, joined with ", ".
-		items := make([]string, 0, len(v.Args))
-		for _, a := range v.Args {
-			c := a.GetAConst()
-			if c == nil {
-				return PathChange{}, false
-			}
-			switch {
-			case c.GetSval() != nil:
-				items = append(items, quoteIdentIfNeeded(c.GetSval().Sval))
-			default:
-				return PathChange{}, false
-			}
-		}
-		return PathChange{Value: strings.Join(items, ", "), Local: v.IsLocal}, true
+		return nil
 	}
-	return PathChange{}, false
+	c := SettingChange{Setting: name, Local: v.IsLocal}
+	switch v.Kind {
+	case pg_query.VariableSetKind_VAR_SET_DEFAULT, pg_query.VariableSetKind_VAR_RESET:
+		c.Reset = true
+	case pg_query.VariableSetKind_VAR_SET_VALUE:
+		value, ok := setValue(name, v.Args)
+		switch {
+		case !ok:
+			c.Unknown = true
+		case name == SettingRole && strings.EqualFold(value, "none"):
+			c.Reset = true // SET ROLE NONE: back to the session user
+		default:
+			c.Value = value
+		}
+	default:
+		return nil
+	}
+	return []SettingChange{c}
+}
+
+// setValue flattens SET's arguments as Postgres does: for search_path each element quoted as an
+// identifier when it needs quoting, joined with ", "; for the role, the name itself.
+func setValue(name string, args []*pg_query.Node) (string, bool) {
+	items := make([]string, 0, len(args))
+	for _, a := range args {
+		c := a.GetAConst()
+		if c == nil || c.GetSval() == nil {
+			return "", false
+		}
+		if name == SettingRole {
+			return c.GetSval().Sval, len(args) == 1
+		}
+		items = append(items, quoteIdentIfNeeded(c.GetSval().Sval))
+	}
+	return strings.Join(items, ", "), len(items) > 0
+}
+
+// setConfigChanges finds set_config calls in a statement. Only the plain form, a SELECT of
+// set_config calls with constant arguments and nothing else, has a value the proxy can know; a
+// call anywhere else, with computed arguments, may set anything or nothing, so it is Unknown.
+func setConfigChanges(stmt *pg_query.Node) []SettingChange {
+	var calls []*pg_query.FuncCall
+	walkNodes(stmt, func(x *pg_query.Node) bool {
+		if fc := x.GetFuncCall(); fc != nil && isSetConfig(fc) {
+			calls = append(calls, fc)
+		}
+		return true
+	})
+	if len(calls) == 0 {
+		return nil
+	}
+	plain := plainSelectOfCalls(stmt, len(calls))
+	var out []SettingChange
+	for _, fc := range calls {
+		name, nameKnown := constText(fc.Args, 0)
+		name = strings.ToLower(name)
+		if nameKnown && name != SettingSearchPath && name != SettingRole {
+			continue
+		}
+		value, valueKnown := constText(fc.Args, 1)
+		local, localKnown := constBool(fc.Args, 2)
+		switch {
+		case !nameKnown:
+			// It may set either.
+			out = append(out, SettingChange{Setting: SettingSearchPath, Unknown: true},
+				SettingChange{Setting: SettingRole, Unknown: true})
+		case !plain || !valueKnown || !localKnown:
+			out = append(out, SettingChange{Setting: name, Unknown: true, Local: localKnown && local})
+		case name == SettingRole && strings.EqualFold(value, "none"):
+			out = append(out, SettingChange{Setting: name, Reset: true, Local: local})
+		default:
+			out = append(out, SettingChange{Setting: name, Value: value, Local: local})
+		}
+	}
+	return out
+}
+
+func isSetConfig(fc *pg_query.FuncCall) bool {
+	n := len(fc.Funcname)
+	if n == 0 || n > 2 || fc.Funcname[n-1].GetString_().GetSval() != "set_config" {
+		return false
+	}
+	return n == 1 || fc.Funcname[0].GetString_().GetSval() == "pg_catalog"
+}
+
+// plainSelectOfCalls reports whether stmt is "SELECT f(...), ..." with calls as its whole target
+// list and no FROM, WHERE or other clause that could run a call any number of times but once.
+func plainSelectOfCalls(stmt *pg_query.Node, calls int) bool {
+	sel := stmt.GetSelectStmt()
+	if sel == nil || len(sel.FromClause) > 0 || sel.WhereClause != nil || sel.HavingClause != nil ||
+		len(sel.GroupClause) > 0 || sel.LimitCount != nil || sel.LimitOffset != nil || sel.WithClause != nil ||
+		sel.Op != pg_query.SetOperation_SETOP_NONE || len(sel.TargetList) != calls {
+		return false
+	}
+	for _, t := range sel.TargetList {
+		if fc := t.GetResTarget().GetVal().GetFuncCall(); fc == nil || !isSetConfig(fc) {
+			return false
+		}
+	}
+	return true
+}
+
+func constText(args []*pg_query.Node, i int) (string, bool) {
+	if i >= len(args) {
+		return "", false
+	}
+	a := args[i]
+	if tc := a.GetTypeCast(); tc != nil { // 'search_path'::text
+		a = tc.Arg
+	}
+	if c := a.GetAConst(); c != nil && c.GetSval() != nil {
+		return c.GetSval().Sval, true
+	}
+	return "", false
+}
+
+func constBool(args []*pg_query.Node, i int) (bool, bool) {
+	if i >= len(args) {
+		return false, false
+	}
+	if c := args[i].GetAConst(); c != nil && c.GetBoolval() != nil {
+		return c.GetBoolval().Boolval, true
+	}
+	return false, false
 }
 
 // quoteIdentIfNeeded quotes a schema name the way Postgres's quote_identifier does for the

@@ -6,24 +6,52 @@ import (
 )
 
 func TestSessionChangesOf(t *testing.T) {
+	type sc = SettingChange
+	path := func(c sc) sc { c.Setting = SettingSearchPath; return c }
+	role := func(c sc) sc { c.Setting = SettingRole; return c }
+	set := func(cs ...sc) SessionChanges { return SessionChanges{Settings: cs} }
 	cases := []struct {
 		sql  string
 		want SessionChanges
 	}{
 		{"SELECT 1", SessionChanges{}},
-		{"SET search_path TO app, public", SessionChanges{Paths: []PathChange{{Value: "app, public"}}}},
-		{"set search_path = \"$user\", \"My Schema\"", SessionChanges{Paths: []PathChange{{Value: `"$user", "My Schema"`}}}},
-		{"SET LOCAL search_path TO app", SessionChanges{Paths: []PathChange{{Value: "app", Local: true}}}},
-		{"SET SESSION search_path TO 'app'", SessionChanges{Paths: []PathChange{{Value: "app"}}}},
-		{"RESET search_path", SessionChanges{Paths: []PathChange{{Reset: true}}}},
-		{"SET search_path TO DEFAULT", SessionChanges{Paths: []PathChange{{Reset: true}}}},
-		{"RESET ALL", SessionChanges{Paths: []PathChange{{Reset: true}}}},
+		{"SET search_path TO app, public", set(path(sc{Value: "app, public"}))},
+		{"set search_path = \"$user\", \"My Schema\"", set(path(sc{Value: `"$user", "My Schema"`}))},
+		{"SET LOCAL search_path TO app", set(path(sc{Value: "app", Local: true}))},
+		{"SET SESSION search_path TO 'app'", set(path(sc{Value: "app"}))},
+		{"SET SCHEMA 'app'", set(path(sc{Value: "app"}))},
+		{"RESET search_path", set(path(sc{Reset: true}))},
+		{"SET search_path TO DEFAULT", set(path(sc{Reset: true}))},
+		{"RESET ALL", set(path(sc{Reset: true}))},
 		{"SET statement_timeout = 5", SessionChanges{}},
-		{"DISCARD ALL", SessionChanges{Paths: []PathChange{{Reset: true}}, DeallocateAll: true}},
+		{"DISCARD ALL", SessionChanges{Settings: []sc{path(sc{Reset: true}), role(sc{Reset: true})}, DeallocateAll: true}},
 		{"DISCARD PLANS", SessionChanges{}},
 		{"DEALLOCATE s1; DEALLOCATE PREPARE s2", SessionChanges{Deallocate: []string{"s1", "s2"}}},
 		{"DEALLOCATE ALL", SessionChanges{DeallocateAll: true}},
 		{"SELECT 'search_path'", SessionChanges{}},
+		// the role, for "$user"
+		{"SET ROLE tenant_7", set(role(sc{Value: "tenant_7"}))},
+		{"SET LOCAL ROLE tenant_7", set(role(sc{Value: "tenant_7", Local: true}))},
+		{"SET ROLE NONE", set(role(sc{Reset: true}))},
+		{"RESET ROLE", set(role(sc{Reset: true}))},
+		{"SET SESSION AUTHORIZATION bob", set(role(sc{Value: "bob"}))},
+		{"SET SESSION AUTHORIZATION DEFAULT", set(role(sc{Reset: true}))},
+		{"SELECT role FROM members", SessionChanges{}},
+		// savepoints scope the changes made after them
+		{"SAVEPOINT a; SET search_path = x; ROLLBACK TO SAVEPOINT a; RELEASE a", set(sc{Op: ChangeSavepoint, Savepoint: "a"},
+			path(sc{Value: "x"}), sc{Op: ChangeRollbackTo, Savepoint: "a"}, sc{Op: ChangeRelease, Savepoint: "a"})},
+		{"ROLLBACK TO \"Sp 1\"", set(sc{Op: ChangeRollbackTo, Savepoint: "Sp 1"})},
+		{"ROLLBACK", SessionChanges{}},
+		// set_config: known only as a plain SELECT of constant calls
+		{"SELECT set_config('search_path', 'tenant_1, public', false)", set(path(sc{Value: "tenant_1, public"}))},
+		{"select pg_catalog.set_config('search_path', 'x', true)", set(path(sc{Value: "x", Local: true}))},
+		{"SELECT set_config('role', 'none', false)", set(role(sc{Reset: true}))},
+		{"SELECT set_config('statement_timeout', '5s', false)", SessionChanges{}},
+		{"SELECT set_config('search_path', $1, false)", set(path(sc{Unknown: true}))},
+		{"SELECT set_config('search_path', 'x', $1)", set(path(sc{Unknown: true}))},
+		{"SELECT set_config($1, 'x', false)", set(path(sc{Unknown: true}), role(sc{Unknown: true}))},
+		{"SELECT set_config('search_path', s, false) FROM tenants WHERE id = 1", set(path(sc{Unknown: true}))},
+		{"SELECT 1 WHERE false AND set_config('search_path', 'x', true) IS NULL", set(path(sc{Unknown: true, Local: true}))},
 	}
 	for _, tc := range cases {
 		got := SessionChangesOf(tc.sql)

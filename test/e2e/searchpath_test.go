@@ -16,9 +16,17 @@ func TestSearchPathTracking(t *testing.T) {
 	ff := newFlagFile(t)
 	// The proxy learns which schemas hold a relation named like a migrated one when it loads its
 	// configuration.
+	_ = cluster.Exec(context.Background(), "drop role if exists pgc_tenant_r")
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop role if exists pgc_tenant_r") })
 	p, dsn := migratedProxyWith(t, "search_path", proxyOpts{flags: ff.src, setupSQL: `create schema app;
 		create table app.users (id int primary key, full_name text);
-		insert into app.users values (2, 'app schema row')`})
+		insert into app.users values (2, 'app schema row');
+		create role pgc_tenant_r;
+		create schema pgc_tenant_r;
+		create table pgc_tenant_r.users (id int primary key, full_name text);
+		insert into pgc_tenant_r.users values (2, 'role schema row');
+		grant usage on schema pgc_tenant_r, public to pgc_tenant_r;
+		grant select on pgc_tenant_r.users, public.users, public.users_v2 to pgc_tenant_r`})
 	ff.set(100)
 	ctx := testCtx(t)
 	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
@@ -66,6 +74,54 @@ func TestSearchPathTracking(t *testing.T) {
 		exec(conn, "SET search_path TO app", mode)
 		exec(conn, "DISCARD ALL", pgx.QueryExecModeSimpleProtocol)
 		check(conn, "after DISCARD ALL", public, mode)
+
+		// set_config with constant arguments is followed like SET.
+		exec(conn, "SELECT set_config('search_path', 'app, public', false)", mode)
+		check(conn, "after set_config", app, mode)
+		exec(conn, "SELECT pg_catalog.set_config('search_path', 'public', false)", mode)
+		check(conn, "after set_config back", public, mode)
+
+		// A savepoint scopes the SETs after it: ROLLBACK TO undoes them, RELEASE keeps them.
+		exec(conn, "BEGIN", mode)
+		exec(conn, "SAVEPOINT a", mode)
+		exec(conn, "SET search_path TO app", mode)
+		check(conn, "SET after a savepoint", app, mode)
+		exec(conn, "ROLLBACK TO SAVEPOINT a", mode)
+		check(conn, "after ROLLBACK TO SAVEPOINT", public, mode)
+		exec(conn, "SET LOCAL search_path TO app", mode)
+		exec(conn, "RELEASE a", mode)
+		check(conn, "after RELEASE", app, mode)
+		exec(conn, "COMMIT", mode)
+		check(conn, "after the transaction", public, mode)
+
+		// "$user" follows SET ROLE.
+		exec(conn, "RESET search_path", mode)
+		exec(conn, "SET ROLE pgc_tenant_r", mode)
+		check(conn, `SET ROLE with "$user" on the path`, "role schema row", mode)
+		exec(conn, "RESET ROLE", mode)
+		check(conn, "after RESET ROLE", public, mode)
+
+		// A computed value cannot be followed: statements are relayed as written (Postgres resolves
+		// the names) and writes go unmirrored, counted, until the path is set plainly again.
+		exec(conn, "SELECT set_config('search_path', 'ap' || 'p', false)", mode)
+		check(conn, "computed set_config to app", app, mode)
+		exec(conn, "SELECT set_config('search_path', 'pub' || 'lic', false)", mode)
+		_, newBefore = routeCounts(t, p)
+		unmirroredBefore := max(0, gatheredValue(t, p.reg, "pgcanary_unmirrored_writes_total", map[string]string{"migration": "users-split-name", "reason": "search_path_unknown"}))
+		check(conn, "computed set_config to public", public, mode)
+		exec(conn, "UPDATE users SET full_name = full_name WHERE id = 2", mode)
+		if _, newAfter := routeCounts(t, p); newAfter != newBefore {
+			t.Fatalf("a read was routed while the search_path was unknown")
+		}
+		if u := gatheredValue(t, p.reg, "pgcanary_unmirrored_writes_total", map[string]string{"migration": "users-split-name", "reason": "search_path_unknown"}); u != unmirroredBefore+1 {
+			t.Fatalf("unmirrored writes (search_path_unknown): %v, want %v", u, unmirroredBefore+1)
+		}
+		exec(conn, "SET search_path TO public", mode)
+		check(conn, "after a plain SET", public, mode)
+		if _, newAfter := routeCounts(t, p); newAfter != newBefore+1 {
+			t.Fatalf("reads are not routed again after a plain SET: new-route reads %v, want %v", newAfter, newBefore+1)
+		}
+		exec(conn, "RESET search_path", mode)
 	}
 
 	// A database default applies at startup.

@@ -1,0 +1,69 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/pgcanary/pgcanary/router"
+)
+
+// TestSettingStateScoping walks settingState through Postgres's scoping rules, one query at a
+// time, ending each with the ReadyForQuery (and command tags) the server would send.
+func TestSettingStateScoping(t *testing.T) {
+	steps := []struct {
+		sql    string // applied as sent
+		tags   []string
+		status byte // ReadyForQuery after it
+		want   string
+	}{
+		{"SET search_path = a", []string{"SET"}, 'I', "a"},
+		{"BEGIN", []string{"BEGIN"}, 'T', "a"},
+		{"SAVEPOINT s1", []string{"SAVEPOINT"}, 'T', "a"},
+		{"SET search_path = b", []string{"SET"}, 'T', "b"},
+		{"SAVEPOINT s2", []string{"SAVEPOINT"}, 'T', "b"},
+		{"SET LOCAL search_path = c", []string{"SET"}, 'T', "c"},
+		{"ROLLBACK TO s2", []string{"ROLLBACK"}, 'T', "b"}, // s2 remains
+		{"SET search_path = d", []string{"SET"}, 'T', "d"},
+		{"ROLLBACK TO SAVEPOINT s2", []string{"ROLLBACK"}, 'T', "b"}, // again, to the same point
+		{"RELEASE s2", []string{"RELEASE"}, 'T', "b"},
+		{"SET search_path = e", []string{"SET"}, 'T', "e"},
+		{"RELEASE s1", []string{"RELEASE"}, 'T', "e"},      // kept by the transaction
+		{"ROLLBACK TO s1", []string{"ROLLBACK"}, 'T', "e"}, // released: fails, changes nothing
+		{"COMMIT", []string{"COMMIT"}, 'I', "e"},
+		{"BEGIN; SAVEPOINT x; SAVEPOINT x; SET search_path = f; ROLLBACK TO x", []string{"BEGIN", "SAVEPOINT", "SAVEPOINT", "SET", "ROLLBACK"}, 'T', "e"},
+		// RELEASE takes the inner x, so ROLLBACK TO x returns to the outer one, before g.
+		{"SET search_path = g; RELEASE x; ROLLBACK TO x", []string{"SET", "RELEASE", "ROLLBACK"}, 'T', "e"},
+		{"ROLLBACK", []string{"ROLLBACK"}, 'I', "e"},
+		{"SELECT set_config('search_path', 'h' || '', false)", []string{"SELECT 1"}, 'I', unknownSetting},
+		{"BEGIN; SET search_path = i", []string{"BEGIN", "SET"}, 'T', "i"},
+		{"ROLLBACK", []string{"ROLLBACK"}, 'I', unknownSetting},
+		{"RESET search_path", []string{"RESET"}, 'I', "base"},
+	}
+	p := newSettingState("base")
+	for _, st := range steps {
+		for _, c := range router.SessionChangesOf(st.sql).Settings {
+			if c.Setting == router.SettingSearchPath || c.Setting == "" {
+				p.apply(c)
+			}
+		}
+		for _, tag := range st.tags {
+			p.observe('C', append([]byte(tag), 0))
+		}
+		p.observe('Z', []byte{st.status})
+		if got := p.current(); got != st.want {
+			t.Fatalf("after %q: search_path %q, want %q", st.sql, got, st.want)
+		}
+	}
+}
+
+// TestExpandUser: comparisons run as the side connection's role, so "$user" is spelled out.
+func TestExpandUser(t *testing.T) {
+	for _, c := range []struct{ path, role, want string }{
+		{`"$user", public`, "alice", `"alice", public`},
+		{`public, $user`, `Bob "B"`, `public, "Bob ""B"""`},
+		{`app, "a,b"`, "alice", `app, "a,b"`},
+	} {
+		if got := expandUser(c.path, c.role); got != c.want {
+			t.Errorf("expandUser(%q, %q) = %q, want %q", c.path, c.role, got, c.want)
+		}
+	}
+}
