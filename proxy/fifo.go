@@ -57,6 +57,8 @@ type expected struct {
 	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
 	variant *variant   // Parse of a variant: marks it unsent if it fails
 	rec     *recorded  // the gated batch's record of this message
+	// describes: a Describe of this client statement, whose ParameterDescription it learns.
+	describes *stmtInfo
 	// obs times a statement touching migrations (Execute); obsList, per statement (Query).
 	obs     *observation
 	obsList []*observation

@@ -404,7 +404,7 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 				}
 				if v := info.origVariant; !v.sent {
 					v.sent = true
-					add('P', parseBody(v.name, info.query, info.paramOIDs), expected{kind: reqParse, suppress: true, variant: v})
+					add('P', parseBody(v.name, info.query, info.variantParamTypes()), expected{kind: reqParse, suppress: true, variant: v})
 				}
 				body = rebindStatement(body, r.portal, info.origVariant.name)
 			}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +46,31 @@ type stmtInfo struct {
 	// exists (a passthrough write that was re-run).
 	routed, original bool
 	newVariant       *variant // the read's new-shape form
-	origVariant      *variant // a passthrough write's original form, prepared when its mirror failed
+	origVariant      *variant // the client's own text, prepared when its mirror failed or its names moved
+	// path and role it was planned under: Postgres resolves a prepared statement's names again
+	// when they change, so the proxy plans it again (see bindMoved).
+	path, role string
+	// paramTypes are the parameter types Postgres inferred, from a Describe's ParameterDescription:
+	// a variant parsed with them accepts the client's binary parameters whatever its names
+	// resolve to now. Guarded by session.mu.
+	paramTypes []uint32
+}
+
+// learnParamTypes records a ParameterDescription of the statement. Holds session.mu.
+func (i *stmtInfo) learnParamTypes(body []byte) {
+	var pd pgproto3.ParameterDescription
+	if err := pd.Decode(body); err == nil {
+		i.paramTypes = pd.ParameterOIDs
+	}
+}
+
+// variantParamTypes are the types to parse a variant of the client's text with: those Postgres
+// inferred for the statement when known, else those the client declared. Holds session.mu.
+func (i *stmtInfo) variantParamTypes() []uint32 {
+	if len(i.paramTypes) > 0 {
+		return i.paramTypes
+	}
+	return i.paramOIDs
 }
 
 // variant is a form of a client statement prepared under a name the proxy derives.
@@ -206,14 +231,20 @@ func routeName(newShape bool) string {
 // server will: the statement is relayed as written, and a write that would have been mirrored is
 // counted unmirrored (verify --repair closes the drift) until the session sets them plainly again.
 func (s *session) plan(sql string) *router.Plan {
+	plan, _, _ := s.planWithView(sql)
+	return plan
+}
+
+// planWithView is plan, also returning the search_path and role it planned under.
+func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
 	s.mu.Lock()
-	path, user := s.path.current(), s.role.current()
+	path, user = s.path.current(), s.role.current()
 	known := path != unknownSetting && (user != unknownSetting || !strings.Contains(path, "$user"))
 	base, warn := s.path.base, !known && !s.pathWarned
 	s.pathWarned = s.pathWarned || warn
 	s.mu.Unlock()
 	if known {
-		return s.srv.planner.Plan(s.database, path, user, sql)
+		return s.srv.planner.Plan(s.database, path, user, sql), path, user
 	}
 	if warn {
 		s.log.Warn("the session set search_path or its role to a value pgcanary cannot follow (set_config with a computed argument); its statements are relayed unrewritten and unmirrored until it sets them plainly")
@@ -225,7 +256,7 @@ func (s *session) plan(sql string) *router.Plan {
 			}
 		}
 	}
-	return nil
+	return nil, path, user
 }
 
 // reasonSettingUnknown labels writes left unmirrored because the session's search_path or role
@@ -293,14 +324,14 @@ func (s *session) planParse(body []byte, e expected) error {
 	if err := msg.Decode(body); err != nil {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
-	plan := s.plan(msg.Query)
+	plan, path, role := s.planWithView(msg.Query)
 	if msg.Name == "" {
 		s.applySessionChanges(msg.Query)
 	}
 	var info *stmtInfo
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
 		st := plan.Statements[0]
-		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs}
+		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role}
 	}
 	s.mu.Lock()
 	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil}
@@ -362,6 +393,9 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil {
 		return s.emit('B', body, e, rec)
 	}
+	if info.name != "" && s.namesMoved(info) {
+		return s.bindMoved(body, e, rec, info, string(portal))
+	}
 	st := info.plan
 	p := &portalInfo{info: info, route: "old"}
 	switch {
@@ -393,6 +427,60 @@ func (s *session) planBind(body []byte, e expected) error {
 	return s.emit('B', body, e, rec)
 }
 
+// namesMoved reports whether a named statement would now resolve its names other than when it
+// was planned: the search_path or role changed since, and planning its text again gives other
+// forms.
+func (s *session) namesMoved(info *stmtInfo) bool {
+	s.mu.Lock()
+	same := s.path.current() == info.path && s.role.current() == info.role
+	s.mu.Unlock()
+	if same {
+		return false
+	}
+	now := s.plan(info.query)
+	if now == nil || now.Untouched || len(now.Statements) != 1 {
+		return true
+	}
+	a, b := info.plan, now.Statements[0]
+	switch {
+	case a.Write != nil:
+		return b.Write == nil || b.Write.SQL != a.Write.SQL
+	case a.Read != nil:
+		return b.Read == nil || b.Read.SQL != a.Read.SQL
+	}
+	return !slices.Equal(a.Migrations, b.Migrations)
+}
+
+// bindMoved binds a statement whose names moved (namesMoved) to the client's own text, which
+// Postgres resolves afresh: a read is not routed or compared, and a write runs unmirrored, since
+// its mirrored form under the client's name would now change another table's rows into the new
+// shape. It is counted when the new names are a migrated relation's.
+func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtInfo, portal string) error {
+	s.mu.Lock()
+	delete(s.portals, portal) // executed as the client's own statement: nothing to restore
+	if info.plan.Write != nil && info.origVariant == nil {
+		s.variantSeq++
+		info.origVariant = &variant{name: "pgcanary_o" + strconv.FormatUint(s.variantSeq, 10)}
+	}
+	v := info.origVariant
+	types := info.variantParamTypes()
+	s.mu.Unlock()
+	if info.plan.Write == nil {
+		return s.emit('B', body, e, rec) // the client's name holds its own text
+	}
+	if now := s.plan(info.query); now != nil && len(now.Statements) == 1 && now.Statements[0].Write != nil {
+		s.srv.metrics.UnmirroredWrite(now.Statements[0].Write.Migration, reasonNamesMoved)
+	}
+	if err := s.ensureVariant(v, info.query, types); err != nil {
+		return err
+	}
+	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
+}
+
+// reasonNamesMoved labels writes of a prepared statement left unmirrored because the session's
+// search_path changed what its names mean since it was prepared.
+const reasonNamesMoved = "search_path_changed"
+
 // emitRoutedBind sends a Bind to a read's new-shape variant, preparing the variant first when
 // this session has not yet.
 func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *stmtInfo, portal string) error {
@@ -402,11 +490,12 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 		info.newVariant = &variant{name: "pgcanary_r" + strconv.FormatUint(s.variantSeq, 10)}
 	}
 	v := info.newVariant
+	types := info.variantParamTypes()
 	s.mu.Unlock()
 	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
 		return err
 	}
-	if err := s.ensureVariant(v, info.plan.Read.SQL, info.paramOIDs); err != nil {
+	if err := s.ensureVariant(v, info.plan.Read.SQL, types); err != nil {
 		return err
 	}
 	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
@@ -470,6 +559,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		rec.info = info
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
+			e.describes = info
 		} else if typ == 'C' && info != nil {
 			for _, v := range []*variant{info.newVariant, info.origVariant} {
 				if v != nil && v.sent {

@@ -549,6 +549,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	}
 	origTyp, origBody := typ, body
 	if ref != nil {
+		if origTyp == 't' && ref.describes != nil {
+			ref.describes.learnParamTypes(origBody)
+		}
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -160,5 +161,84 @@ func TestOtherDatabaseUntouched(t *testing.T) {
 	}
 	if old, new := routeCounts(t, p); old+new != 0 {
 		t.Fatalf("reads in another database were routed: old %v new %v", old, new)
+	}
+}
+
+// TestPreparedStatementsFollowSearchPath: Postgres resolves a prepared statement's names again
+// when search_path changes, so a statement prepared while users meant public.users, executed
+// after SET search_path made it app.users, must reach app.users: not routed, and not mirrored
+// (its mirrored form would copy app's rows into public.users_v2).
+func TestPreparedStatementsFollowSearchPath(t *testing.T) {
+	ff := newFlagFile(t)
+	p, dsn := migratedProxyWith(t, "prepared_path", proxyOpts{flags: ff.src, setupSQL: `create schema app;
+		create table app.users (id int primary key, full_name text);
+		insert into app.users values (2, 'app schema row')`})
+	ff.set(100)
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	direct := connectDSN(t, strings.Replace(cluster.DSN(pgtest.SuperUser, ""), "/"+pgtest.TestDB+"?", "/prepared_path?", 1))
+	const mode = pgx.QueryExecModeCacheStatement // named prepared statements, reused
+	read := func(step string) string {
+		t.Helper()
+		var name string
+		if err := conn.QueryRow(ctx, "SELECT full_name FROM users WHERE id = $1", mode, 2).Scan(&name); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		return name
+	}
+	update := func(step, name string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, "UPDATE users SET full_name = $1 WHERE id = $2", mode, name, 2); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+	}
+	v2 := func() string {
+		t.Helper()
+		var first, last string
+		if err := direct.QueryRow(ctx, "SELECT first_name, coalesce(last_name, '') FROM public.users_v2 WHERE id = 2").Scan(&first, &last); err != nil {
+			t.Fatal(err)
+		}
+		return first + " " + last
+	}
+
+	if got := read("prepared under the default path"); got != "Grace Brewster Hopper" {
+		t.Fatalf("read %q", got)
+	}
+	update("prepared under the default path", "Ada Lovelace King")
+	if got := v2(); got != "Ada Lovelace King" {
+		t.Fatalf("users_v2 row 2 = %q: the write was not mirrored", got)
+	}
+	_, newBefore := routeCounts(t, p)
+
+	if _, err := conn.Exec(ctx, "SET search_path TO app, public"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("after SET search_path"); got != "app schema row" {
+		t.Fatalf("after SET search_path the prepared read returned %q, want app.users' row", got)
+	}
+	update("after SET search_path", "App Renamed")
+	var app string
+	if err := direct.QueryRow(ctx, "SELECT full_name FROM app.users WHERE id = 2").Scan(&app); err != nil || app != "App Renamed" {
+		t.Fatalf("app.users row 2 = %q (%v), want the prepared UPDATE to have changed it", app, err)
+	}
+	if got := v2(); got != "Ada Lovelace King" {
+		t.Fatalf("users_v2 row 2 = %q: app.users' write was mirrored into the new shape", got)
+	}
+	if _, newAfter := routeCounts(t, p); newAfter != newBefore {
+		t.Fatalf("a read of app.users was routed to the new shape")
+	}
+
+	if _, err := conn.Exec(ctx, "RESET search_path"); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("after RESET"); got != "Ada Lovelace King" {
+		t.Fatalf("after RESET read %q", got)
+	}
+	update("after RESET", "Grace Brewster Hopper")
+	if got := v2(); got != "Grace Brewster Hopper" {
+		t.Fatalf("after RESET users_v2 row 2 = %q: the write was not mirrored", got)
+	}
+	if _, newAfter := routeCounts(t, p); newAfter != newBefore+1 {
+		t.Fatalf("after RESET the prepared read was not routed: new-route reads %v, want %v", newAfter, newBefore+1)
 	}
 }
