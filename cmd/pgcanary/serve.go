@@ -35,14 +35,19 @@ func newServeCmd() *cobra.Command {
 to --upstream with authentication passed through. Operator endpoints (/healthz, /readyz, /metrics)
 listen on --admin.
 
-Settings come from the defaults, then --config FILE, then the command-line flags, each overriding
-the one before. SIGTERM or SIGINT stops accepting clients, lets each session finish its current
+Settings come from the defaults, then --config FILE, then environment variables named after the
+flags (PGCANARY_UPSTREAM for --upstream, PGCANARY_LOG_LEVEL for --log-level, ...), then the
+command-line flags, each overriding the one before. SIGTERM or SIGINT stops accepting clients, lets each session finish its current
 transaction for up to --drain-timeout, closes the rest and exits 0.`,
 		Example: `  pgcanary serve --upstream 127.0.0.1:5432
-  pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug`,
+  pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug
+  PGCANARY_UPSTREAM=db:5432 PGCANARY_LISTEN=0.0.0.0:6432 pgcanary serve`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			flags := cmd.Flags()
+			if err := flagsFromEnv(flags, os.LookupEnv); err != nil {
+				return &exitError{code: 2, err: err}
+			}
 			override := func(c *config.Config) error { return applyFlags(flags, c) }
 			var gen *config.Generation
 			var loader *config.Loader
@@ -82,6 +87,31 @@ transaction for up to --drain-timeout, closes the rest and exits 0.`,
 	f.String("upstream-sslrootcert", "", "PEM CA bundle to verify the upstream's certificate (verify-ca, verify-full; with require it verifies the chain)")
 	f.String("max-message-size", "1GiB", "largest message accepted from a client (bytes, or with KiB, MiB, GiB); larger frames are refused with 08P01")
 	return cmd
+}
+
+// flagsFromEnv sets each flag not given on the command line from its environment variable,
+// PGCANARY_ and the flag's name in capitals with underscores (PGCANARY_UPSTREAM for --upstream):
+// the way containers are configured. The command line wins over the environment, which wins
+// over the config file.
+func flagsFromEnv(f *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var err error
+	f.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed || err != nil || fl.Name == "help" {
+			return
+		}
+		name := envName(fl.Name)
+		if v, ok := lookup(name); ok && v != "" {
+			if e := f.Set(fl.Name, v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, e)
+			}
+		}
+	})
+	return err
+}
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return "PGCANARY_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
 // applyFlags copies the flags the user set over cfg, so the file fills in only what flags leave out.

@@ -1,6 +1,8 @@
-// Package deploy tests the deployment material under deploy/: the Kubernetes example, the
-// Prometheus rules and their unit tests, the Grafana dashboard and the Argo Rollouts analysis
-// templates.
+// Package deploy tests the deployment material: the Dockerfile (image_test.go: without a Docker
+// engine, the binary built as its build stage does, its libraries against the runtime image, and,
+// as root, the image's CMD and HEALTHCHECK run as its user in a bare root), and under deploy/ the
+// Kubernetes example, the Prometheus rules and their unit tests, the Grafana dashboard and the
+// Argo Rollouts analysis templates.
 //
 // The tests need no database. They check that every metric the rules, the dashboard and the
 // analysis templates query is one the code registers (names scanned from the repository's Go

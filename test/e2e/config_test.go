@@ -523,3 +523,23 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("unreachable admin: exit %d %s", code, stderr)
 	}
 }
+
+// TestServeSettingsFromEnvironment: each serve flag can come from PGCANARY_<FLAG> (how containers
+// are configured), and a flag on the command line wins over it.
+func TestServeSettingsFromEnvironment(t *testing.T) {
+	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
+	t.Setenv("PGCANARY_UPSTREAM_SSLMODE", "disable")
+	t.Setenv("PGCANARY_LISTEN", "256.0.0.1:0") // would fail to listen: --listen must win
+	p := startServeArgs(t)
+	conn := connectDSN(t, cluster.ConnString(p.listen, pgtest.SuperUser, ""))
+	var one int
+	if err := conn.QueryRow(context.Background(), "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("through a proxy configured from the environment: %v", err)
+	}
+
+	t.Setenv("PGCANARY_DRAIN_TIMEOUT", "soon")
+	_, stderr, code := runPgcanary(t, cfgRepoRoot(t), nil, "serve")
+	if code != 2 || !strings.Contains(stderr, `PGCANARY_DRAIN_TIMEOUT="soon"`) {
+		t.Fatalf("a bad PGCANARY_DRAIN_TIMEOUT: exit %d, stderr %q; want exit 2 naming it", code, stderr)
+	}
+}
