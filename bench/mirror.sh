@@ -63,11 +63,19 @@ form=$("$BIN" explain --config examples/pgcanary.yaml \
 	"UPDATE users SET full_name = 'Name' || \$1 || ' Last' || (\$1 % 97) WHERE id = \$1" | sed -n 's/^  mirrored ([^)]*): //p')
 [ -n "$form" ] || { echo "ERROR: pgcanary explain printed no mirrored form" >&2; exit 1; }
 printf '\\set id random(1, %s)\n%s;\n' "$USERS" "${form//\$1/:id}" >"$TMP/form.sql"
+# And the same SQL through PgBouncer (session mode), when installed: what any relay in the path costs.
+TARGETS="trigger pgcanary form"
+if pgbouncer_start proxied; then
+	TARGETS="$TARGETS bouncer"
+else
+	log "pgbouncer not installed: no PgBouncer column (apt-get install pgbouncer)"
+fi
 
 run() { # target clients -> tps
 	local target=$1 c=$2 port=$PGPORT db=trig script=update.sql
 	[ "$target" = pgcanary ] && port=$PROXYPORT db=proxied
 	[ "$target" = form ] && db=proxied script=form.sql
+	[ "$target" = bouncer ] && port=$BOUNCERPORT db=proxied script=form.sql
 	"$PGBENCH" -n -M prepared -f "$TMP/$script" -c "$c" -j "$((c > 1 ? 2 : 1))" -T "$DURATION" \
 		-h 127.0.0.1 -p "$port" -U postgres "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
@@ -75,8 +83,8 @@ run() { # target clients -> tps
 declare -A results
 for round in $(seq "$ROUNDS"); do
 	for c in $CLIENTS; do
-		order="trigger pgcanary form"
-		[ $((round % 2)) -eq 0 ] && order="form pgcanary trigger"
+		order=$TARGETS
+		[ $((round % 2)) -eq 0 ] && order=$(echo "$TARGETS" | tr ' ' '\n' | tac | tr '\n' ' ')
 		for target in $order; do
 			tps=$(run "$target" "$c")
 			log "round $round c=$c $target: $tps tps"
@@ -94,12 +102,18 @@ done
 
 echo
 echo "mirrored UPDATE (pgbench -M prepared, median of $ROUNDS x ${DURATION}s, $USERS users)"
-printf '%-8s %-10s %-10s %-18s %-14s %s\n' clients trigger pgcanary pgcanary/trigger "form direct" "form/trigger"
+printf '%-8s %-9s %-9s %-17s %-12s %-13s %-15s %s\n' clients trigger pgcanary pgcanary/trigger "form direct" form/trigger "form pgbouncer" pgcanary/form-pgbouncer
 for c in $CLIENTS; do
 	t=$(echo "${results[trigger.$c]}" | tr ' ' '\n' | grep . | median)
 	p=$(echo "${results[pgcanary.$c]}" | tr ' ' '\n' | grep . | median)
 	f=$(echo "${results[form.$c]}" | tr ' ' '\n' | grep . | median)
-	printf '%-8s %-10.0f %-10.0f %-18.2f %-14.0f %.2f\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)" "$f" "$(echo "$f / $t" | bc -l)"
+	b=$(echo "${results[bouncer.$c]:-}" | tr ' ' '\n' | grep . | median)
+	if [ -n "$b" ]; then
+		printf '%-8s %-9.0f %-9.0f %-17.2f %-12.0f %-13.2f %-15.0f %.2f\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)" "$f" "$(echo "$f / $t" | bc -l)" "$b" "$(echo "$p / $b" | bc -l)"
+	else
+		printf '%-8s %-9.0f %-9.0f %-17.2f %-12.0f %-13.2f %-15s %s\n' "$c" "$t" "$p" "$(echo "$p / $t" | bc -l)" "$f" "$(echo "$f / $t" | bc -l)" - -
+	fi
 done
 echo "form direct: pgcanary's mirrored SQL sent straight to Postgres (no proxy): the database's cost of the form"
+echo "form pgbouncer: the same SQL through PgBouncer (session mode): the cost of any relay in the path"
 echo "both shapes agree in both databases"

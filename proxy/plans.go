@@ -388,12 +388,13 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil && len(s.portals) > 0 {
 		delete(s.portals, string(portal))
 	}
+	pathChanged := info != nil && info.name != "" && (s.path.current() != info.path || s.role.current() != info.role)
 	s.mu.Unlock()
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {
 		return s.emit('B', body, e, rec)
 	}
-	if info.name != "" && s.namesMoved(info) {
+	if pathChanged && s.namesMoved(info) {
 		return s.bindMoved(body, e, rec, info, string(portal))
 	}
 	st := info.plan
@@ -427,16 +428,9 @@ func (s *session) planBind(body []byte, e expected) error {
 	return s.emit('B', body, e, rec)
 }
 
-// namesMoved reports whether a named statement would now resolve its names other than when it
-// was planned: the search_path or role changed since, and planning its text again gives other
-// forms.
+// namesMoved reports whether a named statement, planned under another search_path or role than
+// the session's now, would resolve its names otherwise: planning its text again gives other forms.
 func (s *session) namesMoved(info *stmtInfo) bool {
-	s.mu.Lock()
-	same := s.path.current() == info.path && s.role.current() == info.role
-	s.mu.Unlock()
-	if same {
-		return false
-	}
 	now := s.plan(info.query)
 	if now == nil || now.Untouched || len(now.Statements) != 1 {
 		return true

@@ -7,6 +7,8 @@
 #                          and clean everything up on exit (a pgcanary started into $PROXY_PID too)
 #   log MESSAGE            a timestamped progress line on stderr
 #   median                 the median of numbers on stdin
+#   pgbouncer_start DB     start PgBouncer (session mode) in front of database DB on $BOUNCERPORT,
+#                          if installed (returns 1 when it is not); stopped on exit
 #
 # Settings (environment): ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8" PGCANARY_BIN=bin/pgcanary
 
@@ -36,6 +38,7 @@ bench_init() {
 
 bench_cleanup() {
 	[ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
+	[ -f "$TMP/pgbouncer.pid" ] && kill "$(cat "$TMP/pgbouncer.pid")" 2>/dev/null || true
 	cluster_stop "$TMP"
 	rm -rf "$TMP"
 }
@@ -43,3 +46,29 @@ bench_cleanup() {
 log() { printf '[%s %s] %s\n' "$BENCH_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+pgbouncer_start() {
+	local db=$1 bin
+	bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+	[ -x "$bin" ] || return 1
+	BOUNCERPORT=$(free_port)
+	printf '"postgres" ""\n' >"$TMP/userlist.txt"
+	cat >"$TMP/pgbouncer.ini" <<INI
+[databases]
+$db = host=127.0.0.1 port=$PGPORT dbname=$db
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCERPORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+ignore_startup_parameters = extra_float_digits
+logfile = $TMP/pgbouncer.log
+pidfile = $TMP/pgbouncer.pid
+INI
+	[ "$(id -u)" -eq 0 ] && chown postgres "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+	as_pg "$bin" -d -q "$TMP/pgbouncer.ini" || { tail -5 "$TMP/pgbouncer.log" >&2; return 1; }
+}
