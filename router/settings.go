@@ -98,12 +98,66 @@ func SessionChangesOf(sql string) SessionChanges {
 }
 
 // mayChangeSession is the text test: false when sql certainly changes nothing SessionChangesOf
-// reports.
+// reports. It runs for every statement, so it reads the text once, word by word, without
+// allocating: a statement can only change what it names.
 func mayChangeSession(sql string) bool {
-	return containsFold(sql, "search_path") || containsFold(sql, "discard") || containsFold(sql, "reset") ||
-		containsFold(sql, "deallocate") || containsFold(sql, "savepoint") || containsFold(sql, "release") ||
-		containsFold(sql, "rollback") || containsFold(sql, "set_config") || containsFold(sql, "schema") ||
-		(containsFold(sql, "role") || containsFold(sql, "authorization")) && containsFold(sql, "set")
+	var set, role bool
+	for i := 0; i < len(sql); {
+		if !isWordByte(sql[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(sql) && isWordByte(sql[j]) {
+			j++
+		}
+		switch w := sql[i:j]; len(w) {
+		case 3:
+			set = set || strings.EqualFold(w, "set")
+		case 4:
+			role = role || strings.EqualFold(w, "role")
+		case 5:
+			if strings.EqualFold(w, "reset") {
+				return true
+			}
+		case 6:
+			if strings.EqualFold(w, "schema") {
+				return true
+			}
+		case 7:
+			if strings.EqualFold(w, "discard") || strings.EqualFold(w, "release") {
+				return true
+			}
+		case 8:
+			if strings.EqualFold(w, "rollback") {
+				return true
+			}
+		case 9:
+			if strings.EqualFold(w, "savepoint") {
+				return true
+			}
+		case 10:
+			if strings.EqualFold(w, "deallocate") || strings.EqualFold(w, "set_config") {
+				return true
+			}
+		case 11:
+			if strings.EqualFold(w, "search_path") {
+				return true
+			}
+		case 13:
+			role = role || strings.EqualFold(w, "authorization")
+		}
+		if set && role {
+			return true
+		}
+		i = j
+	}
+	return false
+}
+
+// isWordByte reports whether b can be part of an SQL word (identifier or keyword).
+func isWordByte(b byte) bool {
+	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_' || b == '$' || b >= 0x80
 }
 
 // settingChanges is what a SET or RESET does to the followed settings.
@@ -260,27 +314,4 @@ func quoteIdentIfNeeded(s string) string {
 		return s
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
-}
-
-// containsFold reports whether s contains the lower-case ASCII word sub, in any case, without
-// allocating.
-func containsFold(s, sub string) bool {
-	n := len(sub)
-	for i := 0; i+n <= len(s); i++ {
-		match := true
-		for j := 0; j < n; j++ {
-			c := s[i+j]
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != sub[j] {
-				match = false
-				break
-			}
-		}
-		if match {
-			return true
-		}
-	}
-	return false
 }

@@ -54,9 +54,38 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SELECT 1 WHERE false AND set_config('search_path', 'x', true) IS NULL", set(path(sc{Unknown: true, Local: true}))},
 	}
 	for _, tc := range cases {
+		if !reflect.DeepEqual(tc.want, SessionChanges{}) && !mayChangeSession(tc.sql) {
+			t.Errorf("mayChangeSession(%q) = false for a statement that changes the session", tc.sql)
+		}
 		got := SessionChangesOf(tc.sql)
 		if !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("SessionChangesOf(%q) = %+v, want %+v", tc.sql, got, tc.want)
+		}
+	}
+}
+
+// TestMayChangeSessionSkipsOrdinarySQL: the text test keeps the parser away from ordinary
+// statements, including ones that merely contain a keyword inside a longer word.
+func TestMayChangeSessionSkipsOrdinarySQL(t *testing.T) {
+	for _, sql := range []string{
+		"SELECT full_name, email, tier FROM users WHERE id = $1",
+		"SELECT role FROM members WHERE user_role_set = 1",
+		"INSERT INTO resets (schema_name, released) VALUES ($1, $2)",
+		"UPDATE t SET x = 1",
+		"",
+	} {
+		if mayChangeSession(sql) {
+			t.Errorf("mayChangeSession(%q) = true", sql)
+		}
+	}
+}
+
+func BenchmarkMayChangeSession(b *testing.B) {
+	const sql = "SELECT u.id, u.full_name, u.email, o.amount FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = $1 AND o.status = 'paid' ORDER BY o.placed_on DESC LIMIT 10"
+	b.SetBytes(int64(len(sql)))
+	for b.Loop() {
+		if mayChangeSession(sql) {
+			b.Fatal("true")
 		}
 	}
 }
