@@ -394,8 +394,10 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil {
 		return s.emit('B', body, e, rec)
 	}
-	if pathChanged && s.namesMoved(info) {
-		return s.bindMoved(body, e, rec, info, string(portal))
+	if pathChanged {
+		if now := s.plan(info.query); namesMoved(info, now) {
+			return s.bindMoved(body, e, rec, info, string(portal), now)
+		}
 	}
 	st := info.plan
 	p := &portalInfo{info: info, route: "old"}
@@ -429,9 +431,8 @@ func (s *session) planBind(body []byte, e expected) error {
 }
 
 // namesMoved reports whether a named statement, planned under another search_path or role than
-// the session's now, would resolve its names otherwise: planning its text again gives other forms.
-func (s *session) namesMoved(info *stmtInfo) bool {
-	now := s.plan(info.query)
+// the session's now, resolves its names otherwise: now, its text planned again, has other forms.
+func namesMoved(info *stmtInfo, now *router.Plan) bool {
 	if now == nil || now.Untouched || len(now.Statements) != 1 {
 		return true
 	}
@@ -449,7 +450,7 @@ func (s *session) namesMoved(info *stmtInfo) bool {
 // Postgres resolves afresh: a read is not routed or compared, and a write runs unmirrored, since
 // its mirrored form under the client's name would now change another table's rows into the new
 // shape. It is counted when the new names are a migrated relation's.
-func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtInfo, portal string) error {
+func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtInfo, portal string, now *router.Plan) error {
 	s.mu.Lock()
 	delete(s.portals, portal) // executed as the client's own statement: nothing to restore
 	if info.plan.Write != nil && info.origVariant == nil {
@@ -462,7 +463,7 @@ func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtIn
 	if info.plan.Write == nil {
 		return s.emit('B', body, e, rec) // the client's name holds its own text
 	}
-	if now := s.plan(info.query); now != nil && len(now.Statements) == 1 && now.Statements[0].Write != nil {
+	if now != nil && len(now.Statements) == 1 && now.Statements[0].Write != nil {
 		s.srv.metrics.UnmirroredWrite(now.Statements[0].Write.Migration, reasonNamesMoved)
 	}
 	if err := s.ensureVariant(v, info.query, types); err != nil {

@@ -241,4 +241,20 @@ func TestPreparedStatementsFollowSearchPath(t *testing.T) {
 	if _, newAfter := routeCounts(t, p); newAfter != newBefore+1 {
 		t.Fatalf("after RESET the prepared read was not routed: new-route reads %v, want %v", newAfter, newBefore+1)
 	}
+
+	// A computed search_path: the prepared UPDATE runs as written, unmirrored, counted once.
+	unknown := func() float64 {
+		return max(0, gatheredValue(t, p.reg, "pgcanary_unmirrored_writes_total", map[string]string{"migration": "users-split-name", "reason": "search_path_unknown"}))
+	}
+	before := unknown()
+	if _, err := conn.Exec(ctx, "SELECT set_config('search_path', 'pub' || 'lic', false)"); err != nil {
+		t.Fatal(err)
+	}
+	update("under a computed search_path", "Computed Path")
+	if got := v2(); got != "Grace Brewster Hopper" {
+		t.Fatalf("under a computed search_path users_v2 row 2 = %q: the write was mirrored", got)
+	}
+	if got := unknown(); got != before+1 {
+		t.Fatalf("unmirrored writes (search_path_unknown) = %v, want %v", got, before+1)
+	}
 }
