@@ -78,11 +78,7 @@ func (l *Loader) Load(ctx context.Context) (*Generation, error) {
 		gen.Warnings = cfg.Lint()
 		return gen, nil
 	}
-	connect := DSNConnector(cfg.SideDSN)
-	if l.Connect != nil {
-		connect = l.Connect(cfg)
-	}
-	report, catalog, err := Check(ctx, cfg, connect)
+	report, catalog, err := Check(ctx, cfg, l.connector(cfg))
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +87,14 @@ func (l *Loader) Load(ctx context.Context) (*Generation, error) {
 	}
 	gen.Catalog, gen.Warnings = catalog, report
 	return gen, nil
+}
+
+// connector is how the loader reaches cfg's databases.
+func (l *Loader) connector(cfg *Config) Connector {
+	if l.Connect != nil {
+		return l.Connect(cfg)
+	}
+	return DSNConnector(cfg.SideDSN)
 }
 
 // ReloadMetrics is what reloading reports.
@@ -135,12 +139,47 @@ type Reloader struct {
 	// OnSwap, when set, runs after each new generation is installed (live settings such as the
 	// log level).
 	OnSwap func(*Generation)
-	mu     sync.Mutex // one reload at a time
+	mu     sync.Mutex    // one reload at a time
+	poke   chan struct{} // DDL seen: read relation names again soon (names.go)
+	// namesFailing: the last reading of relation names failed (Watch's goroutine only).
+	namesFailing bool
 }
 
 // NewReloader returns a reloader for store. Call Reload once to load the first generation.
 func NewReloader(loader *Loader, store *Store, log *slog.Logger, metrics ReloadMetrics) *Reloader {
-	return &Reloader{loader: loader, store: store, log: log, metrics: metrics}
+	return &Reloader{loader: loader, store: store, log: log, metrics: metrics, poke: make(chan struct{}, 1)}
+}
+
+// NamesMayHaveChanged asks Watch to read relation names again soon: a session sent DDL naming a
+// migrated relation's name. It never blocks.
+func (r *Reloader) NamesMayHaveChanged() {
+	select {
+	case r.poke <- struct{}{}:
+	default:
+	}
+}
+
+// RefreshNames installs a new generation when the schemas holding relations named like the
+// migrated ones changed since the running generation was loaded.
+func (r *Reloader) RefreshNames(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.store.Current()
+	if cur == nil || len(cur.Catalog) == 0 {
+		return nil
+	}
+	next, err := RefreshNames(ctx, cur, r.loader.connector(cur.Config))
+	if err != nil || next == nil {
+		return err
+	}
+	next.Number = cur.Number + 1
+	r.store.cur.Store(next)
+	r.metrics.Generation(next.Number)
+	if r.OnSwap != nil {
+		r.OnSwap(next)
+	}
+	r.log.Info("relations named like a migrated one appeared or went: catalog refreshed", "generation", next.Number)
+	return nil
 }
 
 // Reload loads, validates and swaps. It returns the report or error that kept the running
@@ -204,8 +243,27 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("shadow", old.Shadow, cur.Shadow)
 }
 
-// recheckEvery is how often Watch compares the file's content even without an event.
+// recheckEvery is how often Watch compares the file's content even without an event, and reads
+// relation names again (DDL made outside the proxy).
 const recheckEvery = 5 * time.Second
+
+// namesAfterDDL is how long Watch waits after a session's DDL before reading names: the
+// statement's transaction usually commits by then.
+const namesAfterDDL = 250 * time.Millisecond
+
+// refreshNames runs RefreshNames, logging the first failure of a streak and the recovery (it runs
+// every few seconds: a side database that is down must not flood the log).
+func (r *Reloader) refreshNames(ctx context.Context) {
+	err := r.RefreshNames(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil && !r.namesFailing:
+		r.namesFailing = true
+		r.log.Warn("cannot read relation names again; planning keeps the ones it has", "err", err)
+	case err == nil && r.namesFailing:
+		r.namesFailing = false
+		r.log.Info("relation names read again")
+	}
+}
 
 // recheck reloads when the file's content differs from the running generation's (only once
 // one runs: loading the first is the caller's business).
@@ -233,13 +291,24 @@ func (r *Reloader) Watch(ctx context.Context, signals <-chan os.Signal, debounce
 	r.recheck(ctx)
 	recheck := time.NewTicker(recheckEvery)
 	defer recheck.Stop()
-	var timer <-chan time.Time
+	var timer, names, namesAgain <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-recheck.C:
 			r.recheck(ctx)
+			r.refreshNames(ctx)
+		case <-r.poke:
+			// Twice: right after the DDL's transaction most likely committed, and once more in case
+			// it took longer (the periodic read covers anything slower).
+			names, namesAgain = time.After(namesAfterDDL), time.After(4*namesAfterDDL)
+		case <-names:
+			names = nil
+			r.refreshNames(ctx)
+		case <-namesAgain:
+			namesAgain = nil
+			r.refreshNames(ctx)
 		case <-signals:
 			_ = r.Reload(ctx, "SIGHUP")
 		case ev, ok := <-w.Events:

@@ -244,7 +244,9 @@ func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
 	s.pathWarned = s.pathWarned || warn
 	s.mu.Unlock()
 	if known {
-		return s.srv.planner.Plan(s.database, path, user, sql), path, user
+		plan := s.srv.planner.Plan(s.database, path, user, sql)
+		s.noteDDL(plan)
+		return plan, path, user
 	}
 	if warn {
 		s.log.Warn("the session set search_path or its role to a value pgcanary cannot follow (set_config with a computed argument); its statements are relayed unrewritten and unmirrored until it sets them plainly")
@@ -257,6 +259,20 @@ func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
 		}
 	}
 	return nil, path, user
+}
+
+// noteDDL tells the server when a plan holds DDL that names a migrated relation's name (only
+// such texts are parsed): the schemas holding those names may change.
+func (s *session) noteDDL(plan *router.Plan) {
+	if plan == nil || plan.Untouched || s.srv.namesChanged == nil {
+		return
+	}
+	for _, st := range plan.Statements {
+		if st.Kind == router.KindDDL {
+			s.srv.namesChanged()
+			return
+		}
+	}
 }
 
 // reasonSettingUnknown labels writes left unmirrored because the session's search_path or role

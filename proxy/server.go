@@ -38,6 +38,10 @@ type Config struct {
 	RoutingKey string
 	// Shadow, when set, receives sampled reads to compare and holds the kill switches.
 	Shadow Shadow
+	// NamesMayHaveChanged, when set, is called when a session sends DDL naming a migrated
+	// relation's name (CREATE TABLE tenant7.users, a RENAME, a DROP): which schemas hold such
+	// names, which planning depends on, may have changed. It must not block.
+	NamesMayHaveChanged func()
 }
 
 // Server accepts client connections and relays each to the upstream server.
@@ -51,6 +55,7 @@ type Server struct {
 	metrics        Metrics
 	planner        Planner
 	shadow         Shadow
+	namesChanged   func()
 	flags          flags.Source
 	routingKey     string
 	keys           *cancelKeys
@@ -92,6 +97,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:        cfg.Metrics,
 		planner:        cfg.Planner,
 		shadow:         cfg.Shadow,
+		namesChanged:   cfg.NamesMayHaveChanged,
 		flags:          cfg.Flags,
 		routingKey:     cfg.RoutingKey,
 		keys:           newCancelKeys(),

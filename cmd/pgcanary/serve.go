@@ -244,18 +244,26 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	var reloader *config.Reloader
+	var namesChanged func()
+	if loader != nil {
+		reloader = config.NewReloader(loader, &store, log, reloadMetrics)
+		reloader.OnSwap = func(g *config.Generation) { setLevel(&level, g.Config.LogLevel) }
+		namesChanged = reloader.NamesMayHaveChanged
+	}
 	srv, err := proxy.New(proxy.Config{
-		Shadow:         shadowSvc,
-		Planner:        planner,
-		Flags:          flagSrc,
-		RoutingKey:     cfg.RoutingKey,
-		Listen:         cfg.Listen,
-		Upstream:       proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
-		TLS:            clientTLS,
-		MaxMessageSize: int(cfg.MaxMessageSize),
-		ConnectTimeout: cfg.ConnectTimeout,
-		Logger:         log,
-		Metrics:        proxy.NewPromMetrics(reg),
+		NamesMayHaveChanged: namesChanged,
+		Shadow:              shadowSvc,
+		Planner:             planner,
+		Flags:               flagSrc,
+		RoutingKey:          cfg.RoutingKey,
+		Listen:              cfg.Listen,
+		Upstream:            proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
+		TLS:                 clientTLS,
+		MaxMessageSize:      int(cfg.MaxMessageSize),
+		ConnectTimeout:      cfg.ConnectTimeout,
+		Logger:              log,
+		Metrics:             proxy.NewPromMetrics(reg),
 	})
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -280,9 +288,7 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if loader != nil {
-		reloader := config.NewReloader(loader, &store, log, reloadMetrics)
-		reloader.OnSwap = func(g *config.Generation) { setLevel(&level, g.Config.LogLevel) }
+	if reloader != nil {
 		go func() {
 			if err := reloader.Watch(ctx, hup, 200*time.Millisecond); err != nil {
 				log.Error("configuration watcher stopped; SIGHUP and file changes are no longer picked up", "err", err)
