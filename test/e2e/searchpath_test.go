@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -316,6 +316,8 @@ func TestNewSchemaSeenWithoutReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		pollUntil(t, c.within, func() bool { return read(session) == c.schema+" row" },
-			func() string { return fmt.Sprintf("%s.users, created %v ago, is still read as %q", c.schema, c.within, read(session)) })
+			func() string {
+				return fmt.Sprintf("%s.users, created %v ago, is still read as %q", c.schema, c.within, read(session))
+			})
 	}
 }
