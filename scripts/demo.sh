@@ -117,6 +117,11 @@ chmod 600 "$TMP/admin.token"
 TOKEN=$(cat "$TMP/admin.token")
 export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT PGCANARY_SIDE_DSN="postgres://postgres@127.0.0.1:$PGPORT/app?sslmode=disable" PGCANARY_DATABASE=app
 "$BIN" check --config "$CFG"
+echo "What pgcanary will do with an application's UPDATE and SELECT (pgcanary explain, lines cut at 150 characters):"
+for sql in 'UPDATE users SET email = $1 WHERE id = $2' 'SELECT id, full_name FROM users WHERE id = $1'; do
+	echo "  $sql"
+	"$BIN" explain --config "$CFG" "$sql" | awk '{ print "  " (length($0) > 150 ? substr($0, 1, 149) "…" : $0) }'
+done
 "$BIN" serve --config "$CFG" 2>"$TMP/pgcanary.log" &
 PROXY_PID=$!
 poll 15 "$BIN" healthcheck --admin "$ADMIN" >/dev/null 2>&1 || die "pgcanary did not become healthy"
