@@ -15,10 +15,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgcanary/pgcanary/test/pgtest"
 )
 
 // The image cannot be built here (no Docker engine), so these tests prove what they can without
@@ -741,28 +742,10 @@ func inRoot(root string, uid, gid uint32, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// lockedBuffer collects a running process' output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // proc is a started process; done is closed once it has exited, with err its Wait error.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *pgtest.Output
 	done chan struct{}
 	err  error
 }
@@ -770,7 +753,7 @@ type proc struct {
 // start starts cmd and makes sure it is killed when the test ends.
 func start(t *testing.T, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &pgtest.Output{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %v: %v", cmd.Args, err)

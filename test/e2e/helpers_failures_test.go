@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -452,30 +451,12 @@ func removeStaleBinDirs() {
 	}
 }
 
-// procLog collects the process's stderr.
-type procLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *procLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *procLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // binProc is a running `pgcanary serve`.
 type binProc struct {
 	cmd    *exec.Cmd
 	listen string // client address
 	admin  string // admin address
-	log    *procLog
+	log    *pgtest.Output
 	done   chan struct{}
 }
 
@@ -497,7 +478,7 @@ func startServeArgs(t testing.TB, extra ...string) *binProc {
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}, extra...)
 	cmd := exec.Command(bin, args...)
 	pr, pw := io.Pipe()
-	p := &binProc{cmd: cmd, log: &procLog{}, done: make(chan struct{})}
+	p := &binProc{cmd: cmd, log: &pgtest.Output{}, done: make(chan struct{})}
 	cmd.Stderr = pw
 	cmd.Stdout = p.log
 	addrs := make(chan [2]string, 1)
