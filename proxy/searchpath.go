@@ -29,8 +29,6 @@ type settingState struct {
 	tx        *string // set by SET inside the current transaction: kept if it commits
 	local     *string // set by SET LOCAL: gone when the transaction ends
 	saves     []savedSetting
-	// outcome of the current transaction, from the responses since the last ReadyForQuery
-	sawCommit, sawRollback, sawError bool
 }
 
 // savedSetting is the transaction's view of a setting when a savepoint was taken: ROLLBACK TO
@@ -98,29 +96,40 @@ func (p *settingState) savepoint(name string) int {
 	return -1
 }
 
-// observe follows a server message to learn how the current transaction ends.
-func (p *settingState) observe(typ byte, body []byte) {
+// endTransaction applies how the current transaction ended: a SET in it stays if it committed.
+func (p *settingState) endTransaction(commit bool) {
+	if commit && p.tx != nil {
+		p.committed = *p.tx
+	}
+	p.tx, p.local, p.saves = nil, nil, p.saves[:0]
+}
+
+// txOutcome follows the server's messages to learn how each transaction ends, for the settings
+// scoped by it. Guarded by session.mu.
+type txOutcome struct {
+	sawCommit, sawRollback, sawError bool
+}
+
+// observe takes one server message; at a ReadyForQuery that leaves the session outside any
+// transaction it reports ended, and whether what ended committed.
+func (o *txOutcome) observe(typ byte, body []byte) (ended, commit bool) {
 	switch typ {
 	case 'C': // compared as bytes: this runs for every statement, migrations or not
 		tag := bytes.TrimRight(body, "\x00")
 		switch {
 		case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
-			p.sawCommit = true
+			o.sawCommit = true
 		case bytes.Equal(tag, tagRollback):
-			p.sawRollback = true
+			o.sawRollback = true
 		}
 	case 'E':
-		p.sawError = true
+		o.sawError = true
 	case 'Z':
-		if len(body) == 1 && body[0] == 'I' {
-			// Outside a transaction again: an implicit transaction commits unless it failed; an
-			// explicit one says COMMIT or ROLLBACK (COMMIT of a failed one answers ROLLBACK).
-			commit := p.sawCommit || !p.sawRollback && !p.sawError
-			if commit && p.tx != nil {
-				p.committed = *p.tx
-			}
-			p.tx, p.local, p.saves = nil, nil, p.saves[:0]
-		}
-		p.sawCommit, p.sawRollback, p.sawError = false, false, false
+		// Outside a transaction again: an implicit transaction commits unless it failed; an
+		// explicit one says COMMIT or ROLLBACK (COMMIT of a failed one answers ROLLBACK).
+		ended = len(body) == 1 && body[0] == 'I'
+		commit = o.sawCommit || !o.sawRollback && !o.sawError
+		*o = txOutcome{}
 	}
+	return ended, commit
 }

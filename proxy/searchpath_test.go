@@ -39,6 +39,7 @@ func TestSettingStateScoping(t *testing.T) {
 		{"RESET search_path", []string{"RESET"}, 'I', "base"},
 	}
 	p := newSettingState("base")
+	var tx txOutcome
 	for _, st := range steps {
 		for _, c := range router.SessionChangesOf(st.sql).Settings {
 			if c.Setting == router.SettingSearchPath || c.Setting == "" {
@@ -46,9 +47,11 @@ func TestSettingStateScoping(t *testing.T) {
 			}
 		}
 		for _, tag := range st.tags {
-			p.observe('C', append([]byte(tag), 0))
+			tx.observe('C', append([]byte(tag), 0))
 		}
-		p.observe('Z', []byte{st.status})
+		if ended, commit := tx.observe('Z', []byte{st.status}); ended {
+			p.endTransaction(commit)
+		}
 		if got := p.current(); got != st.want {
 			t.Fatalf("after %q: search_path %q, want %q", st.sql, got, st.want)
 		}

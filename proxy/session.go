@@ -68,6 +68,7 @@ type session struct {
 	gate        *gate        // a routed batch whose fallback is still possible (gate.go)
 	path        settingState // the session's search_path, for planning
 	role        settingState // the current role, for "$user" in the search_path
+	tx          txOutcome    // how the current transaction ends, for path and role
 	pathWarned  bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts      map[string]*stmtInfo
@@ -559,8 +560,10 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			typ = 0 // the proxy's own request
 		}
 	}
-	s.path.observe(origTyp, origBody)
-	s.role.observe(origTyp, origBody)
+	if ended, commit := s.tx.observe(origTyp, origBody); ended {
+		s.path.endTransaction(commit)
+		s.role.endTransaction(commit)
+	}
 	switch origTyp {
 	case 'S': // ParameterStatus: application_name feeds routing, a few settings comparisons
 		if name, rest, ok := cstring(body); ok {

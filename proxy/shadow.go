@@ -1,9 +1,8 @@
 package proxy
 
 import (
-	"strings"
-
 	"bytes"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -68,7 +67,7 @@ func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oid
 // expandUser replaces "$user" in a search_path setting with the role's name, quoted: the schema
 // Postgres would take for it (none, when no schema has that name).
 func expandUser(path, role string) string {
-	if !strings.Contains(path, `"$user"`) && !strings.Contains(path, "$user") {
+	if !strings.Contains(path, "$user") {
 		return path
 	}
 	quoted := `"` + strings.ReplaceAll(role, `"`, `""`) + `"`
