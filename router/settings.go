@@ -101,7 +101,7 @@ func SessionChangesOf(sql string) SessionChanges {
 // reports. It runs for every statement, so it reads the text once, word by word, without
 // allocating: a statement can only change what it names.
 func mayChangeSession(sql string) bool {
-	var set, role bool
+	var set, role, rollback, to bool // SET with ROLE; ROLLBACK only with TO (a plain ROLLBACK is frequent)
 	for i := 0; i < len(sql); {
 		if !isWordByte(sql[i]) {
 			i++
@@ -112,6 +112,8 @@ func mayChangeSession(sql string) bool {
 			j++
 		}
 		switch w := sql[i:j]; len(w) {
+		case 2:
+			to = to || strings.EqualFold(w, "to")
 		case 3:
 			set = set || strings.EqualFold(w, "set")
 		case 4:
@@ -129,9 +131,7 @@ func mayChangeSession(sql string) bool {
 				return true
 			}
 		case 8:
-			if strings.EqualFold(w, "rollback") {
-				return true
-			}
+			rollback = rollback || strings.EqualFold(w, "rollback")
 		case 9:
 			if strings.EqualFold(w, "savepoint") {
 				return true
@@ -147,7 +147,7 @@ func mayChangeSession(sql string) bool {
 		case 13:
 			role = role || strings.EqualFold(w, "authorization")
 		}
-		if set && role {
+		if set && role || rollback && to {
 			return true
 		}
 		i = j

@@ -72,6 +72,7 @@ func TestMayChangeSessionSkipsOrdinarySQL(t *testing.T) {
 		"SELECT role FROM members WHERE user_role_set = 1",
 		"INSERT INTO resets (schema_name, released) VALUES ($1, $2)",
 		"UPDATE t SET x = 1",
+		"ROLLBACK",
 		"",
 	} {
 		if mayChangeSession(sql) {
