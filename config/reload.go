@@ -173,11 +173,7 @@ func (r *Reloader) RefreshNames(ctx context.Context) error {
 		return err
 	}
 	next.Number = cur.Number + 1
-	r.store.cur.Store(next)
-	r.metrics.Generation(next.Number)
-	if r.OnSwap != nil {
-		r.OnSwap(next)
-	}
+	r.install(next)
 	r.log.Info("relations named like a migrated one appeared or went: catalog refreshed", "generation", next.Number)
 	return nil
 }
@@ -206,16 +202,21 @@ func (r *Reloader) Reload(ctx context.Context, reason string) error {
 		gen.Number = cur.Number + 1
 		restartOnly(cur.Config, gen.Config, r.log)
 	}
-	r.store.cur.Store(gen)
-	r.metrics.Generation(gen.Number)
-	if r.OnSwap != nil {
-		r.OnSwap(gen)
-	}
+	r.install(gen)
 	for _, w := range gen.Warnings {
 		r.log.Warn(w.String())
 	}
 	r.log.Info("configuration loaded", "generation", gen.Number, "reason", reason, "migrations", len(gen.Config.Migrations))
 	return nil
+}
+
+// install makes gen, numbered, the running generation. Holds r.mu.
+func (r *Reloader) install(gen *Generation) {
+	r.store.cur.Store(gen)
+	r.metrics.Generation(gen.Number)
+	if r.OnSwap != nil {
+		r.OnSwap(gen)
+	}
 }
 
 // restartOnly logs settings that changed but only take effect on restart. (log_level applies

@@ -37,8 +37,10 @@ listen on --admin.
 
 Settings come from the defaults, then --config FILE, then environment variables named after the
 flags (PGCANARY_UPSTREAM for --upstream, PGCANARY_LOG_LEVEL for --log-level, ...), then the
-command-line flags, each overriding the one before. SIGTERM or SIGINT stops accepting clients, lets each session finish its current
-transaction for up to --drain-timeout, closes the rest and exits 0.`,
+command-line flags, each overriding the one before.
+
+SIGTERM or SIGINT stops accepting clients, lets each session finish its current transaction for
+up to --drain-timeout, closes the rest and exits 0.`,
 		Example: `  pgcanary serve --upstream 127.0.0.1:5432
   pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug
   PGCANARY_UPSTREAM=db:5432 PGCANARY_LISTEN=0.0.0.0:6432 pgcanary serve`,
