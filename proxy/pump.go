@@ -14,11 +14,17 @@ import (
 // readiness bookkeeping happen once per session rather than once per read, and bodies reach the
 // handler as slices of the pump's buffer (no copy; valid until the handler returns).
 //
-// The pump waits for readiness only after a read found the socket empty (EAGAIN). It must not
-// wait after a merely short read: a peer that sends its last bytes and closes (Postgres after a
-// FATAL, a client that dies mid-message) can deliver data and FIN under one edge-triggered event,
-// and the EOF would then never be seen. Measured, the extra read costs about 1 us per pgbench
-// transaction; a connection held open forever costs more.
+// When to wait for readiness. A short read (fewer bytes than asked) means the socket was empty at
+// that moment: Linux copies every queued segment, and data that arrives later raises a new
+// readiness event. The one thing a short read cannot tell is a FIN that arrived together with the
+// data, under the same edge-triggered event: waiting then would never see the EOF. So by default
+// the pump confirms with one more read that finds EAGAIN before it waits. That read costs a system
+// call per message batch in each direction, about a third of the proxy's system calls on a
+// pgbench transaction, so the session may waive it (mayRest) after a batch that ended on a whole
+// message whose loss of EOF is noticed another way: a client Query or Sync is always answered, and
+// answering a peer that has closed draws a TCP reset, which is a new event; after the server's
+// ReadyForQuery the next request written to it does the same. A batch that ends mid-message, or
+// on anything else (a FATAL, a Flush, a COPY chunk), is confirmed.
 //
 // The callback may block in the handler (writing to the other connection when its send buffer is
 // full); that is allowed, and closing either connection ends the wait.
@@ -28,7 +34,10 @@ type pump struct {
 	maxBody    int
 	handle     func(typ byte, body []byte) error
 	flush      func() error // called before the pump waits for input
-	readable   bool         // no read has found the socket empty since the last wait
+	mayRest    func(typ byte) bool
+	readable   bool // no read has found the socket empty since the last wait
+	short      bool // the last read returned fewer bytes than asked for
+	last       byte // the type of the last message handled
 	err        error
 	fn         func(fd uintptr) bool
 }
@@ -42,9 +51,11 @@ const (
 var errStopPump = errors.New("pump stopped")
 
 // newPump returns a pump whose buffer starts with initial (bytes read ahead during startup).
-func newPump(initial []byte, maxMessageSize int, handle func(byte, []byte) error, flush func() error) *pump {
+// mayRest, if not nil, says whether a short read that ended exactly after a message of the given
+// type may be taken as "the socket is empty" without a confirming read (see the type's comment).
+func newPump(initial []byte, maxMessageSize int, handle func(byte, []byte) error, flush func() error, mayRest func(byte) bool) *pump {
 	size := max(pumpBufferSize, len(initial)+pumpMinRead)
-	p := &pump{buf: make([]byte, size), maxBody: maxMessageSize - 4, handle: handle, flush: flush}
+	p := &pump{buf: make([]byte, size), maxBody: maxMessageSize - 4, handle: handle, flush: flush, mayRest: mayRest}
 	p.end = copy(p.buf, initial)
 	p.fn = p.step
 	return p
@@ -72,6 +83,10 @@ func (p *pump) step(fd uintptr) bool {
 			p.err = err
 			return true
 		}
+		if p.short && p.start == p.end && p.mayRest != nil && p.mayRest(p.last) {
+			p.readable = false
+		}
+		p.short = false
 		if !p.readable {
 			if err := p.flush(); err != nil {
 				p.err = err
@@ -101,6 +116,7 @@ func (p *pump) step(fd uintptr) bool {
 			return p.stop()
 		}
 		p.end += int(n)
+		p.short = int(n) < len(space)
 	}
 }
 
@@ -128,6 +144,7 @@ func (p *pump) process() error {
 		}
 		body := p.buf[p.start+headerLen : p.start+1+n]
 		p.start += 1 + n
+		p.last = typ
 		if err := p.handle(typ, body); err != nil {
 			return err
 		}

@@ -46,6 +46,12 @@ type got struct {
 // handled at the last flush, and the error.
 func runPump(t *testing.T, conn *net.TCPConn, initial []byte, maxMsg int) ([]got, int, error) {
 	t.Helper()
+	return runPumpResting(t, conn, initial, maxMsg, nil)
+}
+
+// runPumpResting is runPump with a mayRest predicate.
+func runPumpResting(t *testing.T, conn *net.TCPConn, initial []byte, maxMsg int, mayRest func(byte) bool) ([]got, int, error) {
+	t.Helper()
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +64,7 @@ func runPump(t *testing.T, conn *net.TCPConn, initial []byte, maxMsg int) ([]got
 			return errStopPump
 		}
 		return nil
-	}, func() error { flushedAt = len(msgs); return nil })
+	}, func() error { flushedAt = len(msgs); return nil }, mayRest)
 	err = p.run(rc)
 	return msgs, flushedAt, err
 }
@@ -220,5 +226,70 @@ func TestPumpSeesEOFRightAfterData(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("round %d: the pump missed an EOF that arrived with data", i)
 		}
+	}
+}
+
+// TestPumpConfirmsWhereRestIsNotAllowed: the waiver of the confirming read applies only to a batch
+// that ends exactly after a message the session vouches for. Data that ends mid-message, or on
+// another message type, followed at once by a close, must still end the pump.
+func TestPumpConfirmsWhereRestIsNotAllowed(t *testing.T) {
+	onlyQuery := func(typ byte) bool { return typ == 'Q' }
+	query := frame('Q', []byte("select 1\x00"))
+	cases := map[string][]byte{
+		"other type":                frame('E', []byte("SFATAL\x00\x00")),
+		"mid-message":               query[:len(query)-3],
+		"query, then a partial one": append(append([]byte(nil), query...), query[:4]...),
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			for i := 0; i < 20; i++ {
+				client, server := tcpPair(t)
+				done := make(chan error, 1)
+				go func() {
+					_, _, err := runPumpResting(t, server, nil, DefaultMaxMessageSize, onlyQuery)
+					done <- err
+				}()
+				time.Sleep(time.Millisecond)
+				_, _ = client.Write(data)
+				client.Close()
+				select {
+				case err := <-done:
+					if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+						t.Fatalf("round %d: %v", i, err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("round %d: the pump missed an EOF that arrived with data", i)
+				}
+			}
+		})
+	}
+}
+
+// TestPumpRestsAfterVouchedMessage: after a short read that ends on a message the session vouches
+// for, the pump waits without reading again, yet still sees what arrives later.
+func TestPumpRestsAfterVouchedMessage(t *testing.T) {
+	client, server := tcpPair(t)
+	done := make(chan error, 1)
+	var msgs []got
+	go func() {
+		var err error
+		msgs, _, err = runPumpResting(t, server, nil, DefaultMaxMessageSize, func(typ byte) bool { return typ == 'Q' })
+		done <- err
+	}()
+	for i := 0; i < 100; i++ {
+		_, _ = client.Write(frame('Q', []byte("select 1\x00")))
+		if i%10 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(5 * time.Millisecond)
+	_, _ = client.Write(frame('X', nil))
+	select {
+	case err := <-done:
+		if err != nil || len(msgs) != 101 {
+			t.Fatalf("%v, %d messages, want 101", err, len(msgs))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pump missed data that arrived after it rested")
 	}
 }

@@ -408,7 +408,7 @@ var errUpstreamWrite = errors.New("write to upstream failed")
 func (s *session) clientLoop() {
 	var err error
 	if sc, ok := s.client.(*sysConn); ok {
-		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer)
+		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer, clientMayRest)
 		err = p.run(sc.rc)
 	} else {
 		err = s.readLoop(s.cr, s.onClientMessage, s.flushServer)
@@ -417,6 +417,14 @@ func (s *session) clientLoop() {
 		s.clientReadFailed(err)
 	}
 }
+
+// clientMayRest: a batch of client messages that ends on a Query or a Sync is always answered,
+// so a close that arrived with it is seen when the answer draws the client's reset (pump.go).
+func clientMayRest(typ byte) bool { return typ == 'Q' || typ == 'S' }
+
+// serverMayRest: after ReadyForQuery the server is idle; a close that arrived with it is seen
+// when the client's next request draws the server's reset, or by TCP keepalive (pump.go).
+func serverMayRest(typ byte) bool { return typ == 'Z' }
 
 // readLoop is the blocking driver: it feeds handle from a frameReader and flushes whenever the
 // next message is not already buffered.
@@ -518,7 +526,7 @@ func classifyFrontend(typ byte, body []byte) (requestKind, string, error) {
 func (s *session) serverLoop() {
 	var err error
 	if sc, ok := s.server.(*sysConn); ok {
-		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient)
+		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient, serverMayRest)
 		err = p.run(sc.rc)
 	} else {
 		err = s.readLoop(s.sr, s.onServerMessage, s.flushClient)

@@ -416,3 +416,62 @@ func TestFailureClientGoneCancelsQuery(t *testing.T) {
 	pollUntil(t, 15*time.Second, func() bool { return countBackendsByApp(t, direct, app) == 0 },
 		func() string { return "the backend of a departed client still runs pg_sleep(60)" })
 }
+
+// TestFailureClientClosesRightAfterRequest: a client that sends its last request and closes at
+// once delivers data and FIN together, which the proxy reads under one readiness event. Whatever
+// the last request was, the proxy must still notice the close and end the server session: after
+// a Query the answer it writes draws the closed client's reset; after anything else (a pipeline
+// with no Sync, a Flush) it confirms the socket is empty before it waits (proxy/pump.go).
+func TestFailureClientClosesRightAfterRequest(t *testing.T) {
+	p := startProxy(t, proxyOpts{})
+	direct := directSuperConn(t)
+	extended := func(tail ...pgproto3.FrontendMessage) []pgproto3.FrontendMessage {
+		return append([]pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "select 1"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		}, tail...)
+	}
+	cases := map[string][]pgproto3.FrontendMessage{
+		"query":               {&pgproto3.Query{String: "select 1"}},
+		"sync":                extended(&pgproto3.Sync{}),
+		"pipeline, no sync":   extended(),
+		"flush":               extended(&pgproto3.Flush{}),
+		"half a query":        nil, // written by hand below
+		"query, then garbage": {&pgproto3.Query{String: "select 1"}},
+	}
+	for name, msgs := range cases {
+		t.Run(name, func(t *testing.T) {
+			app := "close-at-once-" + strings.ReplaceAll(name, " ", "-")
+			for i := 0; i < 10; i++ {
+				r := dialWire(t, p.addr)
+				start := wireStartupMsg(pgtest.SuperUser)
+				start.Parameters["application_name"] = app
+				r.fe.Send(start)
+				if err := r.fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				r.readUntilReady(t)
+				var out []byte
+				var err error
+				for _, m := range msgs {
+					if out, err = m.Encode(out); err != nil {
+						t.Fatal(err)
+					}
+				}
+				switch name {
+				case "half a query":
+					out = []byte{'Q', 0, 0, 0, 13, 's', 'e', 'l'}
+				case "query, then garbage":
+					out = append(out, 'Q', 0, 0)
+				}
+				if _, err := r.Write(out); err != nil {
+					t.Fatal(err)
+				}
+				_ = r.Close()
+			}
+			pollUntil(t, 15*time.Second, func() bool { return countBackendsByApp(t, direct, app) == 0 },
+				func() string {
+					return fmt.Sprintf("%d server sessions of clients that closed are still open", countBackendsByApp(t, direct, app))
+				})
+		})
+	}
+}
