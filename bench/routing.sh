@@ -36,12 +36,13 @@ cat >"$TMP/read.sql" <<SQL
 \set id random(1, $USERS)
 SELECT full_name, email, tier FROM users WHERE id = :id;
 SQL
-# What pgcanary sends at 100 % (the compatibility projection), sent directly: the database's own
-# share of the difference.
-cat >"$TMP/read_new.sql" <<SQL
-\set id random(1, $USERS)
-SELECT full_name, email, tier FROM (SELECT id::bigint AS id, concat_ws(' ', first_name, last_name)::text AS full_name, email::text AS email, tier::public.user_tier AS tier FROM public.users_v2) users WHERE id = :id;
-SQL
+# The new-shape form pgcanary sends for that read (from `pgcanary explain`), run directly: what the
+# database pays for the form itself, apart from the proxy hop.
+form=$("$BIN" explain --config "$TMP/pgcanary.yaml" 'SELECT full_name, email, tier FROM users WHERE id = $1' |
+	sed -n 's/^  new-shape form: //p')
+[ -n "$form" ] || { echo "ERROR: pgcanary explain printed no new-shape form" >&2; exit 1; }
+log "new-shape form: $form"
+printf '\\set id random(1, %s)\n%s;\n' "$USERS" "${form//\$1/:id}" >"$TMP/read_new.sql"
 direct() { # script mode clients -> tps, straight to Postgres
 	"$PGBENCH" -n -M "$2" -f "$TMP/$1" -c "$3" -j "$(($3 > 1 ? 2 : 1))" -T "$DURATION" \
 		-h 127.0.0.1 -p "$PGPORT" -U postgres app 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p'

@@ -36,6 +36,8 @@ type Migration struct {
 	// once; each use clones it. nil when it could not be built (projErr says why).
 	projection *pg_query.Node
 	projErr    error
+	// flat holds the projection's expressions that a single-relation read can inline (flatten.go).
+	flat *flatColumns
 	// writeExprs and readExprs are the maps' expressions (implied same-named copies included),
 	// parsed once: target column → expression node over the source row.
 	writeExprs, readExprs map[string]*pg_query.Node
@@ -69,6 +71,13 @@ func newCatalog(gen *config.Generation, database string, all bool) *Catalog {
 			mig.oldCols[col.Name] = true
 		}
 		mig.projection, mig.projErr = buildProjection(m, mc)
+		if mig.projection != nil {
+			newCols := make([]string, 0, len(mc.New.Columns))
+			for _, col := range mc.New.Columns {
+				newCols = append(newCols, col.Name)
+			}
+			mig.flat = buildFlatColumns(mig.projection, newCols)
+		}
 		mig.writeExprs, mig.readExprs, mig.exprErr = parseMaps(m, mc)
 		c.byOld[relName{mc.Old.Schema, mc.Old.Name}] = mig
 		c.schemasOf[mc.Old.Name] = mc.Old.NameSchemas

@@ -40,6 +40,7 @@ const (
 	equivPath    = `"$user", public`
 	equivUser    = "postgres"
 	minCompared  = 100
+	minFlat      = 50 // reads that take the flat form (router/flatten.go)
 	queryTimeout = 10 * time.Second
 )
 
@@ -462,7 +463,7 @@ func TestReadEquivalence(t *testing.T) {
 			t.Fatal(err)
 		}
 		cat := router.NewCatalog(env.gen)
-		var compared, equal, declinedN, failed int
+		var compared, equal, declinedN, failed, flat int
 		perMigration := map[string]int{}
 		for _, q := range corpus {
 			o := env.compare(ctx, p, cat, q)
@@ -493,6 +494,9 @@ func TestReadEquivalence(t *testing.T) {
 				for _, m := range o.migrations {
 					perMigration[m]++
 				}
+				if !strings.Contains(o.readSQL, "(SELECT") {
+					flat++ // the single-relation form without a subquery (router/flatten.go)
+				}
 				if o.diff != "" {
 					t.Errorf("%s: PLANNER BUG: the read form differs from the old form\n  old:  %s\n  read: %s\n%s", where, q.sql, o.readSQL, o.diff)
 				} else {
@@ -505,6 +509,10 @@ func TestReadEquivalence(t *testing.T) {
 		}
 		t.Logf("read equivalence: %d corpus reads; %d compared (%d equal, %d differ), %d declined, %d failed to run; compared per migration %v",
 			len(corpus), compared, equal, compared-equal, declinedN, failed, perMigration)
+		t.Logf("%d compared reads took the flat form", flat)
+		if flat < minFlat {
+			t.Errorf("only %d compared reads took the flat form, want at least %d", flat, minFlat)
+		}
 		if compared < minCompared {
 			t.Errorf("only %d corpus reads compared, want at least %d", compared, minCompared)
 		}
@@ -588,13 +596,13 @@ func negativeControls(t *testing.T, ctx context.Context, env *equivEnv, corpus [
 	tampers := []struct {
 		name, sql, from, to, want string
 	}{
-		{"column-name", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "SELECT id, full_name FROM", "SELECT id, full_name AS name FROM", "column names differ"},
+		{"column-name", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "AS full_name FROM", "AS name FROM", "column names differ"},
 		{"type-oid", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id::bigint AS id", "id::int AS id", "column type OIDs differ"},
-		{"param-type", "SELECT id FROM users WHERE id = $1", "WHERE id = $1", "WHERE id = $1::int", "parameter type OIDs differ"},
-		{"missing-row", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id <= 10", "id <= 9", "rows differ"},
+		{"param-type", "SELECT id FROM users WHERE id = $1", "WHERE id::bigint = $1", "WHERE id::bigint = $1::int", "parameter type OIDs differ"},
+		{"missing-row", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id::bigint <= 10", "id::bigint <= 9", "rows differ"},
 		{"row-order", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "ORDER BY id", "ORDER BY id DESC", "same rows, other order"},
 		{"null-vs-empty", "SELECT id, note FROM orders WHERE id <= 10", "note::text AS note", "coalesce(note, '')::text AS note", "rows differ"},
-		{"duplicate-row", "SELECT tier FROM users WHERE id <= 6", "WHERE id <= 6", "WHERE id <= 6 UNION ALL SELECT 'free'::public.user_tier", "rows differ"},
+		{"duplicate-row", "SELECT tier FROM users WHERE id <= 6", "WHERE id::bigint <= 6", "WHERE id::bigint <= 6 UNION ALL SELECT 'free'::public.user_tier", "rows differ"},
 	}
 	for _, tc := range tampers {
 		t.Run("tampered-"+tc.name, func(t *testing.T) {

@@ -180,7 +180,9 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 		return unrewritten(reason)
 	}
-	rewriteRead(raw.Stmt, refs)
+	if !flattenRead(raw.Stmt, refs) {
+		rewriteRead(raw.Stmt, refs)
+	}
 	out, err := deparse(version, raw.Stmt)
 	if err != nil {
 		return unrewritten(ReasonDeparse)
@@ -222,7 +224,9 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 	if err != nil {
 		return nil
 	}
-	rewriteRead(clone, refs)
+	if !flattenRead(clone, refs) {
+		rewriteRead(clone, refs)
+	}
 	out, err := deparse(version, clone)
 	if err != nil {
 		return nil

@@ -201,3 +201,27 @@ SELECT full_name FROM users WHERE tier = 'pro' INTERSECT SELECT full_name FROM u
 SELECT user_id FROM orders WHERE status = 'new' EXCEPT SELECT id FROM users WHERE tier = 'free'
 SELECT user_id FROM orders EXCEPT ALL SELECT id FROM users
 (SELECT id, full_name FROM users ORDER BY id LIMIT 3) UNION ALL (SELECT id, full_name FROM users ORDER BY id DESC LIMIT 3) ORDER BY id
+
+-- single-relation reads the planner flattens (router/flatten.go): output names, ORDER BY/GROUP BY
+-- names that could mean an output column or an input column, unnamed expressions
+SELECT full_name::varchar, email FROM users WHERE id < 20 ORDER BY id
+SELECT CASE WHEN active THEN 'on' ELSE full_name END, id FROM users WHERE id < 20 ORDER BY id
+SELECT CASE WHEN active THEN full_name END, id FROM users WHERE id < 20 ORDER BY id
+SELECT coalesce(full_name, email), (full_name), full_name COLLATE "C" FROM users WHERE id < 20 ORDER BY id
+SELECT email AS full_name, id FROM users WHERE id < 40 ORDER BY full_name, id
+SELECT full_name AS email, id FROM users WHERE id < 40 ORDER BY email DESC, id
+SELECT id AS n, full_name FROM users WHERE id < 40 ORDER BY full_name COLLATE "C", n
+SELECT lower(full_name) AS lname, count(*) FROM users GROUP BY lname ORDER BY lname
+SELECT tier AS t2, count(*) FROM users GROUP BY t2 ORDER BY 1
+SELECT full_name AS tier, count(*) FROM users GROUP BY tier, full_name ORDER BY 1, 2
+SELECT DISTINCT ON (tier) tier, full_name, id FROM users ORDER BY tier, id
+SELECT DISTINCT ON (full_name) full_name AS tier, id FROM users WHERE id < 80 ORDER BY full_name, id
+SELECT *, full_name AS again FROM users WHERE id < 10 ORDER BY id
+SELECT u.*, 1 AS one FROM users u WHERE u.id < 10 ORDER BY u.id
+SELECT tags[1], profile->>'plan' AS plan, id FROM users WHERE id < 30 ORDER BY id
+SELECT upper(u.full_name) FROM users u WHERE u.full_name LIKE 'A%' ORDER BY 1
+SELECT max(full_name), min(email), tier FROM users GROUP BY ROLLUP (tier) ORDER BY tier NULLS FIRST
+SELECT id, full_name FROM users WHERE id = ANY($1) ORDER BY id -- args: '{1,2,3}'
+SELECT count(*) FILTER (WHERE full_name LIKE '% %') FROM users
+SELECT amount, amount * 2 AS double FROM orders WHERE amount > 10 ORDER BY id LIMIT 20
+SELECT sum(amount), user_id FROM orders GROUP BY user_id ORDER BY user_id LIMIT 10
