@@ -292,7 +292,7 @@ func (s *session) applySessionChanges(sql string) {
 		switch c.Setting {
 		case router.SettingSearchPath:
 			s.path.apply(c)
-		case router.SettingRole:
+		case router.SettingRole, router.SettingSessionAuthorization:
 			s.role.apply(c)
 		default: // savepoints scope both
 			s.path.apply(c)

@@ -31,6 +31,49 @@ type settingState struct {
 	saves     []savedSetting
 }
 
+// userState follows who the current user is, for "$user" in the search_path: the role while one
+// is set (SET ROLE), else the session user (SET SESSION AUTHORIZATION, which also sets the role
+// to none). Guarded by session.mu.
+type userState struct {
+	auth settingState // the session user
+	role settingState // the role; "" for none
+}
+
+// newUserState starts from the session user and the current user read after startup: they
+// differ when a default role applies (ALTER ROLE ... SET role).
+func newUserState(sessionUser, currentUser string) userState {
+	role := ""
+	if currentUser != sessionUser {
+		role = currentUser
+	}
+	return userState{auth: newSettingState(sessionUser), role: newSettingState(role)}
+}
+
+func (u *userState) current() string {
+	if r := u.role.current(); r != "" {
+		return r // a role, or unknownSetting
+	}
+	return u.auth.current()
+}
+
+// apply records a change of the role, the session user, or the savepoints scoping both.
+func (u *userState) apply(c router.SettingChange) {
+	switch c.Setting {
+	case router.SettingRole:
+		u.role.apply(c)
+	case router.SettingSessionAuthorization:
+		u.auth.apply(c)
+	default:
+		u.role.apply(c)
+		u.auth.apply(c)
+	}
+}
+
+func (u *userState) endTransaction(commit bool) {
+	u.role.endTransaction(commit)
+	u.auth.endTransaction(commit)
+}
+
 // savedSetting is the transaction's view of a setting when a savepoint was taken: ROLLBACK TO
 // returns to it.
 type savedSetting struct {

@@ -70,3 +70,43 @@ func TestExpandUser(t *testing.T) {
 		}
 	}
 }
+
+// TestUserState: the current user is the role while one is set, else the session user; SET
+// SESSION AUTHORIZATION sets the role to none; RESET ROLE returns to the default role, which a
+// login's ALTER ROLE ... SET role can make another role than none.
+func TestUserState(t *testing.T) {
+	role := func(v string, reset bool) router.SettingChange {
+		return router.SettingChange{Setting: router.SettingRole, Value: v, Reset: reset}
+	}
+	auth := func(v string, reset bool) router.SettingChange {
+		return router.SettingChange{Setting: router.SettingSessionAuthorization, Value: v, Reset: reset}
+	}
+	u := newUserState("alice", "alice")
+	steps := []struct {
+		changes []router.SettingChange
+		want    string
+	}{
+		{nil, "alice"},
+		{[]router.SettingChange{role("r1", false)}, "r1"},
+		{[]router.SettingChange{auth("bob", false), role("", false)}, "bob"},
+		{[]router.SettingChange{role("", true)}, "bob"},
+		{[]router.SettingChange{auth("", true), role("", false)}, "alice"},
+	}
+	for i, s := range steps {
+		for _, c := range s.changes {
+			u.apply(c)
+		}
+		if got := u.current(); got != s.want {
+			t.Fatalf("step %d: current user %q, want %q", i, got, s.want)
+		}
+	}
+	d := newUserState("alice", "admins") // ALTER ROLE alice SET role = admins
+	d.apply(role("", false))             // SET ROLE NONE
+	if got := d.current(); got != "alice" {
+		t.Fatalf("SET ROLE NONE: %q, want alice", got)
+	}
+	d.apply(role("", true)) // RESET ROLE
+	if got := d.current(); got != "admins" {
+		t.Fatalf("RESET ROLE: %q, want the default role admins", got)
+	}
+}

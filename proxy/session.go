@@ -67,7 +67,7 @@ type session struct {
 	serverFatal bool         // the server sent FATAL: its EOF is expected
 	gate        *gate        // a routed batch whose fallback is still possible (gate.go)
 	path        settingState // the session's search_path, for planning
-	role        settingState // the current role, for "$user" in the search_path
+	role        userState    // the current user, for "$user" in the search_path
 	tx          txOutcome    // how the current transaction ends, for path and role
 	pathWarned  bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
@@ -108,7 +108,7 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
-	s.user, s.path, s.role = params["user"], newSettingState(searchPathOf(params)), newSettingState(params["user"])
+	s.user, s.path, s.role = params["user"], newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"])
 	s.database = params["database"]
 	if s.database == "" {
 		s.database = s.user // Postgres's default
@@ -373,7 +373,7 @@ func (s *session) relayAuth() bool {
 // client's first statement: role and database defaults (ALTER ROLE ... SET search_path) apply at
 // startup, and planning must resolve names (and "$user") the way the server will.
 func (s *session) learnSearchPath() bool {
-	s.toServer('Q', queryBody("SELECT pg_catalog.current_setting('search_path'), current_user"))
+	s.toServer('Q', queryBody("SELECT pg_catalog.current_setting('search_path'), session_user, current_user"))
 	if s.flushServer() != nil {
 		s.fatalToClient(codeConnectionFailure, fmt.Sprintf("pgcanary lost upstream %s during startup", s.srv.upstream.Addr))
 		return false
@@ -387,8 +387,8 @@ func (s *session) learnSearchPath() bool {
 		switch typ {
 		case 'D':
 			var row pgproto3.DataRow
-			if err := row.Decode(body); err == nil && len(row.Values) == 2 && row.Values[0] != nil && row.Values[1] != nil {
-				s.path, s.role = newSettingState(string(row.Values[0])), newSettingState(string(row.Values[1]))
+			if err := row.Decode(body); err == nil && len(row.Values) == 3 && row.Values[0] != nil && row.Values[1] != nil && row.Values[2] != nil {
+				s.path, s.role = newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2]))
 			}
 		case 'E':
 			s.log.Warn("reading the session's search_path", "err", errorMessage(body))

@@ -11,6 +11,9 @@ import (
 const (
 	SettingSearchPath = "search_path"
 	SettingRole       = "role"
+	// SettingSessionAuthorization is the session user, who is the current user while no role is
+	// set (SET SESSION AUTHORIZATION also sets the role to none).
+	SettingSessionAuthorization = "session_authorization"
 )
 
 // ChangeOp is what a SettingChange does.
@@ -27,9 +30,9 @@ const (
 // that scope such effects inside a transaction.
 type SettingChange struct {
 	Op      ChangeOp
-	Setting string // ChangeSet: SettingSearchPath or SettingRole
-	// Value is the new value; Reset means "back to the session default" (RESET, SET ... TO
-	// DEFAULT, RESET ALL, DISCARD ALL, SET ROLE NONE).
+	Setting string // ChangeSet: SettingSearchPath, SettingRole or SettingSessionAuthorization
+	// Value is the new value ("" for the role means none: SET ROLE NONE); Reset means "back to
+	// the session default" (RESET, SET ... TO DEFAULT, RESET ALL, DISCARD ALL).
 	Value string
 	Reset bool
 	// Unknown: the statement sets the value to something its text does not tell (set_config with
@@ -71,7 +74,7 @@ func SessionChangesOf(sql string) SessionChanges {
 			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
 				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others.
 				out.Settings = append(out.Settings, SettingChange{Setting: SettingSearchPath, Reset: true},
-					SettingChange{Setting: SettingRole, Reset: true})
+					SettingChange{Setting: SettingSessionAuthorization, Reset: true}, SettingChange{Setting: SettingRole, Reset: true})
 				out.DeallocateAll = true
 			}
 		case *pg_query.Node_DeallocateStmt:
@@ -164,9 +167,7 @@ func isWordByte(b byte) bool {
 func settingChanges(v *pg_query.VariableSetStmt) []SettingChange {
 	name := strings.ToLower(v.Name)
 	switch name {
-	case "session_authorization":
-		name = SettingRole // it also resets the role: the current user becomes the named one
-	case SettingSearchPath, SettingRole:
+	case SettingSearchPath, SettingRole, SettingSessionAuthorization:
 	default:
 		if v.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
 			// RESET ALL leaves the role alone (Postgres exempts it).
@@ -184,12 +185,17 @@ func settingChanges(v *pg_query.VariableSetStmt) []SettingChange {
 		case !ok:
 			c.Unknown = true
 		case name == SettingRole && strings.EqualFold(value, "none"):
-			c.Reset = true // SET ROLE NONE: back to the session user
+			// SET ROLE NONE: no role, so the session user (RESET ROLE returns to the default,
+			// which ALTER ROLE ... SET role can make another role).
 		default:
 			c.Value = value
 		}
 	default:
 		return nil
+	}
+	if name == SettingSessionAuthorization {
+		// The named user becomes the current user too: the role is set to none.
+		return []SettingChange{c, {Setting: SettingRole, Local: c.Local}}
 	}
 	return []SettingChange{c}
 }
@@ -203,7 +209,7 @@ func setValue(name string, args []*pg_query.Node) (string, bool) {
 		if c == nil || c.GetSval() == nil {
 			return "", false
 		}
-		if name == SettingRole {
+		if name == SettingRole || name == SettingSessionAuthorization {
 			return c.GetSval().Sval, len(args) == 1
 		}
 		items = append(items, quoteIdentIfNeeded(c.GetSval().Sval))
@@ -230,7 +236,7 @@ func setConfigChanges(stmt *pg_query.Node) []SettingChange {
 	for _, fc := range calls {
 		name, nameKnown := constText(fc.Args, 0)
 		name = strings.ToLower(name)
-		if nameKnown && name != SettingSearchPath && name != SettingRole {
+		if nameKnown && name != SettingSearchPath && name != SettingRole && name != SettingSessionAuthorization {
 			continue
 		}
 		value, valueKnown := constText(fc.Args, 1)
@@ -239,13 +245,16 @@ func setConfigChanges(stmt *pg_query.Node) []SettingChange {
 		case !nameKnown:
 			// It may set either.
 			out = append(out, SettingChange{Setting: SettingSearchPath, Unknown: true},
-				SettingChange{Setting: SettingRole, Unknown: true})
+				SettingChange{Setting: SettingRole, Unknown: true}, SettingChange{Setting: SettingSessionAuthorization, Unknown: true})
 		case !plain || !valueKnown || !localKnown:
 			out = append(out, SettingChange{Setting: name, Unknown: true, Local: localKnown && local})
 		case name == SettingRole && strings.EqualFold(value, "none"):
-			out = append(out, SettingChange{Setting: name, Reset: true, Local: local})
+			out = append(out, SettingChange{Setting: name, Local: local})
 		default:
 			out = append(out, SettingChange{Setting: name, Value: value, Local: local})
+		}
+		if name == SettingSessionAuthorization && plain && valueKnown && localKnown {
+			out = append(out, SettingChange{Setting: SettingRole, Local: local})
 		}
 	}
 	return out

@@ -9,6 +9,7 @@ func TestSessionChangesOf(t *testing.T) {
 	type sc = SettingChange
 	path := func(c sc) sc { c.Setting = SettingSearchPath; return c }
 	role := func(c sc) sc { c.Setting = SettingRole; return c }
+	auth := func(c sc) sc { c.Setting = SettingSessionAuthorization; return c }
 	set := func(cs ...sc) SessionChanges { return SessionChanges{Settings: cs} }
 	cases := []struct {
 		sql  string
@@ -24,7 +25,7 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SET search_path TO DEFAULT", set(path(sc{Reset: true}))},
 		{"RESET ALL", set(path(sc{Reset: true}))},
 		{"SET statement_timeout = 5", SessionChanges{}},
-		{"DISCARD ALL", SessionChanges{Settings: []sc{path(sc{Reset: true}), role(sc{Reset: true})}, DeallocateAll: true}},
+		{"DISCARD ALL", SessionChanges{Settings: []sc{path(sc{Reset: true}), auth(sc{Reset: true}), role(sc{Reset: true})}, DeallocateAll: true}},
 		{"DISCARD PLANS", SessionChanges{}},
 		{"DEALLOCATE s1; DEALLOCATE PREPARE s2", SessionChanges{Deallocate: []string{"s1", "s2"}}},
 		{"DEALLOCATE ALL", SessionChanges{DeallocateAll: true}},
@@ -32,10 +33,13 @@ func TestSessionChangesOf(t *testing.T) {
 		// the role, for "$user"
 		{"SET ROLE tenant_7", set(role(sc{Value: "tenant_7"}))},
 		{"SET LOCAL ROLE tenant_7", set(role(sc{Value: "tenant_7", Local: true}))},
-		{"SET ROLE NONE", set(role(sc{Reset: true}))},
+		{"SET ROLE NONE", set(role(sc{}))},
 		{"RESET ROLE", set(role(sc{Reset: true}))},
-		{"SET SESSION AUTHORIZATION bob", set(role(sc{Value: "bob"}))},
-		{"SET SESSION AUTHORIZATION DEFAULT", set(role(sc{Reset: true}))},
+		{"SET SESSION AUTHORIZATION bob", set(auth(sc{Value: "bob"}), role(sc{}))},
+		{"SET SESSION AUTHORIZATION DEFAULT", set(auth(sc{Reset: true}), role(sc{}))},
+		{"RESET SESSION AUTHORIZATION", set(auth(sc{Reset: true}), role(sc{}))},
+		{"SET LOCAL SESSION AUTHORIZATION bob", set(auth(sc{Value: "bob", Local: true}), role(sc{Local: true}))},
+		{"SELECT set_config('session_authorization', 'bob', false)", set(auth(sc{Value: "bob"}), role(sc{}))},
 		{"SELECT role FROM members", SessionChanges{}},
 		// savepoints scope the changes made after them
 		{"SAVEPOINT a; SET search_path = x; ROLLBACK TO SAVEPOINT a; RELEASE a", set(sc{Op: ChangeSavepoint, Savepoint: "a"},
@@ -45,11 +49,11 @@ func TestSessionChangesOf(t *testing.T) {
 		// set_config: known only as a plain SELECT of constant calls
 		{"SELECT set_config('search_path', 'tenant_1, public', false)", set(path(sc{Value: "tenant_1, public"}))},
 		{"select pg_catalog.set_config('search_path', 'x', true)", set(path(sc{Value: "x", Local: true}))},
-		{"SELECT set_config('role', 'none', false)", set(role(sc{Reset: true}))},
+		{"SELECT set_config('role', 'none', false)", set(role(sc{}))},
 		{"SELECT set_config('statement_timeout', '5s', false)", SessionChanges{}},
 		{"SELECT set_config('search_path', $1, false)", set(path(sc{Unknown: true}))},
 		{"SELECT set_config('search_path', 'x', $1)", set(path(sc{Unknown: true}))},
-		{"SELECT set_config($1, 'x', false)", set(path(sc{Unknown: true}), role(sc{Unknown: true}))},
+		{"SELECT set_config($1, 'x', false)", set(path(sc{Unknown: true}), role(sc{Unknown: true}), auth(sc{Unknown: true}))},
 		{"SELECT set_config('search_path', s, false) FROM tenants WHERE id = 1", set(path(sc{Unknown: true}))},
 		{"SELECT 1 WHERE false AND set_config('search_path', 'x', true) IS NULL", set(path(sc{Unknown: true, Local: true}))},
 	}

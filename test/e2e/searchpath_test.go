@@ -103,6 +103,17 @@ func TestSearchPathTracking(t *testing.T) {
 		check(conn, `SET ROLE with "$user" on the path`, "role schema row", mode)
 		exec(conn, "RESET ROLE", mode)
 		check(conn, "after RESET ROLE", public, mode)
+		// SET SESSION AUTHORIZATION makes the named user the current user, and RESET ROLE keeps
+		// it (the role returns to none, and the session user is the current user).
+		exec(conn, "SET SESSION AUTHORIZATION pgc_tenant_r", mode)
+		check(conn, `SET SESSION AUTHORIZATION with "$user" on the path`, "role schema row", mode)
+		exec(conn, "RESET ROLE", mode)
+		check(conn, "RESET ROLE after SET SESSION AUTHORIZATION", "role schema row", mode)
+		exec(conn, "RESET SESSION AUTHORIZATION", mode)
+		check(conn, "after RESET SESSION AUTHORIZATION", public, mode)
+		exec(conn, "SET ROLE pgc_tenant_r", mode)
+		exec(conn, "SET ROLE NONE", mode)
+		check(conn, "after SET ROLE NONE", public, mode)
 
 		// A computed value cannot be followed: statements are relayed as written (Postgres resolves
 		// the names) and writes go unmirrored, counted, until the path is set plainly again.
