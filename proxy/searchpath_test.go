@@ -90,7 +90,7 @@ func TestUserState(t *testing.T) {
 		{[]router.SettingChange{role("r1", false)}, "r1"},
 		{[]router.SettingChange{auth("bob", false), role("", false)}, "bob"},
 		{[]router.SettingChange{role("", true)}, "bob"},
-		{[]router.SettingChange{auth("", true), role("", false)}, "alice"},
+		{[]router.SettingChange{auth("", true), role("", true)}, "alice"},
 	}
 	for i, s := range steps {
 		for _, c := range s.changes {
@@ -108,5 +108,18 @@ func TestUserState(t *testing.T) {
 	d.apply(role("", true)) // RESET ROLE
 	if got := d.current(); got != "admins" {
 		t.Fatalf("RESET ROLE: %q, want the default role admins", got)
+	}
+	// As PostgreSQL 15 does: SET SESSION AUTHORIZATION sets the role to none, and RESET SESSION
+	// AUTHORIZATION brings back the default role, even after SET ROLE NONE.
+	d.apply(role("", false))
+	d.apply(auth("bob", false))
+	d.apply(role("", false))
+	if got := d.current(); got != "bob" {
+		t.Fatalf("SET SESSION AUTHORIZATION bob: %q, want bob", got)
+	}
+	d.apply(auth("", true))
+	d.apply(role("", true))
+	if got := d.current(); got != "admins" {
+		t.Fatalf("RESET SESSION AUTHORIZATION: %q, want the default role admins", got)
 	}
 }

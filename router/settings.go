@@ -72,7 +72,8 @@ func SessionChangesOf(sql string) SessionChanges {
 			out.Settings = append(out.Settings, settingChanges(n.VariableSetStmt)...)
 		case *pg_query.Node_DiscardStmt:
 			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
-				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others.
+				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others, which
+				// brings back the default role too (checked against PostgreSQL 15).
 				out.Settings = append(out.Settings, SettingChange{Setting: SettingSearchPath, Reset: true},
 					SettingChange{Setting: SettingSessionAuthorization, Reset: true}, SettingChange{Setting: SettingRole, Reset: true})
 				out.DeallocateAll = true
@@ -194,8 +195,9 @@ func settingChanges(v *pg_query.VariableSetStmt) []SettingChange {
 		return nil
 	}
 	if name == SettingSessionAuthorization {
-		// The named user becomes the current user too: the role is set to none.
-		return []SettingChange{c, {Setting: SettingRole, Local: c.Local}}
+		// The named user becomes the current user too: the role is set to none. Back to the
+		// default, the role returns to its default as well (checked against PostgreSQL 15).
+		return []SettingChange{c, {Setting: SettingRole, Local: c.Local, Reset: c.Reset}}
 	}
 	return []SettingChange{c}
 }

@@ -138,6 +138,27 @@ func TestSearchPathTracking(t *testing.T) {
 		exec(conn, "RESET search_path", mode)
 	}
 
+	// A login's default role (ALTER ROLE ... SET role) is the current user from startup; SET
+	// SESSION AUTHORIZATION sets the role to none; RESET SESSION AUTHORIZATION and DISCARD ALL bring
+	// the default role back, as PostgreSQL does.
+	_ = cluster.Exec(ctx, "drop role if exists pgc_default_su")
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop role if exists pgc_default_su") })
+	if err := cluster.Exec(ctx, `create role pgc_default_su login superuser; grant pgc_tenant_r to pgc_default_su;
+		alter role pgc_default_su set role = pgc_tenant_r`); err != nil {
+		t.Fatal(err)
+	}
+	su := connectDSN(t, dsn("pgc_default_su", ""))
+	simple := pgx.QueryExecModeSimpleProtocol
+	check(su, "default role at startup", "role schema row", simple)
+	exec(su, "SET SESSION AUTHORIZATION "+pgtest.SuperUser, simple)
+	check(su, "SET SESSION AUTHORIZATION", public, simple)
+	exec(su, "RESET SESSION AUTHORIZATION", simple)
+	check(su, "RESET SESSION AUTHORIZATION brings back the default role", "role schema row", simple)
+	exec(su, "SET ROLE NONE", simple)
+	check(su, "SET ROLE NONE", public, simple)
+	exec(su, "DISCARD ALL", simple)
+	check(su, "DISCARD ALL brings back the default role", "role schema row", simple)
+
 	// A database default applies at startup.
 	direct := connectDSN(t, cluster.DSN(pgtest.SuperUser, ""))
 	if _, err := direct.Exec(ctx, "ALTER DATABASE search_path SET search_path = app, public"); err != nil {
