@@ -158,9 +158,9 @@ func flattenRead(stmt *pg_query.Node, refs []reference) bool {
 	}
 
 	// The select list's output names, as Postgres figures them; a name that came from a column
-	// reference is written out, because the reference is about to become an expression.
+	// reference is written out, because the reference is about to become an expression. (c is a
+	// copy: changes made before a check fails are dropped with it.)
 	var outputs []string
-	named := map[*pg_query.ResTarget]string{}
 	skip := map[*pg_query.ColumnRef]bool{}
 	for _, t := range sel.TargetList {
 		rt := t.GetResTarget()
@@ -182,7 +182,7 @@ func flattenRead(stmt *pg_query.Node, refs []reference) bool {
 		}
 		outputs = append(outputs, name)
 		if fromColumn {
-			named[rt] = name
+			rt.Name = name
 		}
 	}
 	isOutput := func(name string) bool {
@@ -254,9 +254,6 @@ func flattenRead(stmt *pg_query.Node, refs []reference) bool {
 		return false
 	}
 
-	for rt, name := range named {
-		rt.Name = name
-	}
 	for _, s := range sites {
 		s.n.Node = proto.Clone(f.cols[s.col]).(*pg_query.Node).Node
 	}
