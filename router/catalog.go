@@ -2,6 +2,7 @@ package router
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -125,7 +126,15 @@ func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_quer
 			}
 			expr = pgx.Identifier{col.Name}.Sanitize()
 		}
-		items = append(items, fmt.Sprintf("(%s)::%s AS %s", expr, col.TypeSQL, pgx.Identifier{col.Name}.Sanitize()))
+		alias := pgx.Identifier{col.Name}.Sanitize()
+		if nc := columnNamed(mc.New, expr); nc != nil && nc.TypeOID == col.TypeOID && nc.Typmod == col.Typmod {
+			// A new column of exactly the old type needs no cast: Postgres drops such a no-op
+			// cast at parse analysis, but only after looking the type name up at every parse of
+			// an unnamed statement; the text is also easier to read.
+			items = append(items, fmt.Sprintf("%s AS %s", expr, alias))
+			continue
+		}
+		items = append(items, fmt.Sprintf("(%s)::%s AS %s", expr, col.TypeSQL, alias))
 	}
 	sql := "SELECT " + strings.Join(items, ", ") + " FROM " + mc.New.QuotedName()
 	tree, err := pg_query.Parse(sql)
@@ -136,6 +145,19 @@ func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_quer
 		return nil, fmt.Errorf("projection of %s is not a single SELECT", m.Name)
 	}
 	return tree.Stmts[0].Stmt, nil
+}
+
+// plainIdent matches a read expression that is only a column name, bare or quoted.
+var plainIdent = regexp.MustCompile(`^(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")$`)
+
+// columnNamed returns the column of rel that expr names when expr is only a column name.
+func columnNamed(rel *config.Relation, expr string) *config.Column {
+	expr = strings.TrimSpace(expr)
+	if !plainIdent.MatchString(expr) {
+		return nil
+	}
+	c, _ := rel.Column(config.UnquoteIdent(expr))
+	return c
 }
 
 // resolve finds the migration whose old relation a reference names, under searchPath.

@@ -597,12 +597,12 @@ func negativeControls(t *testing.T, ctx context.Context, env *equivEnv, corpus [
 		name, sql, from, to, want string
 	}{
 		{"column-name", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "AS full_name FROM", "AS name FROM", "column names differ"},
-		{"type-oid", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id::bigint AS id", "id::int AS id", "column type OIDs differ"},
-		{"param-type", "SELECT id FROM users WHERE id = $1", "WHERE id::bigint = $1", "WHERE id::bigint = $1::int", "parameter type OIDs differ"},
-		{"missing-row", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id::bigint <= 10", "id::bigint <= 9", "rows differ"},
+		{"type-oid", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "SELECT id,", "SELECT id::int AS id,", "column type OIDs differ"},
+		{"param-type", "SELECT id FROM users WHERE id = $1", "WHERE id = $1", "WHERE id = $1::int", "parameter type OIDs differ"},
+		{"missing-row", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "id <= 10", "id <= 9", "rows differ"},
 		{"row-order", "SELECT id, full_name FROM users WHERE id <= 10 ORDER BY id", "ORDER BY id", "ORDER BY id DESC", "same rows, other order"},
-		{"null-vs-empty", "SELECT id, note FROM orders WHERE id <= 10", "note::text AS note", "coalesce(note, '')::text AS note", "rows differ"},
-		{"duplicate-row", "SELECT tier FROM users WHERE id <= 6", "WHERE id::bigint <= 6", "WHERE id::bigint <= 6 UNION ALL SELECT 'free'::public.user_tier", "rows differ"},
+		{"null-vs-empty", "SELECT id, note FROM orders WHERE id <= 10", "note FROM", "coalesce(note, '')::text AS note FROM", "rows differ"},
+		{"duplicate-row", "SELECT tier FROM users WHERE id <= 6", "WHERE id <= 6", "WHERE id <= 6 UNION ALL SELECT 'free'::public.user_tier", "rows differ"},
 	}
 	for _, tc := range tampers {
 		t.Run("tampered-"+tc.name, func(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 // to the old type, and the relation by the new one:
 //
 //	SELECT full_name FROM users WHERE id = $1
-//	→ SELECT concat_ws(' ', first_name, last_name)::text AS full_name FROM public.users_v2 users WHERE id::bigint = $1
+//	→ SELECT concat_ws(' ', first_name, last_name)::text AS full_name FROM public.users_v2 users WHERE id = $1
 //
 // It is exactly Postgres's own pull-up, so it is done only where Postgres would do it (no
 // volatile or set-returning read expression: the read expression must be built from known
@@ -268,6 +268,15 @@ func flattenRead(stmt *pg_query.Node, refs []reference) bool {
 			continue
 		}
 		targets = append(targets, t)
+	}
+	for _, t := range targets {
+		// A column read as itself names its output already: `email`, not `email AS email`.
+		rt := t.GetResTarget()
+		if cr := rt.GetVal().GetColumnRef(); cr != nil {
+			if names := columnRefNames(cr); len(names) == 1 && names[0] == rt.GetName() {
+				rt.Name = ""
+			}
+		}
 	}
 	sel.TargetList = targets
 	rel := proto.Clone(f.newRel).(*pg_query.RangeVar)

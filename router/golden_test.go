@@ -17,7 +17,9 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden with the plan
 // testCatalog mirrors examples/schema.sql without a database: users → users_v2 (a new table) and
 // orders.amount_cents (new columns of the same table), plus a same-named users in schema other.
 func testCatalog() *Catalog {
-	col := func(name, typ string) config.Column { return config.Column{Name: name, TypeName: typ, TypeSQL: typ} }
+	col := func(name, typ string) config.Column {
+		return config.Column{Name: name, TypeName: typ, TypeSQL: typ, TypeOID: testTypeOIDs[typ], Typmod: -1}
+	}
 	users := &config.Relation{OID: 1, Schema: "public", Name: "users", PrimaryKey: []string{"id"}, NameSchemas: []string{"other", "public"}, Columns: []config.Column{
 		col("id", "bigint"), col("full_name", "text"), col("email", "text"), col("active", "boolean"),
 		col("tier", "public.user_tier"), col("created_at", "timestamp with time zone"),
@@ -41,6 +43,13 @@ func testCatalog() *Catalog {
 		"orders-cents":     {Old: orders, New: orders},
 	}}
 	return NewCatalog(gen)
+}
+
+// testTypeOIDs stands in for pg_type: distinct types must have distinct OIDs, since the planner
+// casts a column only when the types differ.
+var testTypeOIDs = map[string]uint32{
+	"boolean": 16, "bigint": 20, "integer": 23, "text": 25, "numeric(12,2)": 1700, "timestamp with time zone": 1184,
+	"public.user_tier": 90001, "public.order_status": 90002,
 }
 
 // TestGolden runs testdata/*.golden: cases separated by a line "====", each an optional

@@ -8,6 +8,8 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pgcanary/pgcanary/config"
 )
 
 func TestPlanCacheAndMetrics(t *testing.T) {
@@ -137,8 +139,8 @@ func TestPlanByShape(t *testing.T) {
 	if p.shapes.Len() != 1 || p.cache.Len() != 0 || p.instances.Len() != 2 {
 		t.Fatalf("shapes %d, exact %d, instances %d: want one shape, two instances, no exact plans", p.shapes.Len(), p.cache.Len(), p.instances.Len())
 	}
-	if !strings.Contains(a.Statements[0].Read.SQL, "id::bigint = 5 AND email::text = 'a''b@x'") ||
-		!strings.Contains(b.Statements[0].Read.SQL, "id::bigint = -17 AND email::text = E'c\\nd'") {
+	if !strings.Contains(a.Statements[0].Read.SQL, "id = 5 AND email = 'a''b@x'") ||
+		!strings.Contains(b.Statements[0].Read.SQL, "id = -17 AND email = E'c\\nd'") {
 		t.Fatalf("literals not restored:\n%s\n%s", a.Statements[0].Read.SQL, b.Statements[0].Read.SQL)
 	}
 	if a.Statements[0].SQL != "SELECT full_name FROM users WHERE id = 5 AND email = 'a''b@x'" {
@@ -225,10 +227,39 @@ func TestLockingReadCompareForm(t *testing.T) {
 	if strings.Contains(c.OldSQL, "FOR UPDATE") || strings.Contains(c.SQL, "FOR UPDATE") || !c.Ordered {
 		t.Fatalf("compare forms keep locks or lost ORDER BY:\n%s\n%s", c.OldSQL, c.SQL)
 	}
-	if !strings.Contains(c.OldSQL, "id = 7") || !strings.Contains(c.SQL, "users_v2") || !strings.Contains(c.SQL, "id::bigint = 7") {
+	if !strings.Contains(c.OldSQL, "id = 7") || !strings.Contains(c.SQL, "users_v2") || !strings.Contains(c.SQL, "id = 7") {
 		t.Fatalf("compare forms:\n%s\n%s", c.OldSQL, c.SQL)
 	}
 	if st := p.Plan(cat, "public", "u", "SELECT ctid FROM users FOR SHARE").Statements[0]; st.Compare != nil {
 		t.Fatal("a read with a system column got comparison forms")
+	}
+}
+
+// TestProjectionCastsOnlyWhatDiffers: a new column of exactly the old type and modifier is read
+// as it is; another modifier, another type or an expression gets the cast to the old type.
+func TestProjectionCastsOnlyWhatDiffers(t *testing.T) {
+	col := func(name, typ string, oid uint32, typmod int32) config.Column {
+		return config.Column{Name: name, TypeName: typ, TypeSQL: typ, TypeOID: oid, Typmod: typmod}
+	}
+	old := &config.Relation{OID: 1, Schema: "public", Name: "t", PrimaryKey: []string{"id"}, NameSchemas: []string{"public"}, Columns: []config.Column{
+		col("id", "integer", 23, -1), col("code", "character varying(20)", 1043, 24), col("label", "text", 25, -1),
+		col("Note", "text", 25, -1), col("n", "integer", 23, -1), col("title", "text", 25, -1),
+	}}
+	neu := &config.Relation{OID: 2, Schema: "public", Name: "t2", NameSchemas: []string{"public"}, Columns: []config.Column{
+		col("id", "integer", 23, -1), col("code", "character varying(50)", 1043, 54), col("caption", "text", 25, -1),
+		col("Note", "text", 25, -1), col("n", "bigint", 20, -1), col("title", "text", 25, -1),
+	}}
+	gen := &config.Generation{Number: 1, Config: &config.Config{Migrations: []config.Migration{
+		{Name: "m", Old: "public.t", New: "public.t2", Key: []string{"id"},
+			Read: map[string]string{"label": "caption", "title": "upper(title)"}},
+	}}, Catalog: config.Catalog{"m": {Old: old, New: neu}}}
+	p, _ := NewPlanner(100, nil)
+	st := p.Plan(NewCatalog(gen), "public", "u", `SELECT id, code, label, "Note", n, title FROM t`).Statements[0]
+	if st.Read == nil {
+		t.Fatal("not planned as a read")
+	}
+	const want = `SELECT id, code::varchar(20) AS code, caption AS label, "Note", n::int AS n, upper(title)::text AS title FROM public.t2 t`
+	if st.Read.SQL != want {
+		t.Fatalf("read form\n got %s\nwant %s", st.Read.SQL, want)
 	}
 }
