@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pgcanary/pgcanary/config"
 )
@@ -134,6 +135,10 @@ func buildProjection(m *config.Migration, mc *config.MigrationCatalog) (*pg_quer
 			items = append(items, fmt.Sprintf("%s AS %s", expr, alias))
 			continue
 		}
+		if castsTo(expr, col.TypeSQL) {
+			items = append(items, fmt.Sprintf("(%s) AS %s", expr, alias)) // cast by the user already
+			continue
+		}
 		items = append(items, fmt.Sprintf("(%s)::%s AS %s", expr, col.TypeSQL, alias))
 	}
 	sql := "SELECT " + strings.Join(items, ", ") + " FROM " + mc.New.QuotedName()
@@ -158,6 +163,31 @@ func columnNamed(rel *config.Relation, expr string) *config.Column {
 	}
 	c, _ := rel.Column(config.UnquoteIdent(expr))
 	return c
+}
+
+// castsTo reports whether expr ends in a cast to exactly typ, as the parser spells both.
+func castsTo(expr, typ string) bool {
+	tree, err := pg_query.Parse(fmt.Sprintf("SELECT (%s), NULL::%s", expr, typ))
+	if err != nil || len(tree.Stmts) != 1 {
+		return false
+	}
+	targets := tree.Stmts[0].Stmt.GetSelectStmt().GetTargetList()
+	if len(targets) != 2 {
+		return false
+	}
+	a := targets[0].GetResTarget().GetVal().GetTypeCast()
+	b := targets[1].GetResTarget().GetVal().GetTypeCast()
+	if a == nil || b == nil {
+		return false
+	}
+	ta, tb := proto.Clone(a.TypeName).(*pg_query.TypeName), proto.Clone(b.TypeName).(*pg_query.TypeName)
+	ta.Location, tb.Location = 0, 0
+	for _, m := range append(ta.Typmods, tb.Typmods...) {
+		if c := m.GetAConst(); c != nil {
+			c.Location = 0
+		}
+	}
+	return proto.Equal(ta, tb)
 }
 
 // resolve finds the migration whose old relation a reference names, under searchPath.

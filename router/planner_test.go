@@ -236,7 +236,8 @@ func TestLockingReadCompareForm(t *testing.T) {
 }
 
 // TestProjectionCastsOnlyWhatDiffers: a new column of exactly the old type and modifier is read
-// as it is; another modifier, another type or an expression gets the cast to the old type.
+// as it is; another modifier, another type or an expression gets the cast to the old type, unless
+// the expression ends in that very cast.
 func TestProjectionCastsOnlyWhatDiffers(t *testing.T) {
 	col := func(name, typ string, oid uint32, typmod int32) config.Column {
 		return config.Column{Name: name, TypeName: typ, TypeSQL: typ, TypeOID: oid, Typmod: typmod}
@@ -244,6 +245,7 @@ func TestProjectionCastsOnlyWhatDiffers(t *testing.T) {
 	old := &config.Relation{OID: 1, Schema: "public", Name: "t", PrimaryKey: []string{"id"}, NameSchemas: []string{"public"}, Columns: []config.Column{
 		col("id", "integer", 23, -1), col("code", "character varying(20)", 1043, 24), col("label", "text", 25, -1),
 		col("Note", "text", 25, -1), col("n", "integer", 23, -1), col("title", "text", 25, -1),
+		col("short", "character varying(20)", 1043, 24), col("shorter", "character varying(20)", 1043, 24),
 	}}
 	neu := &config.Relation{OID: 2, Schema: "public", Name: "t2", NameSchemas: []string{"public"}, Columns: []config.Column{
 		col("id", "integer", 23, -1), col("code", "character varying(50)", 1043, 54), col("caption", "text", 25, -1),
@@ -251,14 +253,16 @@ func TestProjectionCastsOnlyWhatDiffers(t *testing.T) {
 	}}
 	gen := &config.Generation{Number: 1, Config: &config.Config{Migrations: []config.Migration{
 		{Name: "m", Old: "public.t", New: "public.t2", Key: []string{"id"},
-			Read: map[string]string{"label": "caption", "title": "upper(title)"}},
+			Read: map[string]string{"label": "caption", "title": "upper(title)",
+				"short": "upper(caption)::varchar(20)", "shorter": "upper(caption)::varchar(10)"}},
 	}}, Catalog: config.Catalog{"m": {Old: old, New: neu}}}
 	p, _ := NewPlanner(100, nil)
-	st := p.Plan(NewCatalog(gen), "public", "u", `SELECT id, code, label, "Note", n, title FROM t`).Statements[0]
+	st := p.Plan(NewCatalog(gen), "public", "u", `SELECT id, code, label, "Note", n, title, short, shorter FROM t`).Statements[0]
 	if st.Read == nil {
 		t.Fatal("not planned as a read")
 	}
-	const want = `SELECT id, code::varchar(20) AS code, caption AS label, "Note", n::int AS n, upper(title)::text AS title FROM public.t2 t`
+	const want = `SELECT id, code::varchar(20) AS code, caption AS label, "Note", n::int AS n, upper(title)::text AS title, ` +
+		`upper(caption)::varchar(20) AS short, upper(caption)::varchar(10)::varchar(20) AS shorter FROM public.t2 t`
 	if st.Read.SQL != want {
 		t.Fatalf("read form\n got %s\nwant %s", st.Read.SQL, want)
 	}
