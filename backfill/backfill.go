@@ -84,6 +84,10 @@ type Result struct {
 	Resumed   []string `json:"resumed_from"` // the checkpoint key this run started after; null from the start
 	LastKey   []string `json:"last_key"`
 	Done      bool     `json:"done"`
+	// NullKeyInOld counts the rows of the old relation with a NULL in a key column when the run
+	// started (possible with a unique index on nullable columns): no key names them, so they
+	// are skipped, not copied. Counted by one query, and only when a key column is nullable.
+	NullKeyInOld int64 `json:"null_key_in_old"`
 	// AlreadyDone: the checkpoint said a previous run finished, so nothing was copied.
 	AlreadyDone bool `json:"already_done,omitempty"`
 	Retries     int  `json:"retries,omitempty"`     // chunks retried after a deadlock or lock timeout

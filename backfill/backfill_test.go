@@ -3,8 +3,10 @@ package backfill
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
 	"sync"
@@ -134,7 +136,7 @@ func TestNewTable(t *testing.T) {
 	var progress []Progress
 	res := run(t, ctx, Options{Config: cfg, Migration: "users-split-name", InitialChunk: 64,
 		Progress: func(p Progress) { progress = append(progress, p) }})
-	if !res.Done || res.Rows != 300 || res.TotalRows != 300 || res.Resumed != nil || res.Chunks < 2 {
+	if !res.Done || res.Rows != 300 || res.TotalRows != 300 || res.Resumed != nil || res.Chunks < 2 || res.NullKeyInOld != 0 {
 		t.Fatalf("result %+v", res)
 	}
 	if d := queryInt(t, db, usersDiffer); d != 0 {
@@ -454,5 +456,104 @@ func TestChunkWaitsForWriter(t *testing.T) {
 				t.Fatal("the chunk overwrote the committed write with the value it had read before")
 			}
 		})
+	}
+}
+
+// TestNullKeys: rows whose key has a NULL (a unique index on nullable columns allows any number
+// of them) are named by no key. The walk skips them, even where a row comparison alone would not
+// ((1, NULL) > (0, 'c9') is true) and where NULL would sort first (the highest key); the run
+// counts them once, reports them in the result, the dry run and a warning, and copies every other
+// row. A NOT NULL key costs no count.
+func TestNullKeys(t *testing.T) {
+	db := createDB(t, "bf_null_keys")
+	exec1(t, db, `
+		create table items (tenant int not null, code text, v int not null, unique (tenant, code));
+		create table items_v2 (tenant int not null, code text not null, v2 int not null, primary key (tenant, code));
+		insert into items select g % 3, 'c' || g, g from generate_series(1, 100) g;
+		insert into items values (0, null, 1000), (1, null, 1001), (2, null, 1002);
+		create table tags (name text unique, label text, label_upper text);
+		insert into tags select 't' || g, 'l' || g, null from generate_series(1, 50) g;
+		insert into tags values (null, 'no name', null), (null, 'no name either', null);`)
+	cfg := parseConfig(t, db, `
+  - name: items
+    database: DB
+    old: items
+    new: items_v2
+    key: [tenant, code]
+    write: {v2: v * 2}
+    read: {v: v2 / 2}
+  - name: tags
+    database: DB
+    old: tags
+    new: tags
+    key: [name]
+    write: {label_upper: upper(label)}
+`)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		migration    string
+		rows, nulls  int64
+		copied, left string
+	}{
+		{"items", 100, 3, `select count(*) from items_v2 n join items o using (tenant, code) where n.v2 = o.v * 2`,
+			`select count(*) from items where code is null`},
+		{"tags", 50, 2, `select count(*) from tags where name is not null and label_upper = upper(label)`,
+			`select count(*) from tags where name is null and label_upper is null`},
+	} {
+		t.Run(tc.migration, func(t *testing.T) {
+			var dry bytes.Buffer
+			res := run(t, ctx, Options{Config: cfg, Migration: tc.migration, DryRun: true, Out: &dry})
+			want := fmt.Sprintf("skipped:     %d rows whose key has a NULL", tc.nulls)
+			if res.NullKeyInOld != tc.nulls || !strings.Contains(dry.String(), want) {
+				t.Fatalf("dry run: %d rows with a NULL key, want %d; output lacks %q?\n%s", res.NullKeyInOld, tc.nulls, want, dry.String())
+			}
+
+			// One chunk for everything (no lower bound: the row comparison with the upper bound
+			// alone would take (0, NULL)), then chunks of at most 7 rows, which cross from one
+			// tenant to the next with (1, NULL) within reach.
+			for _, chunks := range []Options{{}, {InitialChunk: 7, MinChunk: 1, MaxChunk: 7}} {
+				var logs bytes.Buffer
+				o := chunks
+				o.Config, o.Migration, o.Restart, o.Logger = cfg, tc.migration, true, slog.New(slog.NewTextHandler(&logs, nil))
+				res = run(t, ctx, o)
+				if !res.Done || res.Rows != tc.rows || res.NullKeyInOld != tc.nulls {
+					t.Fatalf("result %+v: want %d rows copied and %d with a NULL key counted", res, tc.rows, tc.nulls)
+				}
+				if n := queryInt(t, db, tc.copied); n != tc.rows {
+					t.Fatalf("%d rows copied correctly, want %d", n, tc.rows)
+				}
+				if n := queryInt(t, db, tc.left); n != tc.nulls {
+					t.Fatalf("%d rows with a NULL key left alone, want %d", n, tc.nulls)
+				}
+				if !strings.Contains(logs.String(), "level=WARN msg=\"backfill skips rows whose key has a NULL") ||
+					!strings.Contains(logs.String(), fmt.Sprintf("rows=%d", tc.nulls)) {
+					t.Fatalf("no warning naming %d rows:\n%s", tc.nulls, logs.String())
+				}
+			}
+			raw, err := json.Marshal(res)
+			if err != nil || !strings.Contains(string(raw), fmt.Sprintf(`"null_key_in_old":%d`, tc.nulls)) {
+				t.Fatalf("JSON %s (%v): want null_key_in_old", raw, err)
+			}
+			// A later run that has nothing left to copy still says what it skipped.
+			if again := run(t, ctx, Options{Config: cfg, Migration: tc.migration}); !again.AlreadyDone || again.NullKeyInOld != tc.nulls {
+				t.Fatalf("second run %+v", again)
+			}
+		})
+	}
+
+	// Without NULLs, nothing is counted; nor is anything with a NOT NULL key (no count query).
+	exec1(t, db, "delete from tags where name is null")
+	if res := run(t, ctx, Options{Config: cfg, Migration: "tags", Restart: true}); res.NullKeyInOld != 0 || res.Rows != 50 {
+		t.Fatalf("tags without NULL keys: %+v", res)
+	}
+	p, err := newPlan(&cfg.Migrations[0], &config.MigrationCatalog{Old: &config.Relation{Schema: "public", Name: "items",
+		Columns: []config.Column{{Name: "tenant", NotNull: true, TypeSQL: "integer"}, {Name: "code", NotNull: true, TypeSQL: "text"}, {Name: "v", NotNull: true, TypeSQL: "integer"}}},
+		New: &config.Relation{Schema: "public", Name: "items_v2",
+			Columns: []config.Column{{Name: "tenant", TypeSQL: "integer"}, {Name: "code", TypeSQL: "text"}, {Name: "v2", TypeSQL: "integer"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sql := p.nullKeySQL(); sql != "" || strings.Contains(p.first+p.upperSQL(), "is not null") {
+		t.Fatalf("a NOT NULL key: count %q, chunk\n%s", sql, p.first)
 	}
 }

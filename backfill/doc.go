@@ -21,4 +21,8 @@
 // a lost connection, a crash) resumes exactly after the last committed chunk, and running the
 // command again after it finished does nothing. The upsert makes re-copying a row harmless, so
 // --restart (start over from the first key) is always safe too.
+//
+// A row with a NULL in a key column (a unique index on nullable columns allows them) is named by
+// no key: the walk skips it, and the run counts such rows once (only when a key column is
+// nullable) and reports them in Result.NullKeyInOld and a warning.
 package backfill

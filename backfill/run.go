@@ -76,7 +76,31 @@ func (r *runner) prepare(ctx context.Context) error {
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("read the highest key of %s: %w", r.plan.old.Qualified(), err)
 	}
-	return r.estimate(ctx)
+	if err := r.countNullKeys(ctx); err != nil {
+		return err
+	}
+	if err := r.estimate(ctx); err != nil {
+		return err
+	}
+	r.total = max(0, r.total-r.res.NullKeyInOld) // the walk skips them
+	return nil
+}
+
+// countNullKeys counts the rows the walk skips because their key has a NULL, once per run, and
+// warns about them: they are not copied, and nothing else would tell.
+func (r *runner) countNullKeys(ctx context.Context) error {
+	sql := r.plan.nullKeySQL()
+	if sql == "" {
+		return nil // every key column is NOT NULL
+	}
+	if err := r.conn.QueryRow(ctx, sql).Scan(&r.res.NullKeyInOld); err != nil {
+		return fmt.Errorf("count rows of %s with a NULL key: %w", r.plan.old.Qualified(), err)
+	}
+	if n := r.res.NullKeyInOld; n > 0 {
+		r.opts.Logger.Warn("backfill skips rows whose key has a NULL: they are not copied", "migration", r.plan.migration,
+			"relation", r.plan.old.Qualified(), "nullable_key_columns", strings.Join(r.plan.nullable, ","), "rows", n)
+	}
+	return nil
 }
 
 // estimate reads the planner's row count of the old relation, counting when it is small or was
@@ -107,9 +131,16 @@ func (r *runner) dryRun() error {
 	fmt.Fprintf(w, "strategy:    %s\n", strategy)
 	fmt.Fprintf(w, "from:        %s (about %d rows)\n", p.old.Qualified(), r.total)
 	fmt.Fprintf(w, "key:         (%s), walked in this order\n", strings.Join(p.keys, ", "))
-	if r.upper == nil {
+	if r.res.NullKeyInOld > 0 {
+		fmt.Fprintf(w, "skipped:     %d rows whose key has a NULL (in %s): no key names them, so they are not copied\n",
+			r.res.NullKeyInOld, strings.Join(p.nullable, ", "))
+	}
+	switch {
+	case r.upper == nil && r.res.NullKeyInOld > 0:
+		fmt.Fprintf(w, "up to:       nothing: every row of %s has a NULL in its key\n", p.old.Qualified())
+	case r.upper == nil:
 		fmt.Fprintf(w, "up to:       nothing: %s is empty\n", p.old.Qualified())
-	} else {
+	default:
 		fmt.Fprintf(w, "up to:       key (%s), the highest now; rows inserted later are mirrored by the proxy\n", strings.Join(r.upper, ", "))
 	}
 	fmt.Fprintf(w, "write map:\n")

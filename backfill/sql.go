@@ -37,6 +37,9 @@ type plan struct {
 	keys      []string // key columns (unquoted) in chunk order
 	keyTypes  []string // their types in the old relation, schema-qualified (TypeSQL)
 	cols      []config.MappedColumn
+	// nullable lists the key columns (in key order) that may hold NULL in the old relation. A row
+	// with a NULL in its key is named by no key: the walk skips it, and Run counts it.
+	nullable []string
 	// The chunk statements: first has no lower bound, next starts after the last key. Parameters:
 	// the last key (next only), the upper bound key, then limit, migration, key columns.
 	first, next string
@@ -67,6 +70,9 @@ func newPlan(m *config.Migration, mc *config.MigrationCatalog) (*plan, error) {
 			return nil, fmt.Errorf("migration %s: key column %s is not a column of %s", m.Name, k, mc.Old.Qualified())
 		}
 		p.keyTypes = append(p.keyTypes, c.TypeSQL)
+		if !c.NotNull {
+			p.nullable = append(p.nullable, k)
+		}
 	}
 	if p.sameTable && !slices.ContainsFunc(cols, func(c config.MappedColumn) bool { return !c.Key }) {
 		return nil, fmt.Errorf("migration %s: the write map names no new column of %s: nothing to backfill", m.Name, mc.Old.Qualified())
@@ -110,6 +116,11 @@ func (p *plan) chunkSQL(bounded bool) string {
 	// written through the proxy, which mirrors them, and chasing them would never end under a
 	// steady insert rate.
 	conds = append(conds, fmt.Sprintf("(%s) <= (%s)", strings.Join(lhs, ", "), keyParams()))
+	// A row comparison does not skip every key with a NULL: (1, NULL) > (0, 5) is true. Such a
+	// row must not be copied (its upsert would never conflict, so every run would add it again)
+	// nor end a chunk (its key cannot be a checkpoint). Only nullable key columns get the
+	// condition, so a NOT NULL key's statement is unchanged.
+	conds = append(conds, p.notNull()...)
 	where := "\n  where " + strings.Join(conds, " and ")
 	limit, migration, keyCols := param(), param(), param()
 
@@ -192,14 +203,41 @@ func (p *plan) args(lastKey, upper []string, limit int) []any {
 	return append(out, limit, p.migration, p.keys)
 }
 
-// upperSQL reads the highest key of the old relation, where a run stops.
+// upperSQL reads the highest key of the old relation, where a run stops. Keys with a NULL are
+// left out: NULL sorts first in descending order, and is no key to stop at.
 func (p *plan) upperSQL() string {
 	var cols, desc []string
 	for _, k := range p.keys {
 		cols = append(cols, ident(k)+"::text")
 		desc = append(desc, ident(k)+" desc")
 	}
-	return fmt.Sprintf("select array[%s] from %s order by %s limit 1", strings.Join(cols, ", "), p.old.QuotedName(), strings.Join(desc, ", "))
+	where := ""
+	if nn := p.notNull(); len(nn) > 0 {
+		where = " where " + strings.Join(nn, " and ")
+	}
+	return fmt.Sprintf("select array[%s] from %s%s order by %s limit 1", strings.Join(cols, ", "), p.old.QuotedName(), where, strings.Join(desc, ", "))
+}
+
+// notNull is one "column is not null" condition per nullable key column.
+func (p *plan) notNull() []string {
+	out := make([]string, len(p.nullable))
+	for i, k := range p.nullable {
+		out[i] = ident(k) + " is not null"
+	}
+	return out
+}
+
+// nullKeySQL counts the rows of old that have a NULL in a key column, which the walk skips; ""
+// when no key column is nullable (there are none to count).
+func (p *plan) nullKeySQL() string {
+	if len(p.nullable) == 0 {
+		return ""
+	}
+	isNull := make([]string, len(p.nullable))
+	for i, k := range p.nullable {
+		isNull[i] = ident(k) + " is null"
+	}
+	return fmt.Sprintf("select count(*) from %s where %s", p.old.QuotedName(), strings.Join(isNull, " or "))
 }
 
 // sql is the chunk statement for a walk that has reached lastKey.

@@ -202,6 +202,7 @@ func (c *checker) checkColumns(mc *MigrationCatalog) {
 	if keysExist && !m.SameTable() && !mc.Old.HasUniqueKey(keys) {
 		c.errorf(c.at("key"), "key (%s) has no unique index on old relation %s: a key must name one row", strings.Join(m.Key, ", "), mc.Old.Qualified())
 	}
+	c.checkNullableKey(mc)
 	for _, col := range sortedKeys(m.Write) {
 		nc, ok := mc.New.Column(unquote(col))
 		switch {
@@ -244,6 +245,35 @@ func (c *checker) checkColumns(mc *MigrationCatalog) {
 		}
 		if _, same := mc.New.Column(oc.Name); !same {
 			c.errorf(c.at("read"), "old column %s of %s is not mapped: no read entry and no new column of that name, so reads served by the new shape could not produce it", oc.Name, mc.Old.Qualified())
+		}
+	}
+}
+
+// checkNullableKey warns about each key column that may hold NULL (attnotnull false) in the old
+// or the new relation. A primary key is never nullable, but a unique index on nullable columns
+// passes the unique-key check, and it lets any number of rows have a NULL in the key: such a row
+// is named by no key, so a mirrored write cannot find its counterpart by key, backfill cannot
+// copy it (an upsert on a NULL key never conflicts) and verify cannot match it with a row of the
+// other shape.
+//
+// A warning, not an error: the column being nullable does not mean any row has a NULL there
+// (often none does, and the application never writes one), and an error would make serve,
+// backfill and verify refuse a migration that works. The rows that do have one are not lost
+// silently either: backfill and verify count them, and verify fails while any exist.
+func (c *checker) checkNullableKey(mc *MigrationCatalog) {
+	rels := []*Relation{mc.Old}
+	sides := []string{"old"}
+	if !c.m.SameTable() {
+		rels, sides = append(rels, mc.New), append(sides, "new")
+	}
+	for k, col := range c.m.Key {
+		for i, rel := range rels {
+			rc, ok := rel.Column(unquote(col))
+			if !ok || rc.NotNull {
+				continue // a missing column is reported by checkColumns
+			}
+			c.warnf(c.at("key", k), "key column %s is nullable in %s relation %s: rows with a NULL in the key cannot be mirrored by key, backfilled or verified (backfill skips and counts them; verify counts them and fails); make it NOT NULL if no row needs a NULL there",
+				col, sides[i], rel.Qualified())
 		}
 	}
 }

@@ -143,6 +143,9 @@ func TestBrokenShowsEveryFinding(t *testing.T) {
 		{config.Error, "keyless", line("keyless", "uid"), "key column uid does not exist in new relation"},
 		{config.Warning, "orders-volatile", line("orders-volatile", "id_copy:"), "write.id_copy reads column id, whose default is volatile (nextval("},
 		{config.Error, "orders-again", line("orders-again", "name:"), "relation public.b_orders is already part of migration orders-volatile"},
+		{config.Warning, "users-broken", line("users-broken", "key:"), "key column id is nullable in new relation public.b_users_v2"},
+		{config.Warning, "nullable-key", line("nullable-key", "- code"), "key column code is nullable in old relation public.b_nullable: rows with a NULL in the key cannot be mirrored by key, backfilled or verified"},
+		{config.Warning, "nullable-key", line("nullable-key", "- tenant"), "key column tenant is nullable in new relation public.b_nullable_v2"},
 		{config.Error, "on-a-view", line("on-a-view", "old:"), `old relation b_view is not a table (relkind "v")`},
 		{config.Error, "Bad_Name", line("Bad_Name", "name:"), `name "Bad_Name": use lower-case letters`},
 		{config.Error, "Bad_Name", line("Bad_Name", "on_mirror_error:"), `on_mirror_error "sometimes"`},
@@ -161,11 +164,22 @@ func TestBrokenShowsEveryFinding(t *testing.T) {
 		}
 	}
 	// The cleanly configured parts produce nothing: cents is fine, and so are the key checks of
-	// orders-volatile.
+	// orders-volatile. A nullable key is a warning and nothing more: nullable-key has a unique
+	// index on each side, so its two nullable columns (one per side) are its only findings.
+	nullable := 0
 	for _, f := range report {
-		if strings.Contains(f.Message, "write.cents") {
+		if strings.Contains(f.Message, "write.cents") || f.Migration == "orders-volatile" && strings.Contains(f.Message, "key") {
 			t.Errorf("unexpected finding: %s", f)
 		}
+		if f.Migration == "nullable-key" {
+			nullable++
+			if f.Severity != config.Warning {
+				t.Errorf("nullable-key: want only warnings, got %s", f)
+			}
+		}
+	}
+	if nullable != 2 {
+		t.Errorf("nullable-key: %d findings, want 2 (code in old, tenant in new)", nullable)
 	}
 	if t.Failed() {
 		t.Logf("report:\n%s", report.Error())

@@ -41,4 +41,11 @@
 // lost nor overwritten by a stale copy, then upserts write-map(old) into new, deletes from new
 // the keys old no longer has, or (same table) updates the new columns from their expressions.
 // The repaired keys are then compared again; what still differs is counted in Result.Remaining.
+//
+// # Rows with a NULL key
+//
+// A row with a NULL in a key column (a unique index on nullable columns allows them) is named by
+// no key, so it can be neither compared nor repaired: every range leaves it out, and one count
+// per side (only when a key column is nullable) reports such rows in Result.NullKeyInOld and
+// NullKeyInNew, with a warning. While any exist, [Result.Equal] is false.
 package verify

@@ -29,6 +29,9 @@ type plan struct {
 	valPos []int                 // positions of the compared non-key columns in cols
 	oldKT  []string              // SQL type of each key column in old
 	newKT  []string              // ... and in new
+	// oldNull and newNull list the key columns that may hold NULL in old and in new. A row with a
+	// NULL in its key is named by no key: every comparison leaves it out, and run counts it.
+	oldNull, newNull []string
 	// identityAlways: new has a GENERATED ALWAYS identity column that the upsert writes.
 	identityAlways bool
 }
@@ -57,6 +60,12 @@ func newPlan(m *config.Migration, mc *config.MigrationCatalog) (*plan, error) {
 		p.keyPos = append(p.keyPos, i)
 		p.oldKT = append(p.oldKT, oc.TypeSQL)
 		p.newKT = append(p.newKT, nc.TypeSQL)
+		if !oc.NotNull {
+			p.oldNull = append(p.oldNull, k)
+		}
+		if !nc.NotNull {
+			p.newNull = append(p.newNull, k)
+		}
 	}
 	for i, c := range cols {
 		if !slices.Contains(p.keyPos, i) {
@@ -95,6 +104,39 @@ func (p *plan) keyTypes(s side) []string {
 		return p.oldKT
 	}
 	return p.newKT
+}
+
+// notNull is one "column is not null" condition per key column that is nullable on side s.
+func (p *plan) notNull(s side) []string {
+	cols := p.oldNull
+	if s == newSide {
+		cols = p.newNull
+	}
+	out := make([]string, len(cols))
+	for i, k := range cols {
+		out[i] = qi(k) + " is not null"
+	}
+	return out
+}
+
+// nullKeySQL counts the rows of old and of new with a NULL in a key column, which no comparison
+// sees; "" when no key column is nullable on either side. A same-table migration's rows are
+// counted once, as old's.
+func (p *plan) nullKeySQL() string {
+	count := func(s side, cols []string) string {
+		if len(cols) == 0 || s == newSide && p.same {
+			return "0::bigint"
+		}
+		isNull := make([]string, len(cols))
+		for i, k := range cols {
+			isNull[i] = qi(k) + " is null"
+		}
+		return fmt.Sprintf("(select count(*) from %s where %s)", p.rel(s), strings.Join(isNull, " or "))
+	}
+	if len(p.oldNull) == 0 && (p.same || len(p.newNull) == 0) {
+		return ""
+	}
+	return fmt.Sprintf("select %s, %s", count(oldSide, p.oldNull), count(newSide, p.newNull))
 }
 
 // keyList is the key columns, quoted, each with prefix ("o." or "").
@@ -164,7 +206,8 @@ func (a *params) add(v any) string {
 // filter renders a WHERE condition over one side's unqualified key columns.
 type filter func(s side, a *params) string
 
-// keyRange is the keys k with lo < k <= hi; a nil bound is open.
+// keyRange is the keys k with lo < k <= hi; a nil bound is open. Keys with a NULL belong to no
+// range.
 type keyRange struct{ lo, hi []string }
 
 func (p *plan) rangeFilter(r keyRange) filter {
@@ -177,6 +220,11 @@ func (p *plan) rangeFilter(r keyRange) filter {
 		if r.hi != nil {
 			conds = append(conds, tuple+" <= "+p.tuple(s, r.hi, a))
 		}
+		// Neither an open bound nor a row comparison leaves out every key with a NULL
+		// ((1, NULL) > (0, 5) is true), and such a key can match no row of the other side, nor
+		// be a range's bound. Only nullable key columns get the condition, so a NOT NULL key's
+		// statements are unchanged.
+		conds = append(conds, p.notNull(s)...)
 		if len(conds) == 0 {
 			return "true"
 		}
@@ -301,10 +349,7 @@ func boolArray(elems []string) string {
 // boundarySQL finds the key n rows after lo (the next range's upper bound) on the old side.
 func (p *plan) boundarySQL(lo []string, n int) (string, []any) {
 	var a params
-	where := "true"
-	if lo != nil {
-		where = p.rangeFilter(keyRange{lo: lo})(oldSide, &a)
-	}
+	where := p.rangeFilter(keyRange{lo: lo})(oldSide, &a)
 	return fmt.Sprintf("select %s from %s where %s order by %s offset %d limit 1",
 		p.keyText(""), p.rel(oldSide), where, p.keyList(""), n-1), a.vals
 }

@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"slices"
 	"strings"
@@ -21,6 +22,8 @@ type Options struct {
 	Workers    int  // ranges compared at once, each on its own connection; default 1
 	MaxSamples int  // differing keys kept in the result; default 20
 	Repair     bool // re-sync the differing keys and compare them again
+	// Logger receives a warning when rows with a NULL key are left out; discarded when nil.
+	Logger *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -35,6 +38,9 @@ func (o *Options) defaults() {
 	}
 	if o.MaxSamples <= 0 {
 		o.MaxSamples = 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
@@ -80,10 +86,23 @@ type Result struct {
 	// found when the repaired keys were compared again with it.
 	Remaining     int64     `json:"remaining"`
 	RemainingKeys []KeyDiff `json:"remaining_keys,omitempty"` // with repair: a sample of them
+	// NullKeyInOld and NullKeyInNew count the rows of each side with a NULL in a key column
+	// (possible with a unique index on nullable columns). No key names such a row, so it is
+	// compared with nothing and cannot be repaired; while any exist the shapes are not proved
+	// equal (see Equal). A same-table migration counts its rows once, in NullKeyInOld.
+	NullKeyInOld int64 `json:"null_key_in_old"`
+	NullKeyInNew int64 `json:"null_key_in_new"`
 }
 
 // Differences is the number of differing keys found (before any repair).
 func (r *Result) Differences() int64 { return r.MissingInNew + r.ExtraInNew + r.Differing }
+
+// NullKeys is the number of rows left out of the comparison for a NULL in their key, both sides.
+func (r *Result) NullKeys() int64 { return r.NullKeyInOld + r.NullKeyInNew }
+
+// Equal reports whether the run proved the shapes equal: no difference remains and no row was
+// left out for a NULL in its key. `pgcanary verify` exits 1 unless it holds.
+func (r *Result) Equal() bool { return r.Remaining == 0 && r.NullKeys() == 0 }
 
 // UnknownMigrationError names a migration the configuration does not have.
 type UnknownMigrationError struct {
@@ -178,11 +197,16 @@ func (p *plan) run(ctx context.Context, connect func(context.Context) (*pgx.Conn
 		}
 		conns[i] = c
 	}
+	nullOld, nullNew, err := p.countNullKeys(ctx, conns[0], opts.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", p.m.Name, err)
+	}
 	ranges, err := p.ranges(ctx, conns[0], opts.RangeRows)
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: split the key space of %s: %w", p.m.Name, p.mc.Old.Qualified(), err)
 	}
-	acc := &accumulator{res: Result{Migration: p.m.Name, Ranges: len(ranges), DifferingColumns: map[string]int64{}}, max: opts.MaxSamples}
+	acc := &accumulator{res: Result{Migration: p.m.Name, Ranges: len(ranges), DifferingColumns: map[string]int64{},
+		NullKeyInOld: nullOld, NullKeyInNew: nullNew}, max: opts.MaxSamples}
 	work := make(chan keyRange)
 	errc := make(chan error, len(conns))
 	var wg sync.WaitGroup
@@ -223,6 +247,29 @@ func (p *plan) run(ctx context.Context, connect func(context.Context) (*pgx.Conn
 		res.RowsPerSecond = float64(res.RowsCompared) / res.Seconds
 	}
 	return &res, nil
+}
+
+// countNullKeys counts, in one statement, the rows of each side that have a NULL in a key column
+// (and so are in no range), and warns about them. Without a nullable key column it costs nothing.
+func (p *plan) countNullKeys(ctx context.Context, conn *pgx.Conn, log *slog.Logger) (inOld, inNew int64, err error) {
+	sql := p.nullKeySQL()
+	if sql == "" {
+		return 0, 0, nil
+	}
+	if err := conn.QueryRow(ctx, sql).Scan(&inOld, &inNew); err != nil {
+		return 0, 0, fmt.Errorf("count rows with a NULL key: %w", err)
+	}
+	for _, s := range []struct {
+		n    int64
+		rel  *config.Relation
+		cols []string
+	}{{inOld, p.mc.Old, p.oldNull}, {inNew, p.mc.New, p.newNull}} {
+		if s.n > 0 {
+			log.Warn("verify leaves out rows whose key has a NULL: they cannot be compared, so the shapes are not proved equal",
+				"migration", p.m.Name, "relation", s.rel.Qualified(), "nullable_key_columns", strings.Join(s.cols, ","), "rows", s.n)
+		}
+	}
+	return inOld, inNew, nil
 }
 
 // ranges walks old's key index, one short statement per boundary, so that no snapshot is held

@@ -2,8 +2,10 @@ package verify_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -121,11 +123,11 @@ func TestVerifyEqualShapes(t *testing.T) {
 	cfg, _ := examplesDB(t, "verify_equal")
 	for _, opts := range []verify.Options{{}, small, {RangeRows: 37, LeafRows: 5, Workers: 3}} {
 		users := run(t, cfg, "users-split-name", opts)
-		if users.Differences() != 0 || users.Remaining != 0 || users.RowsCompared != 200 {
+		if users.Differences() != 0 || users.Remaining != 0 || users.RowsCompared != 200 || !users.Equal() || users.NullKeys() != 0 {
 			t.Fatalf("users %+v: want 200 rows compared, no differences", users)
 		}
 		orders := run(t, cfg, "orders-cents", opts)
-		if orders.Differences() != 0 || orders.Remaining != 0 || orders.RowsCompared != 600 {
+		if orders.Differences() != 0 || orders.Remaining != 0 || orders.RowsCompared != 600 || !orders.Equal() || orders.NullKeys() != 0 {
 			t.Fatalf("orders %+v: want 600 rows compared, no differences", orders)
 		}
 		if opts.RangeRows == 37 && users.Ranges != 6 { // 200/37: 5 full ranges and the open last one
@@ -386,4 +388,105 @@ func TestVerifyUnderMirroredWrites(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestVerifyNullKeys: rows with a NULL in a key column (unique indexes on nullable columns: code
+// in old, tenant in new) are named by no key. Every range leaves them out, the open ranges and
+// a row comparison that alone would take (1, NULL) too; they are counted per side, warned about,
+// and the result is not Equal (verify exits 1) even though every compared row matches, repair
+// or not. Differences among the other rows are still found; once the NULL keys are gone the
+// shapes are equal.
+func TestVerifyNullKeys(t *testing.T) {
+	db := createDB(t, "verify_null_keys")
+	conn := connect(t, db)
+	exec1(t, conn, `
+		create table items (tenant int not null, code text, v int, unique (tenant, code));
+		create table items_v2 (tenant int, code text not null, v2 int, unique (tenant, code));
+		insert into items select g % 3, 'c' || g, g from generate_series(1, 100) g;
+		insert into items_v2 select tenant, code, v * 2 from items;
+		insert into items values (0, null, 1000), (1, null, 1001), (2, null, 1002);
+		insert into items_v2 values (null, 'x1', 1), (null, 'x2', 2);
+		create table tags (name text unique, label text, label_upper text);
+		insert into tags select 't' || g, 'l' || g, upper('l' || g) from generate_series(1, 50) g;
+		insert into tags values (null, 'no name', null), (null, 'no name either', 'NO NAME EITHER');`)
+	file := filepath.Join(t.TempDir(), "pgcanary.yaml")
+	text := fmt.Sprintf(`upstream: %s
+side_dsn: %s
+migrations:
+  - {name: items, database: %s, old: items, new: items_v2, key: [tenant, code], write: {v2: v * 2}, read: {v: v2 / 2}}
+  - {name: tags, database: %s, old: tags, new: tags, key: [name], write: {label_upper: upper(label)}}
+`, cluster.Addr(), superDSN(db), db, db)
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repair := small
+	repair.Repair = true
+	for _, tc := range []struct {
+		migration        string
+		rows, old, newer int64
+	}{
+		{"items", 100, 3, 2},
+		{"tags", 50, 2, 0}, // same table: the rows are counted once, as old's
+	} {
+		for _, opts := range []verify.Options{{}, small, {RangeRows: 10, LeafRows: 3, Workers: 2}, repair} {
+			var logs strings.Builder
+			opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			res := run(t, cfg, tc.migration, opts)
+			if res.RowsCompared != tc.rows || res.Differences() != 0 || res.Remaining != 0 || res.Repaired != 0 {
+				t.Fatalf("%s %+v: want %d rows compared, equal", tc.migration, res, tc.rows)
+			}
+			if res.NullKeyInOld != tc.old || res.NullKeyInNew != tc.newer || res.NullKeys() != tc.old+tc.newer {
+				t.Fatalf("%s: NULL keys %d in old, %d in new; want %d and %d", tc.migration, res.NullKeyInOld, res.NullKeyInNew, tc.old, tc.newer)
+			}
+			if res.Equal() {
+				t.Fatalf("%s: Equal with %d rows not compared", tc.migration, res.NullKeys())
+			}
+			if want := fmt.Sprintf("rows=%d", tc.old); !strings.Contains(logs.String(), "level=WARN msg=\"verify leaves out rows whose key has a NULL") ||
+				!strings.Contains(logs.String(), want) {
+				t.Fatalf("%s: no warning with %s:\n%s", tc.migration, want, logs.String())
+			}
+			raw, err := json.Marshal(res)
+			if want := fmt.Sprintf(`"null_key_in_old":%d,"null_key_in_new":%d`, tc.old, tc.newer); err != nil || !strings.Contains(string(raw), want) {
+				t.Fatalf("JSON %s (%v): want %s", raw, err, want)
+			}
+		}
+	}
+
+	// A difference among keyed rows is still found next to the NULL keys; repairing it leaves
+	// the NULL keys alone, and the result still not Equal.
+	exec1(t, conn, `update items_v2 set v2 = -1 where tenant = 1 and code = 'c97'`)
+	res := run(t, cfg, "items", small)
+	wantDiffs(t, res, "differing tenant=1, code=c97 v2")
+	if res.Remaining != 1 || res.Equal() {
+		t.Fatalf("drift: %+v", res)
+	}
+	if res := run(t, cfg, "items", repair); res.Repaired != 1 || res.Remaining != 0 || res.NullKeys() != 5 || res.Equal() {
+		t.Fatalf("repair: %+v", res)
+	}
+	if n := queryCount(t, conn, `select count(*) from items_v2 where tenant is null`); n != 2 {
+		t.Fatalf("repair touched the rows with a NULL key: %d left of 2", n)
+	}
+
+	// No NULL left: equal, nothing counted, nothing logged.
+	exec1(t, conn, `delete from items where code is null; delete from items_v2 where tenant is null; delete from tags where name is null`)
+	for _, name := range []string{"items", "tags"} {
+		var logs strings.Builder
+		res := run(t, cfg, name, verify.Options{RangeRows: 10, LeafRows: 3, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if !res.Equal() || res.NullKeys() != 0 || logs.Len() != 0 {
+			t.Fatalf("%s without NULL keys: %+v\n%s", name, res, logs.String())
+		}
+	}
+}
+
+func queryCount(t *testing.T, conn *pgx.Conn, sql string) int64 {
+	t.Helper()
+	var n int64
+	if err := conn.QueryRow(testCtx(t), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
 }

@@ -49,7 +49,11 @@ has finished, running it again does nothing.
 A progress bar (rows, rows/s, ETA) is drawn when stderr is a terminal; otherwise progress is logged
 every --log-every. --json prints a summary for machines on stdout:
   {"migration", "rows", "total_rows", "chunks", "seconds", "rows_per_second", "resumed_from",
-   "last_key", "done", ...}
+   "last_key", "done", "null_key_in_old", ...}
+
+Rows of the old relation with a NULL in a key column (a unique index on nullable columns allows
+them) are named by no key, so they are skipped: their number is printed, logged as a warning and
+reported as "null_key_in_old".
 
 Exit status: 0 done, 1 failed, 2 bad usage or configuration (unknown migration, a migration that
 does not pass check, an unreachable database), 130 interrupted (resumable).`,
@@ -182,13 +186,17 @@ func runBackfill(cmd *cobra.Command, configFile string, opts backfill.Options, j
 func printDone(w io.Writer, res backfill.Result) {
 	if res.AlreadyDone {
 		fmt.Fprintf(w, "%s: already backfilled (%d rows) by an earlier run; --restart copies again\n", res.Migration, res.TotalRows)
-		return
+	} else {
+		resumed := ""
+		if res.Resumed != nil {
+			resumed = fmt.Sprintf(", resumed after key (%s)", strings.Join(res.Resumed, ", "))
+		}
+		fmt.Fprintf(w, "%s: done, %d rows in %d chunks in %.1fs (%.0f rows/s)%s\n", res.Migration, res.Rows, res.Chunks, res.Seconds, res.Rate, resumed)
 	}
-	resumed := ""
-	if res.Resumed != nil {
-		resumed = fmt.Sprintf(", resumed after key (%s)", strings.Join(res.Resumed, ", "))
+	if res.NullKeyInOld > 0 {
+		fmt.Fprintf(w, "%s: skipped %d rows of the old relation whose key has a NULL: no key names them, so they were not copied (see pgcanary check)\n",
+			res.Migration, res.NullKeyInOld)
 	}
-	fmt.Fprintf(w, "%s: done, %d rows in %d chunks in %.1fs (%.0f rows/s)%s\n", res.Migration, res.Rows, res.Chunks, res.Seconds, res.Rate, resumed)
 }
 
 // progressReporter draws a progress bar on a terminal, and otherwise logs a line every

@@ -21,6 +21,8 @@ func newCheckCmd() *cobra.Command {
 relations and columns exist, keys have unique indexes, every write and read expression parses,
 type-checks and is assignable to its column, nothing NOT NULL is left unfilled, no old column is
 left unmapped, roles keep the privileges mirrored writes need, and no relation is in two migrations.
+A nullable key column is a warning: rows with a NULL in the key cannot be mirrored by key,
+backfilled or verified.
 
 Prints one line per finding, "file:line: error|warning: migration NAME: ...".
 Exit status: 0 when there is no error (warnings allowed), 1 on any error, 2 when a database

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"os/signal"
@@ -44,14 +45,18 @@ key. A same-table migration compares each row's new columns with their expressio
 Reports rows compared, keys missing in new, keys extra in new (not in old), differing keys with
 the columns that differ, a sample of keys, and rows/s.
 
+Rows with a NULL in a key column (a unique index on nullable columns allows them) are named by no
+key, so they can be neither compared nor repaired: they are counted per side ("null_key_in_old",
+"null_key_in_new"), logged as a warning, and fail the run like differences do.
+
 --repair re-syncs exactly the differing keys, each range's in one transaction that locks the old
 rows (SELECT ... FOR UPDATE) so concurrent mirrored writes are neither lost nor overwritten:
 write-map(old) is upserted into new, keys no longer in old are deleted from new, or (same table)
 the new columns are set from their expressions. The repaired keys are then compared again.
 
 Exit status: 0 when the shapes are equal (or every difference was repaired and compared equal
-again), 1 when differences remain, 2 on a usage or configuration error, a migration that does
-not pass check, or a database that cannot be reached.`,
+again), 1 when differences remain or rows with a NULL key were left out, 2 on a usage or
+configuration error, a migration that does not pass check, or a database that cannot be reached.`,
 		Example: `  # compare users with users_v2 (examples/pgcanary.yaml)
   pgcanary verify --config examples/pgcanary.yaml users-split-name
 
@@ -81,6 +86,7 @@ not pass check, or a database that cannot be reached.`,
 			if report, isReport := config.AsReport(err); err != nil && (!isReport || cfg == nil || report.HasErrors()) {
 				return &exitError{code: 2, err: err}
 			}
+			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			res, err := verify.Verify(ctx, cfg, args[0], config.DSNConnector(cfg.SideDSN), opts)
 			if err != nil {
 				var unknown *verify.UnknownMigrationError
@@ -102,8 +108,8 @@ not pass check, or a database that cannot be reached.`,
 			} else {
 				printVerify(out, res, opts.Repair)
 			}
-			if res.Remaining > 0 {
-				return &exitError{code: 1, err: fmt.Errorf("migration %s: %d differences remain", res.Migration, res.Remaining)}
+			if !res.Equal() {
+				return &exitError{code: 1, err: fmt.Errorf("migration %s: %s", res.Migration, notEqual(res))}
 			}
 			return nil
 		},
@@ -120,10 +126,30 @@ not pass check, or a database that cannot be reached.`,
 	return cmd
 }
 
+// notEqual says why a result does not prove the shapes equal.
+func notEqual(r *verify.Result) string {
+	var why []string
+	if r.Remaining > 0 {
+		why = append(why, fmt.Sprintf("%d differences remain", r.Remaining))
+	}
+	if r.NullKeys() > 0 {
+		why = append(why, fmt.Sprintf("%d rows with a NULL key were not compared (%d in old, %d in new)", r.NullKeys(), r.NullKeyInOld, r.NullKeyInNew))
+	}
+	return strings.Join(why, "; ")
+}
+
 // printVerify writes the human-readable result.
 func printVerify(w io.Writer, r *verify.Result, repair bool) {
 	fmt.Fprintf(w, "%s: %d rows compared in %d ranges, %.2fs (%.0f rows/s)\n", r.Migration, r.RowsCompared, r.Ranges, r.Seconds, r.RowsPerSecond)
+	if r.NullKeys() > 0 {
+		fmt.Fprintf(w, "not compared: %d rows in old, %d in new have a NULL in their key: no key names them, so they can be neither compared nor repaired (see pgcanary check)\n",
+			r.NullKeyInOld, r.NullKeyInNew)
+	}
 	if r.Differences() == 0 {
+		if r.NullKeys() > 0 {
+			fmt.Fprintln(w, "not proved equal: the rows compared match, the rows with a NULL key were not compared")
+			return
+		}
 		fmt.Fprintln(w, "equal: new matches the write map of old")
 		return
 	}

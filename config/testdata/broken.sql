@@ -16,3 +16,6 @@ create view b_view as select id, v from b_keyless;
 create role b_writer login;
 grant select, insert, update, delete on b_users to b_writer;
 grant select on b_users_v2 to b_writer;
+-- A key whose unique indexes allow NULLs: code is nullable in the old relation, tenant in the new.
+create table b_nullable (tenant int not null, code text, v text, unique (tenant, code));
+create table b_nullable_v2 (tenant int, code text not null, v text, unique (tenant, code));
