@@ -57,6 +57,9 @@ type expected struct {
 	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
 	variant *variant   // Parse of a variant: marks it unsent if it fails
 	rec     *recorded  // the gated batch's record of this message
+	// newForm: a Bind of a routed read ("read") or of a passthrough write's mirrored form
+	// ("write"). Postgres checks privileges and plans at Bind, so the new form can fail there.
+	newForm string
 	// describes: a Describe of this client statement, whose ParameterDescription it learns.
 	describes *stmtInfo
 	// obs times a statement touching migrations (Execute); obsList, per statement (Query).

@@ -33,13 +33,18 @@ type gate struct {
 	sealed     bool // the batch is complete: later client messages wait in held
 	noFallback bool // the batch cannot be replayed: release at the next server message
 	gatedSet   bool // an entry of the batch carries gated
-	recorded   []*recorded
-	recSize    int
-	held       []byte // client messages after the batch
-	heldEnts   []expected
-	out        []byte // the batch's output, held back
-	failed     bool   // the gated statement failed: drop output until the batch ends, then replay
-	done       chan struct{}
+	// executes counts the batch's statements; mirrored says one of them is a mirrored write. A
+	// re-run sends writes in the client's own text, so a batch of several statements is re-run
+	// only when none of them is a mirrored write.
+	executes int
+	mirrored bool
+	recorded []*recorded
+	recSize  int
+	held     []byte // client messages after the batch
+	heldEnts []expected
+	out      []byte // the batch's output, held back
+	failed   bool   // the gated statement failed: drop output until the batch ends, then replay
+	done     chan struct{}
 }
 
 const (
@@ -64,16 +69,17 @@ type recorded struct {
 
 // maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
 // transaction (a write with passthrough may open one inside a transaction, with a savepoint).
-// extended says which protocol the batch uses, and so how to send the savepoint.
+// extended says which protocol the batch uses, and so how to send the savepoint; a Query of
+// several statements (multi) gets no savepoint, since one of them may end the transaction.
 // It returns the gate it opened, or nil.
-func (s *session) maybeStartGate(kind string, migrations []string, extended bool) (*gate, error) {
+func (s *session) maybeStartGate(kind string, migrations []string, extended, multi bool) (*gate, error) {
 	s.mu.Lock()
-	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready {
+	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready || s.inBatch {
 		s.mu.Unlock()
 		return nil, nil
 	}
 	inTx := s.txStatus == 'T'
-	if s.txStatus != 'I' && !(inTx && kind == "write") {
+	if s.txStatus != 'I' && !(inTx && kind == "write" && !multi) {
 		s.mu.Unlock()
 		return nil, nil
 	}
@@ -145,16 +151,16 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 
 // emitGatable sends the first message of a routed or passthrough batch, opening a gate if it can.
 func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string) error {
-	if _, err := s.maybeStartGate(kind, migrations, true); err != nil {
+	if _, err := s.maybeStartGate(kind, migrations, true, false); err != nil {
 		return err
 	}
 	return s.emit(typ, body, e, rec)
 }
 
-// emitGatedQuery sends a single-statement Query whose new (or mirrored) form may fail; orig is
-// the client's own Query body, replayed on failure.
-func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string) error {
-	g, err := s.maybeStartGate(kind, migrations, false)
+// emitGatedQuery sends a Query whose new (or mirrored) forms may fail; orig is the client's own
+// Query body, replayed on failure. multi: it holds several statements.
+func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string, multi bool) error {
+	g, err := s.maybeStartGate(kind, migrations, false, multi)
 	if err != nil {
 		return err
 	}
@@ -179,7 +185,16 @@ func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migr
 // replay as they are); once the batch is sealed, it waits in the gate.
 func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	hasEntry := e.kind != 0
+	releasedOnFlush := false
 	s.mu.Lock()
+	if !e.suppress {
+		switch typ {
+		case 'S':
+			s.inBatch = false
+		case 'P', 'B', 'E', 'D', 'C', 'H':
+			s.inBatch = true
+		}
+	}
 	if hasEntry && !e.suppress {
 		if s.closing {
 			s.mu.Unlock()
@@ -206,11 +221,22 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 			return nil
 		}
 		s.recordInGate(g, typ, body, &e, rec)
+		if typ == 'H' {
+			// A Flush asks for every answer so far before the batch ends; the client may wait
+			// for them before it sends the Sync, so nothing may be held back.
+			s.release(g)
+			releasedOnFlush = true
+		}
 	}
 	if hasEntry {
 		s.fifo.push(e)
 	}
 	s.mu.Unlock()
+	if releasedOnFlush {
+		if err := s.flushClient(); err != nil {
+			return err
+		}
+	}
 	s.smu.Lock()
 	defer s.smu.Unlock()
 	s.toServerLocked(typ, body)
@@ -239,11 +265,13 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 			break
 		}
 		e.batchEnd, g.sealed = true, true
-	case e.kind == reqExecute && !g.gatedSet:
-		e.gated, g.gatedSet = true, true
 	case e.suppress || e.gated:
 	case typ == 'Q', typ == 'F', typ == 'd', typ == 'c', typ == 'f':
 		g.noFallback = true // another protocol flow inside the batch: no replay
+	}
+	if typ == 'E' && !e.suppress {
+		g.executes++
+		g.mirrored = g.mirrored || e.obs != nil && e.obs.route == "write"
 	}
 	if e.suppress || g.noFallback {
 		return
@@ -268,11 +296,14 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 // type to forward now (0: held or dropped). Holds mu.
 func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head expected, effect responseEffect, batchEnded bool) byte {
 	if g.failed {
-		if batchEnded {
-			s.replay(g)
-		}
 		if origTyp == 'A' || origTyp == 'S' {
 			return typ
+		}
+		if typ != 0 {
+			g.out = appendMessage(g.out, typ, body)
+		}
+		if batchEnded {
+			s.settleFailed(g, origTyp, body)
 		}
 		return 0
 	}
@@ -280,17 +311,18 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head exp
 		s.release(g)
 		return typ
 	}
+	if origTyp == 'C' && typ != 0 && isTransactionControl(body) {
+		// A COMMIT, BEGIN or savepoint command of the client's inside the batch: a failure after
+		// it would not roll the whole batch back, so the batch cannot be re-run.
+		s.release(g)
+		return typ
+	}
 	if origTyp == 'E' {
-		if g.sealed && fallbackable(body) {
-			g.failed, g.out = true, nil
-			for _, m := range g.migrations {
-				if g.kind == "read" {
-					s.srv.metrics.ReadFallback(m)
-				} else {
-					s.srv.metrics.UnmirroredWrite(m, "mirror_failed")
-				}
+		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.mirrored) {
+			g.failed, g.kind, g.migrations = true, kind, migrations
+			if typ != 0 {
+				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
 			}
-			s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(body))
 			return 0
 		}
 		s.release(g)
@@ -303,6 +335,88 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head exp
 		s.release(g)
 	}
 	return 0
+}
+
+// settleFailed ends a batch whose new form failed, at its last answer: the batch is re-run in its
+// old form when the failure rolled all of it back, which the ReadyForQuery tells: outside a
+// transaction again (the implicit transaction of the batch ended), or, with a savepoint, about to
+// be rolled back to it. Otherwise the held answers, error included, go to the client. Holds mu.
+func (s *session) settleFailed(g *gate, origTyp byte, body []byte) {
+	rolledBack := g.savepoint || origTyp == 'Z' && len(body) == 1 && body[0] == 'I'
+	if !rolledBack {
+		s.release(g)
+		return
+	}
+	for _, m := range g.migrations {
+		if g.kind == "read" {
+			s.srv.metrics.ReadFallback(m)
+		} else {
+			s.srv.metrics.UnmirroredWrite(m, "mirror_failed")
+		}
+	}
+	s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(g.failure()))
+	s.replay(g)
+}
+
+// failure returns the ErrorResponse the gate holds (the first error of the failed batch).
+func (g *gate) failure() []byte {
+	for b := g.out; len(b) >= headerLen; {
+		n := int(binary.BigEndian.Uint32(b[1:headerLen]))
+		if b[0] == 'E' {
+			return b[headerLen : 1+n]
+		}
+		b = b[1+n:]
+	}
+	return nil
+}
+
+// newFormOf tells whether an error answering e may come from a form the proxy sent in place of
+// the client's own, and which: "read" (a routed read or its new-shape variant) or "write" (a
+// passthrough write's mirrored form), with the migrations it serves; "" for the client's own
+// form. Only a new form's failure is re-run; an error of the client's own statement is the
+// client's.
+func newFormOf(e expected, g *gate) (kind string, migrations []string) {
+	of := func(o *observation) (string, []string) {
+		switch {
+		case o == nil:
+		case o.route == "new":
+			return "read", o.migrations
+		case o.route == "write" && o.write != nil && o.write.Passthrough:
+			return "write", o.migrations
+		}
+		return "", nil
+	}
+	switch {
+	case e.newForm != "":
+		return e.newForm, g.migrations
+	case e.variant != nil && e.variant.newShape:
+		return "read", g.migrations
+	case e.kind == reqExecute:
+		return of(e.obs)
+	case e.kind == reqQuery && e.stmt < len(e.obsList):
+		return of(e.obsList[e.stmt])
+	case e.kind == reqParse && e.rec != nil && e.rec.info != nil:
+		info := e.rec.info
+		switch {
+		case info.routed && info.plan.Read != nil:
+			return "read", info.plan.Read.Migrations
+		case info.writeForm() != nil && info.writeForm().Passthrough:
+			return "write", info.plan.Migrations
+		}
+	}
+	return "", nil
+}
+
+// isTransactionControl reports whether a CommandComplete tag ends or starts a transaction or a
+// savepoint.
+func isTransactionControl(body []byte) bool {
+	tag, _, _ := cstring(body)
+	for _, p := range []string{"BEGIN", "START", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PREPARE TRANSACTION"} {
+		if bytes.HasPrefix(tag, []byte(p)) {
+			return true
+		}
+	}
+	return false
 }
 
 // fallbackable reports whether a failed new form may be re-run: not a fatal error (the session
@@ -331,6 +445,7 @@ func (s *session) release(g *gate) {
 // replay re-runs the gated batch in its old form, then sends what the client sent after it.
 // Holds mu; runs when the failed batch's last answer arrived, so the server is idle.
 func (s *session) replay(g *gate) {
+	g.out = nil
 	s.gate = nil
 	close(g.done)
 	out, ents := s.buildReplay(g)

@@ -75,8 +75,9 @@ func (i *stmtInfo) variantParamTypes() []uint32 {
 
 // variant is a form of a client statement prepared under a name the proxy derives.
 type variant struct {
-	name string
-	sent bool // its Parse went out (reset when it fails)
+	name     string
+	sent     bool // its Parse went out (reset when it fails)
+	newShape bool // the read's new-shape form (not the client's own text)
 }
 
 // portalInfo is what the session knows of a portal bound from a statement that touches a
@@ -177,6 +178,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	texts := make([]string, len(plan.Statements))
 	var gateKind string
 	var gateMigs []string
+	mirrored := false
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
 		switch {
@@ -184,6 +186,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 			texts[i], changed = st.Write.SQL, true
 			forms[i] = captureOf(st.Write)
 			obs[i] = s.observe(st, "write", st.Write)
+			mirrored = true
 			if st.Write.Passthrough {
 				gateKind, gateMigs = "write", st.Migrations
 			}
@@ -213,8 +216,10 @@ func (s *session) planQuery(body []byte, e expected) error {
 	e.writes = forms
 	// Statements are joined on their own lines: a statement may end in a -- comment.
 	out := append([]byte(strings.Join(texts, "\n;\n")), 0)
-	if len(plan.Statements) == 1 && gateKind != "" {
-		return s.emitGatedQuery(out, body, e, gateKind, gateMigs)
+	// A re-run sends the client's own text, so a Query of several statements can be re-run only
+	// when none of them is a mirrored write.
+	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && mirrored) {
+		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, multi)
 	}
 	return s.emit('Q', out, e, nil)
 }
@@ -437,10 +442,13 @@ func (s *session) planBind(body []byte, e expected) error {
 	}
 	switch {
 	case st.Read != nil && info.name != "" && p.route == "new":
+		e.newForm = "read"
 		return s.emitRoutedBind(body, e, rec, info, string(portal))
 	case st.Read != nil && info.name == "" && info.routed:
+		e.newForm = "read"
 		return s.emitGatable('B', body, e, rec, "read", st.Read.Migrations)
 	case p.write != nil && p.write.Passthrough:
+		e.newForm = "write"
 		return s.emitGatable('B', body, e, rec, "write", st.Migrations)
 	}
 	return s.emit('B', body, e, rec)
@@ -498,12 +506,12 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 	s.mu.Lock()
 	if info.newVariant == nil {
 		s.variantSeq++
-		info.newVariant = &variant{name: "pgcanary_r" + strconv.FormatUint(s.variantSeq, 10)}
+		info.newVariant = &variant{name: "pgcanary_r" + strconv.FormatUint(s.variantSeq, 10), newShape: true}
 	}
 	v := info.newVariant
 	types := info.variantParamTypes()
 	s.mu.Unlock()
-	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
+	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true, false); err != nil {
 		return err
 	}
 	if err := s.ensureVariant(v, info.plan.Read.SQL, types); err != nil {

@@ -60,16 +60,20 @@ type session struct {
 
 	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
-	txStatus    byte         // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
-	ready       bool         // startup finished
-	draining    bool         // close as soon as the session is idle
-	closing     bool         // no more requests go upstream
-	serverFatal bool         // the server sent FATAL: its EOF is expected
-	gate        *gate        // a routed batch whose fallback is still possible (gate.go)
-	path        settingState // the session's search_path, for planning
-	role        userState    // the current user, for "$user" in the search_path
-	tx          txOutcome    // how the current transaction ends, for path and role
-	pathWarned  bool         // the session logged that it lost track of search_path
+	txStatus    byte  // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
+	ready       bool  // startup finished
+	draining    bool  // close as soon as the session is idle
+	closing     bool  // no more requests go upstream
+	serverFatal bool  // the server sent FATAL: its EOF is expected
+	gate        *gate // a routed batch whose fallback is still possible (gate.go)
+	// inBatch: the client sent extended-protocol messages since its last Sync. Their implicit
+	// transaction may already hold work whose answers the client has (after a Flush), so no
+	// gate may open before the next Sync: a re-run of the batch's rest would lose that work.
+	inBatch    bool
+	path       settingState // the session's search_path, for planning
+	role       userState    // the current user, for "$user" in the search_path
+	tx         txOutcome    // how the current transaction ends, for path and role
+	pathWarned bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts      map[string]*stmtInfo
 	portals    map[string]*portalInfo
@@ -564,8 +568,10 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}
-		if ref.suppress && origTyp != 'A' && origTyp != 'S' && origTyp != 'N' {
-			typ = 0 // the proxy's own request
+		if ref.suppress && origTyp != 'A' && origTyp != 'S' && origTyp != 'N' && !(origTyp == 'E' && ref.variant != nil) {
+			// The proxy's own request. A variant's failed Parse is the exception: it stands for
+			// the client's statement, whose Bind the server now skips, so the client must hear why.
+			typ = 0
 		}
 	}
 	if ended, commit := s.tx.observe(origTyp, origBody); ended {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"os/exec"
@@ -323,5 +324,243 @@ func TestMirrorFailFails(t *testing.T) {
 	var b string
 	if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = 3").Scan(&b); err != nil || b != "31.50" {
 		t.Fatalf("old shape changed: %s %v", b, err)
+	}
+}
+
+// TestReadFallbackInBatches: a batch of several statements before one Sync, and a Query of
+// several statements, are re-run in their old forms when a routed read among them fails, so
+// the client sees every answer of the old forms and the batch's other work happens once; a batch
+// that cannot be re-run (a COMMIT inside, an explicit transaction, mirrored writes among several
+// statements) passes the error on, as Postgres would have answered the statement.
+func TestReadFallbackInBatches(t *testing.T) {
+	cs := customProxy(t, "fallback_batches", accountsSchema, accountsMigration("fail"), proxyOpts{})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	direct := connectDSN(t, cs.directDSN)
+	if _, err := direct.Exec(ctx, "create table hits (n int)"); err != nil {
+		t.Fatal(err)
+	}
+	fallbacks := func() float64 {
+		return cs.metric("pgcanary_read_fallbacks_total", map[string]string{"migration": "accounts-text"})
+	}
+	hits := func() int {
+		t.Helper()
+		var n int
+		if err := direct.QueryRow(ctx, "select count(*) from hits").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	param := func(s string) [][]byte { return [][]byte{[]byte(s)} }
+	const read = "SELECT balance::text FROM accounts WHERE id = $1"
+
+	// Extended protocol: a healthy routed read, an unrelated write, the failing read, one Sync.
+	before, hitsBefore := fallbacks(), hits()
+	pipe := conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("2"), nil, nil, nil)
+	pipe.SendQueryParams("INSERT INTO hits VALUES (1)", nil, nil, nil, nil)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	if err := pipe.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		res, err := pipe.GetResults()
+		if err != nil {
+			t.Fatalf("pipeline: %v", err)
+		}
+		if res == nil {
+			break
+		}
+		if rr, ok := res.(*pgconn.ResultReader); ok {
+			r := rr.Read()
+			if r.Err != nil {
+				t.Fatalf("pipeline statement %d: %v", len(got), r.Err)
+			}
+			row := r.CommandTag.String()
+			if len(r.Rows) == 1 {
+				row = string(r.Rows[0][0])
+			}
+			got = append(got, row)
+		}
+	}
+	if err := pipe.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, "|") != "21.00|INSERT 0 1|73.50" {
+		t.Fatalf("pipeline answered %q", got)
+	}
+	if fallbacks()-before != 1 || hits()-hitsBefore != 1 {
+		t.Fatalf("pipeline: %v fallbacks, %d inserts; want 1 and 1", fallbacks()-before, hits()-hitsBefore)
+	}
+
+	// Simple protocol: one Query of three statements.
+	before, hitsBefore = fallbacks(), hits()
+	results, err := conn.PgConn().Exec(ctx, "SELECT balance::text FROM accounts WHERE id = 3; INSERT INTO hits VALUES (2); SELECT balance::text FROM accounts WHERE id = 7").ReadAll()
+	if err != nil {
+		t.Fatalf("multi-statement query: %v", err)
+	}
+	if len(results) != 3 || string(results[0].Rows[0][0]) != "31.50" || results[1].CommandTag.String() != "INSERT 0 1" || string(results[2].Rows[0][0]) != "73.50" {
+		t.Fatalf("multi-statement query answered %+v", results)
+	}
+	if fallbacks()-before != 1 || hits()-hitsBefore != 1 {
+		t.Fatalf("multi-statement query: %v fallbacks, %d inserts; want 1 and 1", fallbacks()-before, hits()-hitsBefore)
+	}
+
+	// Not re-run: a COMMIT inside the Query committed the work before it.
+	before, hitsBefore = fallbacks(), hits()
+	_, err = conn.PgConn().Exec(ctx, "BEGIN; INSERT INTO hits VALUES (3); COMMIT; SELECT balance::text FROM accounts WHERE id = 7").ReadAll()
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22P02" {
+		t.Fatalf("query with a COMMIT inside: got %v, want the new form's 22P02", err)
+	}
+	if fallbacks() != before || hits()-hitsBefore != 1 {
+		t.Fatalf("query with a COMMIT inside: %v fallbacks, %d inserts; want 0 and 1", fallbacks()-before, hits()-hitsBefore)
+	}
+	// Not re-run: several statements with a mirrored write among them (a re-run would send it
+	// unmirrored).
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams("UPDATE accounts SET owner = 'batched' WHERE id = 5", nil, nil, nil, nil)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	if err := pipe.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var lastErr error
+	for {
+		res, err := pipe.GetResults()
+		if err != nil || res == nil {
+			break
+		}
+		if rr, ok := res.(*pgconn.ResultReader); ok {
+			if r := rr.Read(); r.Err != nil {
+				lastErr = r.Err
+			}
+		}
+	}
+	_ = pipe.Close()
+	if !errors.As(lastErr, &pgErr) || pgErr.Code != "22P02" {
+		t.Fatalf("batch with a mirrored write: got %v, want the new form's 22P02", lastErr)
+	}
+	var owner, owner2 string
+	if err := direct.QueryRow(ctx, "select a.owner, b.owner from accounts a join accounts_v2 b using (id) where id = 5").Scan(&owner, &owner2); err != nil || owner != "owner 5" || owner2 != "owner 5" {
+		t.Fatalf("the failed batch's write was not rolled back in both shapes: %q %q %v", owner, owner2, err)
+	}
+
+	// The session is in order afterwards.
+	var b string
+	if err := conn.QueryRow(ctx, read, 7).Scan(&b); err != nil || b != "73.50" {
+		t.Fatalf("after the batches: %q %v", b, err)
+	}
+}
+
+// TestFallbackWithFlush: a client that sends Flush and waits for answers before its Sync gets
+// them at once (a gate holding them back would hang it). The answers it has may belong to work
+// of the batch's implicit transaction, so the rest of that batch is never re-run on its own:
+// the new form's error reaches the client, and the insert it saw acknowledged is rolled back
+// with the batch, as Postgres would do.
+func TestFallbackWithFlush(t *testing.T) {
+	cs := customProxy(t, "fallback_flush", accountsSchema+"create table hits (n int);", accountsMigration("fail"), proxyOpts{})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	const read = "SELECT balance::text FROM accounts WHERE id = $1"
+	for _, first := range []string{read, "INSERT INTO hits VALUES (1)"} {
+		pipe := conn.PgConn().StartPipeline(ctx)
+		if first == read {
+			pipe.SendQueryParams(read, [][]byte{[]byte("2")}, nil, nil, nil)
+		} else {
+			pipe.SendQueryParams(first, nil, nil, nil, nil)
+		}
+		pipe.SendFlushRequest()
+		if err := pipe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		res, err := pipe.GetResults() // hangs if the answer is held back
+		if err != nil {
+			t.Fatalf("%s: %v", first, err)
+		}
+		if r := res.(*pgconn.ResultReader).Read(); r.Err != nil {
+			t.Fatalf("%s: %v", first, r.Err)
+		}
+		pipe.SendQueryParams(read, [][]byte{[]byte("7")}, nil, nil, nil)
+		if err := pipe.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		res, err = pipe.GetResults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pgErr *pgconn.PgError
+		if r := res.(*pgconn.ResultReader).Read(); !errors.As(r.Err, &pgErr) || pgErr.Code != "22P02" {
+			t.Fatalf("after %s: got %v, want the new form's 22P02", first, r.Err)
+		}
+		for {
+			if res, err := pipe.GetResults(); res == nil || err != nil {
+				break
+			}
+		}
+		if err := pipe.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM hits").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("hits: %d %v: the failed batch's insert must be rolled back", n, err)
+	}
+}
+
+// TestVariantFailureReachesClient: a role that may read the old table but not the new one. A
+// prepared read routed to the new shape fails when its new-shape variant is prepared; outside a
+// transaction the read falls back to the old form, inside one the client hears the error in
+// place of its Bind's answer (the server skips the Bind), and the session goes on.
+//
+// Two ways to lack the privilege fail at two different messages: without SELECT on the new table,
+// Postgres refuses at Bind (privileges are checked when the portal starts); without USAGE on the
+// new table's schema, it refuses the variant's Parse, the proxy's own message, whose error the
+// client must still hear.
+func TestVariantFailureReachesClient(t *testing.T) {
+	ctx := testCtx(t)
+	const role = "pgc_old_only"
+	_ = cluster.Exec(ctx, "drop role if exists "+role)
+	if err := cluster.Exec(ctx, "create role "+role+" login"); err != nil {
+		t.Fatal(err)
+	}
+	// Its privileges go with each test's database, so the role can be dropped at the end.
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop role if exists "+role) })
+	inSchema := "create schema v2;\n" + strings.ReplaceAll(accountsSchema, "accounts_v2", "v2.accounts_v2")
+	for _, tc := range []struct{ name, schema, migration string }{
+		{"no_select", accountsSchema, accountsMigration("fail")},
+		{"no_usage", inSchema, strings.Replace(accountsMigration("fail"), "public.accounts_v2", "v2.accounts_v2", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := customProxy(t, "variant_"+tc.name, tc.schema+"grant select on accounts to "+role+";", tc.migration, proxyOpts{})
+			cs.setFlags(map[string]float64{"accounts-text": 100})
+			conn := connectDSN(t, cs.dsn(role, ""))
+			const read = "SELECT balance::text FROM accounts WHERE id = $1"
+			for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+				var b string
+				if err := conn.QueryRow(ctx, read, mode, 2+i).Scan(&b); err != nil || b != []string{"21.00", "31.50"}[i] {
+					t.Fatalf("%v outside a transaction: %q %v", mode, b, err)
+				}
+			}
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tx.QueryRow(ctx, read, pgx.QueryExecModeCacheStatement, 4).Scan(new(string))
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+				t.Fatalf("in a transaction: got %v, want the new form's 42501", err)
+			}
+			if err := tx.Rollback(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cs.setFlags(map[string]float64{"accounts-text": 0})
+			var b string
+			if err := conn.QueryRow(ctx, read, pgx.QueryExecModeCacheStatement, 4).Scan(&b); err != nil || b != "42.00" {
+				t.Fatalf("after the failed transaction: %q %v", b, err)
+			}
+		})
 	}
 }
