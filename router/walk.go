@@ -64,26 +64,40 @@ func (w *walker) message(m protoreflect.Message, sc *scope) {
 	if wc := withClauseOf(m.Interface()); wc != nil {
 		sc = w.withScope(wc, sc)
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if w.stopped {
-			return false
+	// Fields are walked in declaration order, which follows Postgres's own structs (a SELECT's
+	// target list, FROM, WHERE, ...). protoreflect's Range order is unspecified and, in
+	// protobuf-go, differs from one binary to another, so references (and the migrations a plan
+	// lists) would come out in another order after a rebuild.
+	if n, ok := m.Interface().(*pg_query.Node); ok {
+		if fd := m.WhichOneof(m.Descriptor().Oneofs().Get(0)); fd != nil && n.Node != nil {
+			w.field(fd, m.Get(fd), sc)
 		}
-		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
-			return true
+		return
+	}
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len() && !w.stopped; i++ {
+		if fd := fields.Get(i); m.Has(fd) {
+			w.field(fd, m.Get(fd), sc)
 		}
-		if fd.IsList() {
-			l := v.List()
-			for i := 0; i < l.Len() && !w.stopped; i++ {
-				w.dispatch(l.Get(i).Message(), sc)
-			}
-			return true
+	}
+}
+
+// field walks one populated field: messages and lists of them.
+func (w *walker) field(fd protoreflect.FieldDescriptor, v protoreflect.Value, sc *scope) {
+	if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+		return
+	}
+	if fd.IsList() {
+		l := v.List()
+		for i := 0; i < l.Len() && !w.stopped; i++ {
+			w.dispatch(l.Get(i).Message(), sc)
 		}
-		if fd.Name() == "with_clause" {
-			return true // walked by withScope, with the right visibility per CTE
-		}
-		w.dispatch(v.Message(), sc)
-		return true
-	})
+		return
+	}
+	if fd.Name() == "with_clause" {
+		return // walked by withScope, with the right visibility per CTE
+	}
+	w.dispatch(v.Message(), sc)
 }
 
 func (w *walker) dispatch(m protoreflect.Message, sc *scope) {
