@@ -65,6 +65,9 @@ type expected struct {
 	// obs times a statement touching migrations (Execute); obsList, per statement (Query).
 	obs     *observation
 	obsList []*observation
+	// prepares: per statement of a Query, a SQL PREPARE of a mirrored write, recorded in the
+	// session's statements once the server confirms it.
+	prepares []*stmtInfo
 }
 
 // parseUndo restores what the session knew of a statement name when its Parse fails.

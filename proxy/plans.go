@@ -45,6 +45,7 @@ type stmtInfo struct {
 	// decides at Parse). original: it holds the client's own text even though a mirrored form
 	// exists (a passthrough write that was re-run).
 	routed, original bool
+	sqlPrepared      bool     // created by a SQL PREPARE of a mirrored write (executed by EXECUTE)
 	newVariant       *variant // the read's new-shape form
 	origVariant      *variant // the client's own text, prepared when its mirror failed or its names moved
 	// path and role it was planned under: Postgres resolves a prepared statement's names again
@@ -169,19 +170,49 @@ func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
 	plan := s.plan(sql)
 	defer s.applySessionChanges(sql)
-	if plan == nil || plan.Untouched {
+	if plan == nil {
+		return s.emit('Q', body, e, nil)
+	}
+	executes := s.executedWrites(sql, plan)
+	if plan.Untouched {
+		if executes != nil {
+			e.writes, e.obsList = make([]*router.WriteForm, len(executes)), make([]*observation, len(executes))
+			for i, info := range executes {
+				if info != nil {
+					e.writes[i] = captureOf(info.writeForm())
+					e.obsList[i] = s.observe(info.plan, "write", info.writeForm())
+				}
+			}
+		}
 		return s.emit('Q', body, e, nil)
 	}
 	changed := false
 	forms := make([]*router.WriteForm, len(plan.Statements))
 	obs := make([]*observation, len(plan.Statements))
 	texts := make([]string, len(plan.Statements))
+	var prepares []*stmtInfo
 	var gateKind string
 	var gateMigs []string
 	mirrored := false
+	onlyData := true // reads and writes only: a rollback undoes all of their effects
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
+		onlyData = onlyData && (st.Kind == router.KindRead || st.Kind == router.KindWrite || st.Kind == router.KindEmpty)
 		switch {
+		case executes != nil && executes[i] != nil:
+			// EXECUTE of a write prepared in SQL in its mirrored form: it answers as that form does.
+			forms[i] = captureOf(executes[i].writeForm())
+			obs[i] = s.observe(executes[i].plan, "write", executes[i].writeForm())
+			mirrored = true
+		case st.Prepare != nil:
+			texts[i], changed = st.Prepare.SQL, true
+			if prepares == nil {
+				prepares = make([]*stmtInfo, len(plan.Statements))
+			}
+			s.mu.Lock()
+			path, role := s.path.current(), s.role.current()
+			s.mu.Unlock()
+			prepares[i] = &stmtInfo{name: st.Prepare.Name, plan: st.Prepare.Statement, query: st.Prepare.Statement.SQL, path: path, role: role, sqlPrepared: true}
 		case st.Write != nil:
 			texts[i], changed = st.Write.SQL, true
 			forms[i] = captureOf(st.Write)
@@ -211,14 +242,18 @@ func (s *session) planQuery(body []byte, e expected) error {
 	}
 	e.obsList = obs
 	if !changed {
+		if executes != nil {
+			e.writes = forms
+		}
 		return s.emit('Q', body, e, nil)
 	}
-	e.writes = forms
+	e.writes, e.prepares = forms, prepares
 	// Statements are joined on their own lines: a statement may end in a -- comment.
 	out := append([]byte(strings.Join(texts, "\n;\n")), 0)
 	// A re-run sends the client's own text, so a Query of several statements can be re-run only
-	// when none of them is a mirrored write.
-	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && mirrored) {
+	// when none of them is a mirrored write, and only reads and writes: the effects of PREPARE,
+	// DEALLOCATE and the like outlast the rollback and would collide with the re-run.
+	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && (mirrored || !onlyData)) {
 		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, multi)
 	}
 	return s.emit('Q', out, e, nil)
@@ -283,6 +318,49 @@ func (s *session) noteDDL(plan *router.Plan) {
 // reasonSettingUnknown labels writes left unmirrored because the session's search_path or role
 // could not be followed.
 const reasonSettingUnknown = "search_path_unknown"
+
+// executedWrites returns, per statement of sql, the SQL-prepared mirrored write that an EXECUTE
+// runs (nil for other statements), or nil when no statement executes one. Only a session that
+// prepared such a write in SQL, or a text that prepares one, is parsed for EXECUTE. A PREPARE
+// earlier in the same text counts: the server runs it before the EXECUTE.
+func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
+	inText := map[string]*stmtInfo{}
+	for _, st := range plan.Statements {
+		if st.Prepare != nil {
+			inText[st.Prepare.Name] = &stmtInfo{name: st.Prepare.Name, plan: st.Prepare.Statement, sqlPrepared: true}
+		}
+	}
+	s.mu.Lock()
+	prepared := s.sqlPrepared
+	s.mu.Unlock()
+	if !prepared && len(inText) == 0 || !strings.Contains(strings.ToLower(sql), "execute") {
+		return nil
+	}
+	names := router.ExecutedNames(sql)
+	if len(names) == 0 || !plan.Untouched && len(names) != len(plan.Statements) {
+		return nil
+	}
+	var out []*stmtInfo
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	for i, name := range names {
+		if i < len(plan.Statements) && plan.Statements[i].Prepare != nil {
+			seen[plan.Statements[i].Prepare.Name] = true
+		}
+		info := s.stmts[name]
+		if seen[name] {
+			info = inText[name]
+		}
+		if name != "" && info != nil && info.sqlPrepared && info.writeForm() != nil {
+			if out == nil {
+				out = make([]*stmtInfo, len(names))
+			}
+			out[i] = info
+		}
+	}
+	return out
+}
 
 // applySessionChanges keeps the session's search_path and statement variants in step with what
 // a Query does to them.

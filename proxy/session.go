@@ -69,11 +69,14 @@ type session struct {
 	// inBatch: the client sent extended-protocol messages since its last Sync. Their implicit
 	// transaction may already hold work whose answers the client has (after a Flush), so no
 	// gate may open before the next Sync: a re-run of the batch's rest would lose that work.
-	inBatch    bool
-	path       settingState // the session's search_path, for planning
-	role       userState    // the current user, for "$user" in the search_path
-	tx         txOutcome    // how the current transaction ends, for path and role
-	pathWarned bool         // the session logged that it lost track of search_path
+	inBatch bool
+	// sqlPrepared: the client prepared a mirrored write in SQL; its Queries are then checked for
+	// EXECUTE (planQuery).
+	sqlPrepared bool
+	path        settingState // the session's search_path, for planning
+	role        userState    // the current user, for "$user" in the search_path
+	tx          txOutcome    // how the current transaction ends, for path and role
+	pathWarned  bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts      map[string]*stmtInfo
 	portals    map[string]*portalInfo
@@ -658,6 +661,12 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 // class, and the mirrored or unmirrored write it made. errBody is the ErrorResponse, if it failed.
 // Holds mu.
 func (s *session) completed(e *expected, errBody []byte) {
+	if e.kind == reqQuery && errBody == nil && e.stmt < len(e.prepares) {
+		if info := e.prepares[e.stmt]; info != nil {
+			s.stmts[info.name] = info
+			s.sqlPrepared = true
+		}
+	}
 	o := e.obs
 	if e.kind == reqQuery {
 		o = nil

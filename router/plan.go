@@ -49,6 +49,17 @@ type StatementPlan struct {
 	Write *WriteForm
 	// Unmirrored says why a write to a migrated relation passes through without its mirror.
 	Unmirrored []Unrewritten
+	// Prepare: a SQL PREPARE of a mirrored write, sent so that the server holds the mirrored form
+	// under the statement's name; each EXECUTE of it then answers as the mirrored form does.
+	Prepare *PreparedWrite
+}
+
+// PreparedWrite is the plan of `PREPARE name AS <write>` for a write that is mirrored.
+type PreparedWrite struct {
+	Name string // the prepared statement's name
+	SQL  string // PREPARE name [(types)] AS <the mirrored form>
+	// Statement is the plan of the prepared write itself (SQL: its text; Write: its form).
+	Statement *StatementPlan
 }
 
 // ReadForm is a read rewritten to take the listed migrations from their new shape.

@@ -145,6 +145,10 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 		return st
 	}
+	if ps := raw.Stmt.GetPrepareStmt(); ps != nil && ps.Query != nil && classify(ps.Query) == KindWrite {
+		planPrepare(cat, searchPath, version, ps, st)
+		return st
+	}
 	refs := findReferences(raw.Stmt, cat, searchPath)
 	if st.Kind == KindWrite {
 		planWrite(cat, searchPath, version, raw.Stmt, st)
@@ -233,6 +237,53 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 	}
 	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0
 	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered}
+}
+
+// planPrepare plans `PREPARE name AS <write>`: the write is planned as if sent alone, and when it
+// is mirrored, the PREPARE is sent with the mirrored form in its place, so that every EXECUTE
+// changes both shapes. A write that is not mirrored keeps the client's PREPARE, and its reasons.
+func planPrepare(cat *Catalog, searchPath []string, version int32, ps *pg_query.PrepareStmt, st *StatementPlan) {
+	text, err := deparse(version, ps.Query)
+	if err != nil {
+		return
+	}
+	inner := &StatementPlan{Kind: KindWrite, SQL: text}
+	refs := findReferences(ps.Query, cat, searchPath)
+	planWrite(cat, searchPath, version, ps.Query, inner)
+	inner.Migrations = mergeNames(migrationNames(refs), inner)
+	st.Migrations, st.Unmirrored = inner.Migrations, inner.Unmirrored
+	if inner.Write == nil {
+		return
+	}
+	form, err := pg_query.Parse(inner.Write.SQL)
+	if err != nil || len(form.Stmts) != 1 {
+		st.Unmirrored = append(st.Unmirrored, Unrewritten{Migration: inner.Write.Migration, Reason: ReasonDeparse})
+		return
+	}
+	prepared := proto.Clone(ps).(*pg_query.PrepareStmt)
+	prepared.Query = form.Stmts[0].Stmt
+	out, err := deparse(version, &pg_query.Node{Node: &pg_query.Node_PrepareStmt{PrepareStmt: prepared}})
+	if err != nil {
+		st.Unmirrored = append(st.Unmirrored, Unrewritten{Migration: inner.Write.Migration, Reason: ReasonDeparse})
+		return
+	}
+	st.Prepare = &PreparedWrite{Name: ps.Name, SQL: out, Statement: inner}
+}
+
+// ExecutedNames parses sql and returns, per statement, the name of the prepared statement an
+// EXECUTE runs ("" for any other statement); nil when sql does not parse.
+func ExecutedNames(sql string) []string {
+	tree, err := pg_query.Parse(sql)
+	if err != nil {
+		return nil
+	}
+	names := make([]string, len(tree.Stmts))
+	for i, raw := range tree.Stmts {
+		if ex := raw.Stmt.GetExecuteStmt(); ex != nil {
+			names[i] = ex.Name
+		}
+	}
+	return names
 }
 
 // deparse renders a statement and proves the text parses again: pg_query's deparser has corners

@@ -267,3 +267,35 @@ func TestProjectionCastsOnlyWhatDiffers(t *testing.T) {
 		t.Fatalf("read form\n got %s\nwant %s", st.Read.SQL, want)
 	}
 }
+
+// TestPlanSQLPrepare: PREPARE of a mirrored write is sent with the mirrored form under the same
+// name and parameter types; the prepared write's own plan comes with it. EXECUTE names are found.
+func TestPlanSQLPrepare(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	for _, sql := range []string{
+		"PREPARE q (text, bigint) AS UPDATE users SET full_name = $1 WHERE id = $2",
+		"prepare q as update users set full_name = 'x' where id = $1",
+	} {
+		st := p.Plan(cat, "public", "u", sql).Statements[0]
+		if st.Prepare == nil {
+			t.Fatalf("%s: no prepared form (unmirrored %v)", sql, st.Unmirrored)
+		}
+		w := st.Prepare.Statement.Write
+		if w == nil || !strings.HasPrefix(st.Prepare.SQL, "PREPARE q") || !strings.Contains(st.Prepare.SQL, "AS "+w.SQL) {
+			t.Fatalf("%s: prepared form %q, write %+v", sql, st.Prepare.SQL, w)
+		}
+		if strings.Contains(sql, "text, bigint") && !strings.HasPrefix(st.Prepare.SQL, "PREPARE q(text, bigint) AS WITH") {
+			t.Fatalf("parameter types lost: %s", st.Prepare.SQL)
+		}
+		if st.Prepare.Name != "q" || st.Write != nil || len(st.Migrations) != 1 {
+			t.Fatalf("%s: %+v", sql, st)
+		}
+	}
+	if st := p.Plan(cat, "public", "u", "PREPARE r AS SELECT full_name FROM users WHERE id = $1").Statements[0]; st.Prepare != nil {
+		t.Fatal("a prepared read got a prepared write form")
+	}
+	if got := ExecutedNames("SELECT 1; EXECUTE q('a', 2); execute \"Q2\""); strings.Join(got, ",") != ",q,Q2" {
+		t.Fatalf("executed names %q", got)
+	}
+}

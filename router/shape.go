@@ -65,8 +65,8 @@ func compileShape(plan *Plan, lits map[int]string) *shapePlan {
 		return nil
 	}
 	st := plan.Statements[0]
-	if st.Compare != nil {
-		return nil // comparison forms are not templated: plan such texts exactly
+	if st.Compare != nil || st.Prepare != nil {
+		return nil // comparison and PREPARE forms are not templated: plan such texts exactly
 	}
 	sp := &shapePlan{plan: plan}
 	var ok bool

@@ -188,6 +188,11 @@ func writeExplain(w io.Writer, database string, plan *router.Plan) {
 				fmt.Fprintf(w, "  client sees: the %s command tag%s\n", wf.Verb, map[bool]string{true: " (the count row is consumed)", false: " and its RETURNING rows"}[wf.CountOnly])
 			}
 		}
+		if pw := st.Prepare; pw != nil {
+			wf := pw.Statement.Write
+			fmt.Fprintf(w, "  prepared as (%s, %s, on_mirror_error %s): %s\n", wf.Strategy, wf.Direction, mirrorErrorMode(wf), pw.SQL)
+			fmt.Fprintf(w, "  EXECUTE %s: mirrored; the client sees the %s command tag%s\n", pw.Name, wf.Verb, map[bool]string{true: "", false: " and its RETURNING rows"}[wf.CountOnly])
+		}
 		for _, u := range st.Unmirrored {
 			fmt.Fprintf(w, "  not mirrored for %s: %s (counted in pgcanary_unmirrored_writes_total; verify --repair closes the drift)\n", u.Migration, u.Reason)
 		}
@@ -220,6 +225,14 @@ type explainStmtJS struct {
 	Unrewritten []router.Unrewritten `json:"unrewritten,omitempty"`
 	Write       *router.WriteForm    `json:"write,omitempty"`
 	Unmirrored  []router.Unrewritten `json:"unmirrored,omitempty"`
+	Prepare     *explainPrepareJS    `json:"prepare,omitempty"`
+}
+
+// explainPrepareJS is a SQL PREPARE of a mirrored write: the PREPARE sent, and the write's form.
+type explainPrepareJS struct {
+	Name  string            `json:"name"`
+	SQL   string            `json:"sql"`
+	Write *router.WriteForm `json:"write"`
 }
 
 func writeExplainJSON(w io.Writer, database string, plan *router.Plan) error {
@@ -227,9 +240,13 @@ func writeExplainJSON(w io.Writer, database string, plan *router.Plan) error {
 	if plan != nil {
 		out.Untouched = plan.Untouched
 		for _, st := range plan.Statements {
-			out.Statements = append(out.Statements, explainStmtJS{SQL: st.SQL, Kind: st.Kind.String(),
+			js := explainStmtJS{SQL: st.SQL, Kind: st.Kind.String(),
 				Migrations: append([]string{}, st.Migrations...), Read: st.Read, Compare: st.Compare,
-				Unrewritten: st.Unrewritten, Write: st.Write, Unmirrored: st.Unmirrored})
+				Unrewritten: st.Unrewritten, Write: st.Write, Unmirrored: st.Unmirrored}
+			if pw := st.Prepare; pw != nil {
+				js.Prepare = &explainPrepareJS{Name: pw.Name, SQL: pw.SQL, Write: pw.Statement.Write}
+			}
+			out.Statements = append(out.Statements, js)
 		}
 	}
 	enc := json.NewEncoder(w)

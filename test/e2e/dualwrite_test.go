@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgcanary/pgcanary/canary"
@@ -295,5 +296,83 @@ func TestDualWritesLibPQAndPsql(t *testing.T) {
 		}
 	}
 	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	assertShapesAgree(t, conn)
+}
+
+// TestDualWritesSQLPrepare: writes prepared in SQL (PREPARE ... AS UPDATE, EXECUTE) mirror on every
+// EXECUTE and answer as the client's statement would, also when PREPARE and EXECUTE share a query
+// string, through DEALLOCATE, and when a PREPARE fails because the name is taken (the EXECUTE then
+// runs the statement that holds the name, untouched).
+func TestDualWritesSQLPrepare(t *testing.T) {
+	p, dsn := migratedProxy(t, "dual_sql_prepare")
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	pc := conn.PgConn()
+	run := func(sql string) []*pgconn.Result {
+		t.Helper()
+		res, err := pc.Exec(ctx, sql).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return res
+	}
+	tags := func(res []*pgconn.Result) string {
+		var out []string
+		for _, r := range res {
+			out = append(out, r.CommandTag.String())
+		}
+		return strings.Join(out, "|")
+	}
+	name := func(id int) string {
+		t.Helper()
+		var first, last string
+		if err := conn.QueryRow(ctx, "SELECT first_name, coalesce(last_name, '') FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil {
+			t.Fatal(err)
+		}
+		return first + "/" + last
+	}
+	mirroredBefore := max(gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}), 0)
+
+	if got := tags(run("PREPARE up (text, bigint) AS UPDATE users SET full_name = $1 WHERE id = $2")); got != "PREPARE" {
+		t.Fatalf("prepare: %s", got)
+	}
+	if got := tags(run("EXECUTE up('Prep Ared', 3)")); got != "UPDATE 1" || name(3) != "Prep/Ared" {
+		t.Fatalf("execute: %s, users_v2 %s", got, name(3))
+	}
+	if got := tags(run("execute up ('Twice Over', 3); EXECUTE up('No Row', 999999)")); got != "UPDATE 1|UPDATE 0" || name(3) != "Twice/Over" {
+		t.Fatalf("two executes: %s, users_v2 %s", got, name(3))
+	}
+	// PREPARE and EXECUTE in one string; INSERT ... RETURNING answers its own rows.
+	res := run("PREPARE ins AS INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id, full_name; EXECUTE ins('Same String', 'same@example.com')")
+	if tags(res) != "PREPARE|INSERT 0 1" || len(res[1].Rows) != 1 || string(res[1].Rows[0][1]) != "Same String" {
+		t.Fatalf("prepare and execute in one string: %s %v", tags(res), res[1].Rows)
+	}
+	if len(res[1].FieldDescriptions) != 2 || res[1].FieldDescriptions[1].Name != "full_name" {
+		t.Fatalf("RETURNING columns: %+v", res[1].FieldDescriptions)
+	}
+	// Through the extended protocol too, a Bind to the SQL-prepared name.
+	if tag, err := pc.ExecPrepared(ctx, "up", [][]byte{[]byte("Bound Name"), []byte("4")}, nil, nil).Close(); err != nil || tag.String() != "UPDATE 1" || name(4) != "Bound/Name" {
+		t.Fatalf("bind to a SQL-prepared write: %v %v, users_v2 %s", tag, err, name(4))
+	}
+	// DEALLOCATE drops it; the name can hold another statement.
+	run("DEALLOCATE up")
+	if _, err := pc.Exec(ctx, "EXECUTE up('Gone', 3)").ReadAll(); err == nil {
+		t.Fatal("EXECUTE after DEALLOCATE succeeded")
+	}
+	run("PREPARE up AS SELECT $1::int + 1")
+	if res := run("EXECUTE up(41)"); len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "42" {
+		t.Fatalf("a read under the reused name: %v", res[0].Rows)
+	}
+	// A PREPARE that fails (the name is taken) changes nothing: EXECUTE runs the read.
+	if _, err := pc.Exec(ctx, "PREPARE up AS UPDATE users SET full_name = $1 WHERE id = 3").ReadAll(); err == nil {
+		t.Fatal("PREPARE of a taken name succeeded")
+	}
+	if res := run("EXECUTE up(1)"); len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "2" || tags(res) != "SELECT 1" {
+		t.Fatalf("EXECUTE after a failed PREPARE: %s %v", tags(res), res[0].Rows)
+	}
+	mirrored := gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}) - mirroredBefore
+	if mirrored != 5 {
+		t.Fatalf("%v mirrored writes counted, want 5", mirrored)
+	}
 	assertShapesAgree(t, conn)
 }
