@@ -33,11 +33,12 @@ type gate struct {
 	sealed     bool // the batch is complete: later client messages wait in held
 	noFallback bool // the batch cannot be replayed: release at the next server message
 	gatedSet   bool // an entry of the batch carries gated
-	// executes counts the batch's statements; mirrored says one of them is a mirrored write. A
-	// re-run sends writes in the client's own text, so a batch of several statements is re-run
-	// only when none of them is a mirrored write.
+	// executes counts the batch's statements; notRead says one of them is not a read of a
+	// migration. A batch of several statements is re-run only when all are such reads: a write
+	// would run again with the effects a rollback does not undo (its serial values, say), and a
+	// mirrored one would run in the client's own text.
 	executes int
-	mirrored bool
+	notRead  bool
 	recorded []*recorded
 	recSize  int
 	held     []byte // client messages after the batch
@@ -271,7 +272,7 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 	}
 	if typ == 'E' && !e.suppress {
 		g.executes++
-		g.mirrored = g.mirrored || e.obs != nil && e.obs.route == "write"
+		g.notRead = g.notRead || e.obs == nil || e.obs.route == "write"
 	}
 	if e.suppress || g.noFallback {
 		return
@@ -318,7 +319,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head exp
 		return typ
 	}
 	if origTyp == 'E' {
-		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.mirrored) {
+		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.notRead) {
 			g.failed, g.kind, g.migrations = true, kind, migrations
 			if typ != 0 {
 				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run

@@ -193,17 +193,15 @@ func (s *session) planQuery(body []byte, e expected) error {
 	var prepares []*stmtInfo
 	var gateKind string
 	var gateMigs []string
-	mirrored := false
-	onlyData := true // reads and writes only: a rollback undoes all of their effects
+	onlyReads := true // a re-run of reads repeats nothing a rollback does not undo
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
-		onlyData = onlyData && (st.Kind == router.KindRead || st.Kind == router.KindWrite || st.Kind == router.KindEmpty)
+		onlyReads = onlyReads && (st.Kind == router.KindRead || st.Kind == router.KindEmpty)
 		switch {
 		case executes != nil && executes[i] != nil:
 			// EXECUTE of a write prepared in SQL in its mirrored form: it answers as that form does.
 			forms[i] = captureOf(executes[i].writeForm())
 			obs[i] = s.observe(executes[i].plan, "write", executes[i].writeForm())
-			mirrored = true
 		case st.Prepare != nil:
 			texts[i], changed = st.Prepare.SQL, true
 			if prepares == nil {
@@ -217,7 +215,6 @@ func (s *session) planQuery(body []byte, e expected) error {
 			texts[i], changed = st.Write.SQL, true
 			forms[i] = captureOf(st.Write)
 			obs[i] = s.observe(st, "write", st.Write)
-			mirrored = true
 			if st.Write.Passthrough {
 				gateKind, gateMigs = "write", st.Migrations
 			}
@@ -250,10 +247,10 @@ func (s *session) planQuery(body []byte, e expected) error {
 	e.writes, e.prepares = forms, prepares
 	// Statements are joined on their own lines: a statement may end in a -- comment.
 	out := append([]byte(strings.Join(texts, "\n;\n")), 0)
-	// A re-run sends the client's own text, so a Query of several statements can be re-run only
-	// when none of them is a mirrored write, and only reads and writes: the effects of PREPARE,
-	// DEALLOCATE and the like outlast the rollback and would collide with the re-run.
-	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && (mirrored || !onlyData)) {
+	// A Query of several statements is re-run only when all of them are reads: a write would run
+	// again with effects a rollback does not undo (serial values), a mirrored one in the client's
+	// own text, and PREPARE and the like would collide with themselves.
+	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && !onlyReads) {
 		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, multi)
 	}
 	return s.emit('Q', out, e, nil)
