@@ -173,6 +173,9 @@ func (s *session) planQuery(body []byte, e expected) error {
 	if plan == nil {
 		return s.emit('Q', body, e, nil)
 	}
+	if len(plan.Statements) > 1 && !plan.Untouched {
+		plan = s.planInSequence(sql, plan)
+	}
 	executes := s.executedWrites(sql, plan)
 	if plan.Untouched {
 		if executes != nil {
@@ -315,6 +318,52 @@ func (s *session) noteDDL(plan *router.Plan) {
 // reasonSettingUnknown labels writes left unmirrored because the session's search_path or role
 // could not be followed.
 const reasonSettingUnknown = "search_path_unknown"
+
+// planInSequence plans each statement of a multi-statement Query under the search_path and role
+// that the statements before it leave: `SET search_path TO app, public; UPDATE users ...` must
+// not mirror the UPDATE as if users were still public.users. It returns plan itself when no
+// statement but the last changes either.
+func (s *session) planInSequence(sql string, plan *router.Plan) *router.Plan {
+	if ch := router.SessionChangesOf(sql); len(ch.Settings) == 0 {
+		return plan
+	}
+	s.mu.Lock()
+	path, role := s.path.clone(), s.role.clone()
+	s.mu.Unlock()
+	out := &router.Plan{Generation: plan.Generation, Statements: make([]*router.StatementPlan, len(plan.Statements))}
+	moved := false
+	for i, st := range plan.Statements {
+		if moved {
+			p, u := path.current(), role.current()
+			if p == unknownSetting || u == unknownSetting && strings.Contains(p, "$user") {
+				// Names cannot be resolved as Postgres will: relayed as written, like any
+				// statement after a setting pgcanary cannot follow.
+				if st.Write != nil {
+					s.srv.metrics.UnmirroredWrite(st.Write.Migration, reasonSettingUnknown)
+				}
+				st = &router.StatementPlan{Kind: st.Kind, SQL: st.SQL}
+			} else if sub := s.srv.planner.Plan(s.database, p, u, st.SQL); sub != nil && len(sub.Statements) == 1 {
+				st = sub.Statements[0]
+			} else {
+				st = &router.StatementPlan{Kind: st.Kind, SQL: st.SQL}
+			}
+		}
+		out.Statements[i] = st
+		for _, c := range router.SessionChangesOf(st.SQL).Settings {
+			moved = true
+			switch c.Setting {
+			case router.SettingSearchPath:
+				path.apply(c)
+			case router.SettingRole, router.SettingSessionAuthorization:
+				role.apply(c)
+			default:
+				path.apply(c)
+				role.apply(c)
+			}
+		}
+	}
+	return out
+}
 
 // executedWrites returns, per statement of sql, the SQL-prepared mirrored write that an EXECUTE
 // runs (nil for other statements), or nil when no statement executes one. Only a session that

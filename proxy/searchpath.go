@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"slices"
 
 	"github.com/pgcanary/pgcanary/router"
 )
@@ -80,6 +81,15 @@ type savedSetting struct {
 	name      string
 	tx, local *string
 }
+
+// clone copies the state for a what-if: apply replaces the pointers, never what they point to.
+func (p *settingState) clone() settingState {
+	c := *p
+	c.saves = slices.Clone(p.saves)
+	return c
+}
+
+func (u *userState) clone() userState { return userState{auth: u.auth.clone(), role: u.role.clone()} }
 
 func newSettingState(base string) settingState {
 	return settingState{base: base, committed: base}

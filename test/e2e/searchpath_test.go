@@ -353,3 +353,36 @@ func TestNewSchemaSeenWithoutReload(t *testing.T) {
 			})
 	}
 }
+
+// TestSearchPathWithinQuery: a SET earlier in a multi-statement Query applies to the statements
+// after it, as Postgres runs them: a read of the name that now means app.users is not routed, and
+// an UPDATE of it is not mirrored into public.users_v2 (which would corrupt the new shape).
+func TestSearchPathWithinQuery(t *testing.T) {
+	ff := newFlagFile(t)
+	_, dsn := migratedProxyWith(t, "search_path_query", proxyOpts{flags: ff.src, setupSQL: `create schema app;
+		create table app.users (id int primary key, full_name text);
+		insert into app.users values (2, 'app schema row'), (1001, 'app only');`})
+	ff.set(100)
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	pc := conn.PgConn()
+	res, err := pc.Exec(ctx, "SET search_path TO app, public; SELECT full_name FROM users WHERE id = 2; RESET search_path; SELECT full_name FROM users WHERE id = 2").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 4 || string(res[1].Rows[0][0]) != "app schema row" || string(res[3].Rows[0][0]) != "Grace Brewster Hopper" {
+		t.Fatalf("reads around SET in one Query: %+v", res)
+	}
+	if _, err := pc.Exec(ctx, "SET search_path TO app, public; UPDATE users SET full_name = 'App Renamed' WHERE id = 1001; RESET search_path").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM public.users_v2 WHERE id = 1001").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("the write to app.users reached public.users_v2: %d rows, %v", n, err)
+	}
+	var name string
+	if err := conn.QueryRow(ctx, "SELECT full_name FROM app.users WHERE id = 1001").Scan(&name); err != nil || name != "App Renamed" {
+		t.Fatalf("app.users: %q %v", name, err)
+	}
+	assertShapesAgree(t, conn)
+}
