@@ -351,15 +351,7 @@ func (s *session) planInSequence(sql string, plan *router.Plan) *router.Plan {
 		out.Statements[i] = st
 		for _, c := range router.SessionChangesOf(st.SQL).Settings {
 			moved = true
-			switch c.Setting {
-			case router.SettingSearchPath:
-				path.apply(c)
-			case router.SettingRole, router.SettingSessionAuthorization:
-				role.apply(c)
-			default:
-				path.apply(c)
-				role.apply(c)
-			}
+			applySetting(&path, &role, c)
 		}
 	}
 	return out
@@ -370,9 +362,12 @@ func (s *session) planInSequence(sql string, plan *router.Plan) *router.Plan {
 // prepared such a write in SQL, or a text that prepares one, is parsed for EXECUTE. A PREPARE
 // earlier in the same text counts: the server runs it before the EXECUTE.
 func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
-	inText := map[string]*stmtInfo{}
+	var inText map[string]*stmtInfo // nil, allocation-free, for every Query without a PREPARE
 	for _, st := range plan.Statements {
 		if st.Prepare != nil {
+			if inText == nil {
+				inText = map[string]*stmtInfo{}
+			}
 			inText[st.Prepare.Name] = &stmtInfo{name: st.Prepare.Name, plan: st.Prepare.Statement, sqlPrepared: true}
 		}
 	}
@@ -389,9 +384,12 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 	var out []*stmtInfo
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := map[string]bool{}
+	var seen map[string]bool // PREPAREs of this text that run before statement i
 	for i, name := range names {
 		if i < len(plan.Statements) && plan.Statements[i].Prepare != nil {
+			if seen == nil {
+				seen = map[string]bool{}
+			}
 			seen[plan.Statements[i].Prepare.Name] = true
 		}
 		info := s.stmts[name]
@@ -408,6 +406,19 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 	return out
 }
 
+// applySetting applies one change to the search_path or the role; savepoints scope both.
+func applySetting(path *settingState, role *userState, c router.SettingChange) {
+	switch c.Setting {
+	case router.SettingSearchPath:
+		path.apply(c)
+	case router.SettingRole, router.SettingSessionAuthorization:
+		role.apply(c)
+	default:
+		path.apply(c)
+		role.apply(c)
+	}
+}
+
 // applySessionChanges keeps the session's search_path and statement variants in step with what
 // a Query does to them.
 func (s *session) applySessionChanges(sql string) {
@@ -418,15 +429,7 @@ func (s *session) applySessionChanges(sql string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range ch.Settings {
-		switch c.Setting {
-		case router.SettingSearchPath:
-			s.path.apply(c)
-		case router.SettingRole, router.SettingSessionAuthorization:
-			s.role.apply(c)
-		default: // savepoints scope both
-			s.path.apply(c)
-			s.role.apply(c)
-		}
+		applySetting(&s.path, &s.role, c)
 	}
 	for _, name := range ch.Deallocate {
 		if info := s.stmts[name]; info != nil {
