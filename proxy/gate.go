@@ -70,17 +70,16 @@ type recorded struct {
 
 // maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
 // transaction (a write with passthrough may open one inside a transaction, with a savepoint).
-// extended says which protocol the batch uses, and so how to send the savepoint; a Query of
-// several statements (multi) gets no savepoint, since one of them may end the transaction.
+// extended says which protocol the batch uses, and so how to send the savepoint.
 // It returns the gate it opened, or nil.
-func (s *session) maybeStartGate(kind string, migrations []string, extended, multi bool) (*gate, error) {
+func (s *session) maybeStartGate(kind string, migrations []string, extended bool) (*gate, error) {
 	s.mu.Lock()
 	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready || s.inBatch {
 		s.mu.Unlock()
 		return nil, nil
 	}
 	inTx := s.txStatus == 'T'
-	if s.txStatus != 'I' && !(inTx && kind == "write" && !multi) {
+	if s.txStatus != 'I' && !(inTx && kind == "write") {
 		s.mu.Unlock()
 		return nil, nil
 	}
@@ -152,16 +151,17 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 
 // emitGatable sends the first message of a routed or passthrough batch, opening a gate if it can.
 func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string) error {
-	if _, err := s.maybeStartGate(kind, migrations, true, false); err != nil {
+	if _, err := s.maybeStartGate(kind, migrations, true); err != nil {
 		return err
 	}
 	return s.emit(typ, body, e, rec)
 }
 
 // emitGatedQuery sends a Query whose new (or mirrored) forms may fail; orig is the client's own
-// Query body, replayed on failure. multi: it holds several statements.
-func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string, multi bool) error {
-	g, err := s.maybeStartGate(kind, migrations, false, multi)
+// Query body, replayed on failure. A Query of several statements comes here only when all of them
+// are reads (planQuery), so only a single write can open a savepoint.
+func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string) error {
+	g, err := s.maybeStartGate(kind, migrations, false)
 	if err != nil {
 		return err
 	}

@@ -253,8 +253,8 @@ func (s *session) planQuery(body []byte, e expected) error {
 	// A Query of several statements is re-run only when all of them are reads: a write would run
 	// again with effects a rollback does not undo (serial values), a mirrored one in the client's
 	// own text, and PREPARE and the like would collide with themselves.
-	if multi := len(plan.Statements) > 1; gateKind != "" && !(multi && !onlyReads) {
-		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, multi)
+	if gateKind != "" && (len(plan.Statements) == 1 || onlyReads) {
+		return s.emitGatedQuery(out, body, e, gateKind, gateMigs)
 	}
 	return s.emit('Q', out, e, nil)
 }
@@ -638,7 +638,7 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 	v := info.newVariant
 	types := info.variantParamTypes()
 	s.mu.Unlock()
-	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true, false); err != nil {
+	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
 		return err
 	}
 	if err := s.ensureVariant(v, info.plan.Read.SQL, types); err != nil {
