@@ -11,8 +11,16 @@ const (
 	codeFeatureNotSupported  = "0A000"
 	codeInvalidAuthorization = "28000"
 	codeTooManyConnections   = "53300"
-	severityFatal            = "FATAL"
+	// Postgres's own code for a finished portal executed again (see planExecute).
+	codeNotInPrerequisiteState = "55000"
+	severityFatal              = "FATAL"
+	severityError              = "ERROR"
 )
+
+// errorBody is the body of an ErrorResponse (without its type and length).
+func errorBody(severity, code, msg string) []byte {
+	return appendError(nil, severity, code, msg)[headerLen:]
+}
 
 // appendError appends an ErrorResponse from the proxy itself.
 func appendError(dst []byte, severity, code, msg string) []byte {

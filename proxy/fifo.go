@@ -65,6 +65,9 @@ type expected struct {
 	// obs times a statement touching migrations (Execute); obsList, per statement (Query).
 	obs     *observation
 	obsList []*observation
+	// reword: the ErrorResponse body the client gets instead of the server's, for an Execute the
+	// proxy made fail on purpose (planExecute).
+	reword []byte
 	// prepares: per statement of a Query, a SQL PREPARE of a mirrored write, recorded in the
 	// session's statements once the server confirms it.
 	prepares []*stmtInfo

@@ -87,6 +87,7 @@ type portalInfo struct {
 	info  *stmtInfo
 	route string            // "old" or "new" for reads, "write" for writes
 	write *router.WriteForm // the capture form whose responses need restoring, if any
+	ran   bool              // a count-only write form was executed: the client's portal is finished
 }
 
 // writeForm is the mirrored form a statement runs when sent under the client's name.
@@ -135,18 +136,7 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 	case 'D', 'C':
 		return s.planDescribeClose(typ, body, e)
 	case 'E':
-		portal, _, _ := cstring(body)
-		s.mu.Lock()
-		p := s.portals[string(portal)]
-		s.mu.Unlock()
-		if p != nil {
-			e.write = captureOf(p.write)
-			if p.info != nil {
-				route := p.route
-				e.obs = s.observe(p.info.plan, route, p.write)
-			}
-		}
-		return s.emit(typ, body, e, nil)
+		return s.planExecute(body, e)
 	case 'S':
 		s.closeOrphans()
 		if err := s.emit(typ, body, e, nil); err != nil {
@@ -162,6 +152,61 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 		return nil
 	}
 	return s.emit(typ, body, e, nil)
+}
+
+// planExecute gives an Execute the transform and observation of the portal's form. A count-only
+// capture form (a write without RETURNING, sent as a SELECT of its count) must behave like the
+// client's statement, which runs to completion whatever the row limit and cannot run again.
+func (s *session) planExecute(body []byte, e expected) error {
+	portal, _, _ := cstring(body)
+	s.mu.Lock()
+	p := s.portals[string(portal)]
+	ranBefore := false
+	if p != nil {
+		e.write = captureOf(p.write)
+		if e.write != nil && e.write.CountOnly {
+			ranBefore, p.ran = p.ran, true
+		}
+	}
+	s.mu.Unlock()
+	switch {
+	case p == nil:
+	case ranBefore:
+		// Postgres fails a finished portal's Execute with 55000 and skips to Sync. The form's
+		// SELECT would run again instead, so the proxy executes a portal that does not exist,
+		// which fails the same way, and words the error as Postgres does.
+		e.write = nil
+		e.reword = errorBody(severityError, codeNotInPrerequisiteState, "portal \""+string(portal)+"\" cannot be run")
+		body = executeBody(noPortal, 0)
+	default:
+		if e.write != nil && e.write.CountOnly && executeLimit(body) != 0 {
+			body = executeBody(string(portal), 0) // the count row would suspend the portal
+		}
+		if p.info != nil {
+			e.obs = s.observe(p.info.plan, p.route, p.write)
+		}
+	}
+	return s.emit('E', body, e, nil)
+}
+
+// noPortal names a portal the proxy never binds: executing it fails (see planExecute).
+const noPortal = "pgcanary_no_portal"
+
+// executeBody builds an Execute message body.
+func executeBody(portal string, limit uint32) []byte {
+	out := make([]byte, 0, len(portal)+5)
+	out = append(out, portal...)
+	out = append(out, 0)
+	return binary.BigEndian.AppendUint32(out, limit)
+}
+
+// executeLimit reads an Execute's row limit (0: none).
+func executeLimit(body []byte) uint32 {
+	_, rest, ok := cstring(body)
+	if !ok || len(rest) < 4 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(rest)
 }
 
 // planQuery plans a simple Query: each statement is sent in its mirrored or routed form, and the

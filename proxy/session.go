@@ -571,6 +571,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}
+		if origTyp == 'E' && ref.reword != nil {
+			body = ref.reword
+		}
 		if ref.suppress && origTyp != 'A' && origTyp != 'S' && origTyp != 'N' && !(origTyp == 'E' && ref.variant != nil) {
 			// The proxy's own request. A variant's failed Parse is the exception: it stands for
 			// the client's statement, whose Bind the server now skips, so the client must hear why.

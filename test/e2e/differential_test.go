@@ -76,7 +76,8 @@ func TestDifferential(t *testing.T) {
 			g := newDiffGen(rng)
 			prog := g.program(22 + rng.IntN(14))
 			where := fmt.Sprintf("seed %d, phase %q, program %d", seed, ph.name, p)
-			env.run(t, seed, where, ph.proxy, prog, g.mode)
+			replay := fmt.Sprintf("PGCANARY_DIFF=1 PGCANARY_DIFF_SEED=%d go test -race -count=1 -run TestDifferential -v ./test/e2e/", seed)
+			env.run(t, replay, where, ph.proxy, prog, g.mode)
 			env.compareDatabases(t, where, prog)
 			steps += len(prog)
 		}
@@ -333,8 +334,9 @@ func openDiffSide(ctx context.Context, name, dsn string, mode pgx.QueryExecMode)
 	return s, nil
 }
 
-// run executes a program step by step on both sides and stops at the first difference.
-func (env *diffEnv) run(t *testing.T, seed uint64, where string, cs *customSetup, prog []diffStep, mode pgx.QueryExecMode) {
+// run executes a program step by step on both sides and stops at the first difference; replay
+// is the command that runs it again.
+func (env *diffEnv) run(t *testing.T, replay, where string, cs *customSetup, prog []diffStep, mode pgx.QueryExecMode) {
 	t.Helper()
 	ctx := testCtx(t)
 	ref, err := openDiffSide(ctx, "reference", env.referenceDSN, mode)
@@ -362,9 +364,9 @@ func (env *diffEnv) run(t *testing.T, seed uint64, where string, cs *customSetup
 			}
 			continue
 		}
-		t.Fatalf("%s, step %d: pgcanary's answer differs (pgx mode %v)\nreplay: PGCANARY_DIFF_SEED=%d go test -race -count=1 -run TestDifferential -v ./test/e2e/\n"+
+		t.Fatalf("%s, step %d: pgcanary's answer differs (pgx mode %v)\nreplay: %s\n"+
 			"program:\n%s\n--- reference (Postgres directly):\n%s\n--- through pgcanary:\n%s\n--- wire trace through pgcanary:\n%s\n--- wire trace of the reference:\n%s",
-			where, i, mode, seed, diffListing(prog[:i+1], i), want, got, diffClip(prox.trace.String()), diffClip(ref.trace.String()))
+			where, i, mode, replay, diffListing(prog[:i+1], i), want, got, diffClip(prox.trace.String()), diffClip(ref.trace.String()))
 	}
 }
 
@@ -1212,7 +1214,7 @@ func (g *diffGen) step() diffStep {
 		}
 		return batchStep(sts, g.mode)
 	case w < 90:
-		return g.rawStep()
+		return g.rawMessagesStep()
 	case w < 92:
 		return g.sqlPrepareStep()
 	case w < 93:
@@ -1441,10 +1443,10 @@ func batchStep(sts []diffStmt, mode pgx.QueryExecMode) diffStep {
 	}}
 }
 
-// rawStep writes extended-protocol messages pgconn's helpers never combine: named portals,
+// rawMessagesStep writes extended-protocol messages pgconn's helpers never combine: named portals,
 // Execute with a row limit and again to resume, Describe of statement and portal, Close of
 // either, all before one Sync; every backend message is recorded.
-func (g *diffGen) rawStep() diffStep {
+func (g *diffGen) rawMessagesStep() diffStep {
 	st := g.stmt()
 	stmtName := ""
 	if g.r.IntN(2) == 0 {
@@ -1481,8 +1483,14 @@ func (g *diffGen) rawStep() diffStep {
 		msgs = append(msgs, &pgproto3.Flush{})
 	}
 	msgs = append(msgs, &pgproto3.Sync{})
+	return rawStep(fmt.Sprintf("raw messages (params %s):", st), msgs, flushFirst)
+}
+
+// rawStep sends msgs as they are and records every backend message up to ReadyForQuery. With
+// flushFirst, the client sends Flush and reads the answers to its Executes before it sends Sync.
+func rawStep(title string, msgs []pgproto3.FrontendMessage, flushFirst bool) diffStep {
 	var desc strings.Builder
-	fmt.Fprintf(&desc, "raw messages (params %s):", st)
+	desc.WriteString(title)
 	for _, m := range msgs {
 		switch m := m.(type) {
 		case *pgproto3.Parse:
