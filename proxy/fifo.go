@@ -78,6 +78,9 @@ type parseUndo struct {
 	name string
 	prev *stmtInfo
 	had  bool
+	// the statement's earlier session changes (session.changers), restored with it
+	prevChanges router.SessionChanges
+	hadChanges  bool
 }
 
 // headRef returns the head entry for in-place updates (a Query's statement index).

@@ -467,8 +467,17 @@ func applySetting(path *settingState, role *userState, c router.SettingChange) {
 // applySessionChanges keeps the session's search_path and statement variants in step with what
 // a Query does to them.
 func (s *session) applySessionChanges(sql string) {
-	ch := router.SessionChangesOf(sql)
-	if len(ch.Settings) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll {
+	s.applyChanges(router.SessionChangesOf(sql))
+}
+
+// changesNothing reports whether ch leaves the session's settings and statements alone.
+func changesNothing(ch router.SessionChanges) bool {
+	return len(ch.Settings) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll
+}
+
+// applyChanges applies what a statement sent now does to the session (applySessionChanges).
+func (s *session) applyChanges(ch router.SessionChanges) {
+	if changesNothing(ch) {
 		return
 	}
 	s.mu.Lock()
@@ -481,10 +490,12 @@ func (s *session) applySessionChanges(sql string) {
 			s.orphanVariants(info)
 			delete(s.stmts, name)
 		}
+		delete(s.changers, name)
 	}
 	if ch.DeallocateAll {
 		// The server dropped every prepared statement, variants included.
 		clear(s.stmts)
+		clear(s.changers)
 		s.orphans = s.orphans[:0]
 	}
 }
@@ -518,8 +529,11 @@ func (s *session) planParse(body []byte, e expected) error {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
 	plan, path, role := s.planWithView(msg.Query)
+	var changes router.SessionChanges
 	if msg.Name == "" {
-		s.applySessionChanges(msg.Query)
+		s.applySessionChanges(msg.Query) // an unnamed statement runs right after its Parse
+	} else {
+		changes = router.SessionChangesOf(msg.Query) // at each Bind (planBind)
 	}
 	var info *stmtInfo
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
@@ -528,10 +542,19 @@ func (s *session) planParse(body []byte, e expected) error {
 	}
 	s.mu.Lock()
 	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil}
+	e.undo.prevChanges, e.undo.hadChanges = s.changers[msg.Name]
 	if info != nil {
 		s.stmts[msg.Name] = info
 	} else {
 		delete(s.stmts, msg.Name)
+	}
+	if !changesNothing(changes) {
+		if s.changers == nil {
+			s.changers = map[string]router.SessionChanges{}
+		}
+		s.changers[msg.Name] = changes
+	} else {
+		delete(s.changers, msg.Name)
 	}
 	s.mu.Unlock()
 	rec := &recorded{typ: 'P', body: body, info: info}
@@ -578,11 +601,15 @@ func (s *session) planBind(body []byte, e expected) error {
 	stmt, _, _ := cstring(rest)
 	s.mu.Lock()
 	info := s.stmts[string(stmt)]
+	changes, changer := s.changers[string(stmt)]
 	if info == nil && len(s.portals) > 0 {
 		delete(s.portals, string(portal))
 	}
 	pathChanged := info != nil && info.name != "" && (s.path.current() != info.path || s.role.current() != info.role)
 	s.mu.Unlock()
+	if changer {
+		s.applyChanges(changes) // as the portal runs; a named statement's text changes the session then
+	}
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {
 		return s.emit('B', body, e, rec)
@@ -758,6 +785,9 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 				}
 			}
 			delete(s.stmts, string(name))
+		}
+		if typ == 'C' {
+			delete(s.changers, string(name))
 		}
 	}
 	s.mu.Unlock()

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgcanary/pgcanary/router"
 )
 
 const (
@@ -78,8 +80,11 @@ type session struct {
 	tx          txOutcome    // how the current transaction ends, for path and role
 	pathWarned  bool         // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
-	stmts      map[string]*stmtInfo
-	portals    map[string]*portalInfo
+	stmts   map[string]*stmtInfo
+	portals map[string]*portalInfo
+	// changers: named statements that change search_path or the role (set_config through a
+	// prepared statement), applied at each Bind. Allocated on first need.
+	changers   map[string]router.SessionChanges
 	variantSeq uint64
 	orphans    []string          // variants of dropped statements, closed at the next Sync
 	settings   map[string]string // reported settings that change how values print (shadow.go)
@@ -728,6 +733,11 @@ func (s *session) failedRequest(e *expected) {
 			s.stmts[u.name] = u.prev
 		} else {
 			delete(s.stmts, u.name)
+		}
+		if u.hadChanges {
+			s.changers[u.name] = u.prevChanges
+		} else {
+			delete(s.changers, u.name)
 		}
 	}
 	if e.variant != nil {

@@ -83,5 +83,31 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// A named prepared statement that sets search_path changes it when it runs, not
+			// when it is parsed: the statements after it resolve users to app.users.
+			name: "search_path_set_by_named_statement",
+			mode: pgx.QueryExecModeCacheStatement,
+			prog: []diffStep{
+				rawStep("prepare both, run neither", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "to_app", Query: "SET search_path TO app, public"},
+					&pgproto3.Parse{Name: "sc", Query: "SELECT set_config('search_path', $1, false)"},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT full_name FROM users WHERE id = 2"),
+				rawStep("SET through the named statement", []pgproto3.FrontendMessage{
+					textBind("", "to_app"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("UPDATE users SET full_name = 'App Renamed' WHERE id = 1001"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (2, 1001) ORDER BY id"),
+				simpleStep("RESET search_path"),
+				rawStep("set_config with a parameter through the named statement", []pgproto3.FrontendMessage{
+					textBind("", "sc", "app, public"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (3, 1002) ORDER BY id"),
+				simpleStep("RESET search_path"),
+				simpleStep("SELECT full_name FROM users WHERE id IN (3, 1002)"),
+			},
+		},
 	}
 }
