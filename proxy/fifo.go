@@ -55,6 +55,7 @@ type expected struct {
 	sealsGate bool // the message ends the gated batch (set by the sender)
 
 	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
+	parses  *stmtInfo  // Parse of a client statement touching a migration: ParseComplete confirms it
 	variant *variant   // Parse of a variant: marks it unsent if it fails
 	rec     *recorded  // the gated batch's record of this message
 	// newForm: a Bind of a routed read ("read") or of a passthrough write's mirrored form

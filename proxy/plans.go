@@ -45,9 +45,13 @@ type stmtInfo struct {
 	// decides at Parse). original: it holds the client's own text even though a mirrored form
 	// exists (a passthrough write that was re-run).
 	routed, original bool
-	sqlPrepared      bool     // created by a SQL PREPARE of a mirrored write (executed by EXECUTE)
-	newVariant       *variant // the read's new-shape form
-	origVariant      *variant // the client's own text, prepared when its mirror failed or its names moved
+	sqlPrepared      bool // created by a SQL PREPARE of a mirrored write (executed by EXECUTE)
+	// confirmed: the server answered its Parse with ParseComplete. Until then a pipelined Bind
+	// cannot know whether the server holds this text under the name (the Parse may yet fail
+	// or be skipped), so it binds the client's own name (planBind). Guarded by session.mu.
+	confirmed   bool
+	newVariant  *variant // the read's new-shape form
+	origVariant *variant // the client's own text, prepared when its mirror failed or its names moved
 	// path and role it was planned under: Postgres resolves a prepared statement's names again
 	// when they change, so the proxy plans it again (see bindMoved).
 	path, role string
@@ -558,6 +562,7 @@ func (s *session) planParse(body []byte, e expected) error {
 	}
 	s.mu.Unlock()
 	rec := &recorded{typ: 'P', body: body, info: info}
+	e.parses = info
 	if info == nil {
 		return s.emit('P', body, e, rec)
 	}
@@ -606,6 +611,7 @@ func (s *session) planBind(body []byte, e expected) error {
 		delete(s.portals, string(portal))
 	}
 	pathChanged := info != nil && info.name != "" && (s.path.current() != info.path || s.role.current() != info.role)
+	confirmed := info != nil && info.confirmed
 	s.mu.Unlock()
 	if changer {
 		s.applyChanges(changes) // as the portal runs; a named statement's text changes the session then
@@ -627,7 +633,9 @@ func (s *session) planBind(body []byte, e expected) error {
 	case st.Read != nil && info.name == "":
 		p.route = routeName(info.routed)
 	case st.Read != nil:
-		routed := s.routeNew(st.Read, st.SQL)
+		// An unconfirmed statement runs as whatever the server holds under its name: the
+		// client's own text if its Parse succeeds, else what Postgres would run or refuse.
+		routed := confirmed && s.routeNew(st.Read, st.SQL)
 		s.countRead(st.Read, routed)
 		p.route = routeName(routed)
 	}

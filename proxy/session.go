@@ -612,6 +612,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if head.rec != nil {
 			head.rec.parsed = true
 		}
+		if head.parses != nil {
+			head.parses.confirmed = true
+		}
 	case 'C', 'I', 's':
 		if ref != nil {
 			s.completed(ref, nil)
@@ -671,6 +674,7 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 func (s *session) completed(e *expected, errBody []byte) {
 	if e.kind == reqQuery && errBody == nil && e.stmt < len(e.prepares) {
 		if info := e.prepares[e.stmt]; info != nil {
+			info.confirmed = true
 			s.stmts[info.name] = info
 			s.sqlPrepared = true
 		}

@@ -109,5 +109,36 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT full_name FROM users WHERE id IN (3, 1002)"),
 			},
 		},
+		{
+			// A Bind pipelined behind a Parse that fails (the name exists) or is skipped (an
+			// error before it) runs what the server holds under the name, as directly.
+			name: "bind_behind_failed_parse",
+			mode: pgx.QueryExecModeCacheStatement,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "s0", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("Parse of an existing name, then Bind of it", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "s0", Query: "SELECT email, 1 AS one FROM users WHERE id = $1 AND $2::int = 1"},
+					&pgproto3.Sync{},
+					textBind("", "s0", "2"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				rawStep("Parse skipped after an error, then Bind of it", []pgproto3.FrontendMessage{
+					&pgproto3.Query{String: "SELECT 1/0"},
+					&pgproto3.Parse{Name: "s1", Query: "SELECT full_name FROM users WHERE id = 1/0"}, &pgproto3.Execute{Portal: "nope"},
+					&pgproto3.Parse{Name: "s1", Query: "SELECT full_name FROM users WHERE id = $1"},
+					&pgproto3.Sync{},
+					textBind("", "s1", "3"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				rawStep("the statement as the server holds it", []pgproto3.FrontendMessage{
+					textBind("", "s0", "4"), &pgproto3.Execute{},
+					&pgproto3.Parse{Name: "s1", Query: "SELECT full_name FROM users WHERE id = $1"},
+					textBind("", "s1", "5"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+			},
+		},
 	}
 }

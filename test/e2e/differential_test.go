@@ -1509,10 +1509,13 @@ func rawStep(title string, msgs []pgproto3.FrontendMessage, flushFirst bool) dif
 			desc.WriteString("\n      Sync")
 		}
 	}
-	executes := 0
+	executes, readies := 0, 0 // a pipeline of several Syncs or Queries gets as many ReadyForQuery
 	for _, m := range msgs {
-		if _, ok := m.(*pgproto3.Execute); ok {
+		switch m.(type) {
+		case *pgproto3.Execute:
 			executes++
+		case *pgproto3.Sync, *pgproto3.Query:
+			readies++
 		}
 	}
 	return diffStep{desc: desc.String(), run: func(ctx context.Context, s *diffSide, o *diffObs) {
@@ -1546,7 +1549,7 @@ func rawStep(title string, msgs []pgproto3.FrontendMessage, flushFirst bool) dif
 			o.err("raw flush", err)
 			return
 		}
-		for {
+		for ready := 0; ready < readies; {
 			msg, err := s.pc.ReceiveMessage(ctx)
 			if err != nil {
 				o.err("raw receive", err)
@@ -1554,7 +1557,7 @@ func rawStep(title string, msgs []pgproto3.FrontendMessage, flushFirst bool) dif
 			}
 			o.message(msg)
 			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-				return
+				ready++
 			}
 		}
 	}}
