@@ -29,6 +29,9 @@ type Plan struct {
 	// the whole text as one statement of unknown kind.
 	Untouched  bool
 	Statements []*StatementPlan
+	// unparsable: the parser rejected the text. A normalized text can be unparsable where the
+	// client's is not (DO $1), so such a plan is no shape for other texts (planByShape).
+	unparsable bool
 }
 
 // StatementPlan says what one statement is and the forms it can be sent in.

@@ -107,6 +107,7 @@ func build(cat *Catalog, searchPath []string, sql string) *Plan {
 	if err != nil {
 		// Postgres will report the syntax error itself; the proxy only passes the text on.
 		plan.Statements = []*StatementPlan{{Kind: KindOther, SQL: sql}}
+		plan.unparsable = true
 		return plan
 	}
 	if len(tree.Stmts) == 0 {

@@ -299,3 +299,17 @@ func TestPlanSQLPrepare(t *testing.T) {
 		t.Fatalf("executed names %q", got)
 	}
 }
+
+// A DO block's body is a literal, so the normalized text (DO $1) does not parse: it must not
+// become a shape that hides the statements after it from planning.
+func TestDoBlockDoesNotHideStatements(t *testing.T) {
+	p, err := NewPlanner(10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sql := "DO $$ BEGIN RAISE NOTICE 'x'; END $$; INSERT INTO orders (id, user_id, amount) VALUES (97, 24, 0)"
+	plan := p.Plan(testCatalog(), "public", "u", sql)
+	if len(plan.Statements) != 2 || plan.Statements[1].Write == nil {
+		t.Fatalf("plan of %q: %d statements, the INSERT not mirrored", sql, len(plan.Statements))
+	}
+}

@@ -61,7 +61,7 @@ func (p *Planner) planByShape(cat *Catalog, searchPath, user, sql string) *Plan 
 // compileShape turns a normalized plan into templates; nil when the shape cannot be used (several
 // statements, or a form whose holes cannot be found).
 func compileShape(plan *Plan, lits map[int]string) *shapePlan {
-	if len(plan.Statements) != 1 || plan.Untouched {
+	if len(plan.Statements) != 1 || plan.Untouched || plan.unparsable {
 		return nil
 	}
 	st := plan.Statements[0]
