@@ -533,12 +533,10 @@ func (s *session) planParse(body []byte, e expected) error {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
 	plan, path, role := s.planWithView(msg.Query)
-	var changes router.SessionChanges
-	if msg.Name == "" {
-		s.applySessionChanges(msg.Query) // an unnamed statement runs right after its Parse
-	} else {
-		changes = router.SessionChangesOf(msg.Query) // at each Bind (planBind)
-	}
+	// What the statement does to search_path, the role or prepared statements happens when it
+	// runs, at each Bind (planBind): a client may Parse and Describe statements ahead of running
+	// them (pgx's describe mode), and run one several times.
+	changes := router.SessionChangesOf(msg.Query)
 	var info *stmtInfo
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
 		st := plan.Statements[0]
@@ -614,7 +612,7 @@ func (s *session) planBind(body []byte, e expected) error {
 	confirmed := info != nil && info.confirmed
 	s.mu.Unlock()
 	if changer {
-		s.applyChanges(changes) // as the portal runs; a named statement's text changes the session then
+		s.applyChanges(changes) // the statement runs now (planParse)
 	}
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {

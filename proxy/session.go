@@ -82,8 +82,8 @@ type session struct {
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts   map[string]*stmtInfo
 	portals map[string]*portalInfo
-	// changers: named statements that change search_path or the role (set_config through a
-	// prepared statement), applied at each Bind. Allocated on first need.
+	// changers: statements that change search_path or the role (SET or set_config through the
+	// extended protocol), applied at each Bind. Allocated on first need.
 	changers   map[string]router.SessionChanges
 	variantSeq uint64
 	orphans    []string          // variants of dropped statements, closed at the next Sync

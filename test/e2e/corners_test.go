@@ -140,5 +140,21 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// pgx's describe mode parses and describes every statement of a batch before it
+			// runs any: a SET among them changes search_path when it runs, not when described.
+			name: "search_path_set_in_described_batch",
+			mode: pgx.QueryExecModeCacheDescribe,
+			prog: []diffStep{
+				batchStep([]diffStmt{
+					{sql: "UPDATE users SET full_name = 'Batch Before' WHERE id = 5"},
+					{sql: "SELECT set_config('search_path', 'app, public', false)"},
+					{sql: "UPDATE users SET full_name = 'Batch After' WHERE id IN (5, 1003)"},
+					{sql: "SELECT id, full_name FROM users WHERE id IN (5, 1003)"},
+				}, pgx.QueryExecModeCacheDescribe),
+				simpleStep("RESET search_path"),
+				simpleStep("SELECT id, full_name FROM users WHERE id IN (5, 1003)"),
+			},
+		},
 	}
 }
