@@ -66,6 +66,10 @@ type expected struct {
 	// obs times a statement touching migrations (Execute); obsList, per statement (Query).
 	obs     *observation
 	obsList []*observation
+	// ops: the setting changes the request's statements make (search_path, role, savepoints),
+	// confirmed as the server completes each statement; opsDone of them are confirmed or void.
+	ops     []router.SettingChange
+	opsDone int
 	// reword: the ErrorResponse body the client gets instead of the server's, for an Execute the
 	// proxy made fail on purpose (planExecute).
 	reword []byte
@@ -131,6 +135,13 @@ func (q *fifo) idleAfterOwn() bool {
 	}
 	last := q.buf[(q.head+q.size-1)%len(q.buf)].kind
 	return last == reqSync || last == reqQuery
+}
+
+// each calls f with every entry, head first.
+func (q *fifo) each(f func(*expected)) {
+	for i := 0; i < q.size; i++ {
+		f(&q.buf[(q.head+i)%len(q.buf)])
+	}
 }
 
 // front returns the head entry; ok is false when nothing is outstanding.

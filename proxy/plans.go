@@ -164,6 +164,12 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 func (s *session) planExecute(body []byte, e expected) error {
 	portal, _, _ := cstring(body)
 	s.mu.Lock()
+	if ops := s.portalOps[string(portal)]; ops != nil {
+		e.ops = ops
+		for _, c := range ops {
+			applySetting(&s.path, &s.role, c)
+		}
+	}
 	p := s.portals[string(portal)]
 	ranBefore := false
 	if p != nil {
@@ -218,7 +224,9 @@ func executeLimit(body []byte) uint32 {
 func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
 	plan := s.plan(sql)
-	defer s.applySessionChanges(sql)
+	changes := router.SessionChangesOf(sql)
+	e.ops = changes.Settings
+	defer s.applyChanges(changes) // after planning: the text's own statements are planned in sequence
 	if plan == nil {
 		return s.emit('Q', body, e, nil)
 	}
@@ -609,10 +617,25 @@ func (s *session) planBind(body []byte, e expected) error {
 		delete(s.portals, string(portal))
 	}
 	pathChanged := info != nil && info.name != "" && (s.path.current() != info.path || s.role.current() != info.role)
-	confirmed := info != nil && info.confirmed
+	// In a failed transaction the statement cannot run, but Postgres checks the Bind against it
+	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
+	// a variant's Parse would fail with 25P02 before it.
+	confirmed := info != nil && info.confirmed && s.txStatus != 'E'
 	s.mu.Unlock()
-	if changer {
-		s.applyChanges(changes) // the statement runs now (planParse)
+	if changer || len(s.portalOps) > 0 {
+		// The statement runs now: DEALLOCATE takes effect for the statements planned next, and
+		// setting changes when the portal runs (planExecute).
+		s.applyChanges(router.SessionChanges{Deallocate: changes.Deallocate, DeallocateAll: changes.DeallocateAll})
+		s.mu.Lock()
+		if len(changes.Settings) > 0 {
+			if s.portalOps == nil {
+				s.portalOps = map[string][]router.SettingChange{}
+			}
+			s.portalOps[string(portal)] = changes.Settings
+		} else {
+			delete(s.portalOps, string(portal))
+		}
+		s.mu.Unlock()
 	}
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {
@@ -633,6 +656,7 @@ func (s *session) planBind(body []byte, e expected) error {
 	case st.Read != nil:
 		// An unconfirmed statement runs as whatever the server holds under its name: the
 		// client's own text if its Parse succeeds, else what Postgres would run or refuse.
+		// (confirmed is false in a failed transaction too.)
 		routed := confirmed && s.routeNew(st.Read, st.SQL)
 		s.countRead(st.Read, routed)
 		p.route = routeName(routed)
@@ -777,6 +801,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 			e.write = captureOf(p.write)
 		} else if typ == 'C' {
 			delete(s.portals, string(name))
+			delete(s.portalOps, string(name))
 		}
 	} else {
 		info := s.stmts[string(name)]

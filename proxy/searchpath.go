@@ -157,32 +157,60 @@ func (p *settingState) endTransaction(commit bool) {
 	p.tx, p.local, p.saves = nil, nil, p.saves[:0]
 }
 
-// txOutcome follows the server's messages to learn how each transaction ends, for the settings
-// scoped by it. Guarded by session.mu.
-type txOutcome struct {
-	sawCommit, sawRollback, sawError bool
+// confirmedSettings follows search_path and the current user in the server's order: each
+// statement's changes when the server completes it, each transaction's end as the server reports
+// it (a COMMIT or ROLLBACK tag, or a ReadyForQuery that ends an implicit transaction). Sessions
+// plan with a projection of it (session.reproject): the confirmed state plus the changes of the
+// statements sent and not yet answered. Guarded by session.mu.
+type confirmedSettings struct {
+	path settingState
+	role userState
+	// failed: an error since the last ReadyForQuery or transaction end. An implicit transaction
+	// that ends at a ReadyForQuery then rolled back.
+	failed bool
 }
 
-// observe takes one server message; at a ReadyForQuery that leaves the session outside any
-// transaction it reports ended, and whether what ended committed.
-func (o *txOutcome) observe(typ byte, body []byte) (ended, commit bool) {
-	switch typ {
-	case 'C': // compared as bytes: this runs for every statement, migrations or not
-		tag := bytes.TrimRight(body, "\x00")
-		switch {
-		case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
-			o.sawCommit = true
-		case bytes.Equal(tag, tagRollback):
-			o.sawRollback = true
-		}
-	case 'E':
-		o.sawError = true
-	case 'Z':
-		// Outside a transaction again: an implicit transaction commits unless it failed; an
-		// explicit one says COMMIT or ROLLBACK (COMMIT of a failed one answers ROLLBACK).
-		ended = len(body) == 1 && body[0] == 'I'
-		commit = o.sawCommit || !o.sawRollback && !o.sawError
-		*o = txOutcome{}
+// complete applies one completed statement: its changes, then the end of the transaction its
+// command tag reports. It reports whether a transaction end changed the state (the projection,
+// which does not foresee transaction ends, must then be made again).
+func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte) (ended bool) {
+	rollbackTo := false
+	for _, ch := range changes {
+		applySetting(&c.path, &c.role, ch)
+		rollbackTo = rollbackTo || ch.Op == router.ChangeRollbackTo
 	}
-	return ended, commit
+	tag = bytes.TrimRight(tag, "\x00") // compared as bytes: this runs for every statement
+	switch {
+	case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
+		return c.end(true) // COMMIT of a failed transaction answers ROLLBACK
+	case bytes.Equal(tag, tagRollback) && !rollbackTo: // ROLLBACK TO answers ROLLBACK too
+		return c.end(false)
+	}
+	return false
+}
+
+// ready takes a ReadyForQuery: outside any transaction now, an implicit one (if any) ended, and
+// committed unless it failed.
+func (c *confirmedSettings) ready(status byte) (ended bool) {
+	if status == 'I' {
+		ended = c.end(!c.failed)
+	}
+	c.failed = false
+	return ended
+}
+
+// end ends the transaction; it reports whether that changed anything.
+func (c *confirmedSettings) end(commit bool) bool {
+	c.failed = false
+	if !c.path.inTransaction() && !c.role.role.inTransaction() && !c.role.auth.inTransaction() {
+		return false
+	}
+	c.path.endTransaction(commit)
+	c.role.endTransaction(commit)
+	return true
+}
+
+// inTransaction reports whether the current transaction changed the setting or took savepoints.
+func (p *settingState) inTransaction() bool {
+	return p.tx != nil || p.local != nil || len(p.saves) > 0
 }

@@ -6,53 +6,67 @@ import (
 	"github.com/pgcanary/pgcanary/router"
 )
 
-// TestSettingStateScoping walks settingState through Postgres's scoping rules, one query at a
-// time, ending each with the ReadyForQuery (and command tags) the server would send.
+// TestSettingStateScoping walks the confirmed settings through Postgres's scoping rules, one
+// query at a time: each statement's changes with its command tag, then an error if the query
+// failed, then the ReadyForQuery the server would send.
 func TestSettingStateScoping(t *testing.T) {
 	steps := []struct {
-		sql    string // applied as sent
-		tags   []string
-		status byte // ReadyForQuery after it
+		sql    string
+		tags   []string // of the statements that completed
+		failed bool     // the next statement failed
+		status byte     // ReadyForQuery after it
 		want   string
 	}{
-		{"SET search_path = a", []string{"SET"}, 'I', "a"},
-		{"BEGIN", []string{"BEGIN"}, 'T', "a"},
-		{"SAVEPOINT s1", []string{"SAVEPOINT"}, 'T', "a"},
-		{"SET search_path = b", []string{"SET"}, 'T', "b"},
-		{"SAVEPOINT s2", []string{"SAVEPOINT"}, 'T', "b"},
-		{"SET LOCAL search_path = c", []string{"SET"}, 'T', "c"},
-		{"ROLLBACK TO s2", []string{"ROLLBACK"}, 'T', "b"}, // s2 remains
-		{"SET search_path = d", []string{"SET"}, 'T', "d"},
-		{"ROLLBACK TO SAVEPOINT s2", []string{"ROLLBACK"}, 'T', "b"}, // again, to the same point
-		{"RELEASE s2", []string{"RELEASE"}, 'T', "b"},
-		{"SET search_path = e", []string{"SET"}, 'T', "e"},
-		{"RELEASE s1", []string{"RELEASE"}, 'T', "e"},      // kept by the transaction
-		{"ROLLBACK TO s1", []string{"ROLLBACK"}, 'T', "e"}, // released: fails, changes nothing
-		{"COMMIT", []string{"COMMIT"}, 'I', "e"},
-		{"BEGIN; SAVEPOINT x; SAVEPOINT x; SET search_path = f; ROLLBACK TO x", []string{"BEGIN", "SAVEPOINT", "SAVEPOINT", "SET", "ROLLBACK"}, 'T', "e"},
+		{"SET search_path = a", []string{"SET"}, false, 'I', "a"},
+		{"BEGIN", []string{"BEGIN"}, false, 'T', "a"},
+		{"SAVEPOINT s1", []string{"SAVEPOINT"}, false, 'T', "a"},
+		{"SET search_path = b", []string{"SET"}, false, 'T', "b"},
+		{"SAVEPOINT s2", []string{"SAVEPOINT"}, false, 'T', "b"},
+		{"SET LOCAL search_path = c", []string{"SET"}, false, 'T', "c"},
+		{"ROLLBACK TO s2", []string{"ROLLBACK"}, false, 'T', "b"}, // s2 remains
+		{"SET search_path = d", []string{"SET"}, false, 'T', "d"},
+		{"ROLLBACK TO SAVEPOINT s2", []string{"ROLLBACK"}, false, 'T', "b"}, // again, to the same point
+		{"RELEASE s2", []string{"RELEASE"}, false, 'T', "b"},
+		{"SET search_path = e", []string{"SET"}, false, 'T', "e"},
+		{"RELEASE s1", []string{"RELEASE"}, false, 'T', "e"}, // kept by the transaction
+		{"ROLLBACK TO s1", nil, true, 'E', "e"},              // released: fails, changes nothing
+		{"COMMIT", []string{"ROLLBACK"}, false, 'I', "a"},    // a failed transaction rolls back
+		{"BEGIN; SET search_path = e; COMMIT", []string{"BEGIN", "SET", "COMMIT"}, false, 'I', "e"},
+		{"BEGIN; SAVEPOINT x; SAVEPOINT x; SET search_path = f; ROLLBACK TO x", []string{"BEGIN", "SAVEPOINT", "SAVEPOINT", "SET", "ROLLBACK"}, false, 'T', "e"},
 		// RELEASE takes the inner x, so ROLLBACK TO x returns to the outer one, before g.
-		{"SET search_path = g; RELEASE x; ROLLBACK TO x", []string{"SET", "RELEASE", "ROLLBACK"}, 'T', "e"},
-		{"ROLLBACK", []string{"ROLLBACK"}, 'I', "e"},
-		{"SELECT set_config('search_path', 'h' || '', false)", []string{"SELECT 1"}, 'I', unknownSetting},
-		{"BEGIN; SET search_path = i", []string{"BEGIN", "SET"}, 'T', "i"},
-		{"ROLLBACK", []string{"ROLLBACK"}, 'I', unknownSetting},
-		{"RESET search_path", []string{"RESET"}, 'I', "base"},
+		{"SET search_path = g; RELEASE x; ROLLBACK TO x", []string{"SET", "RELEASE", "ROLLBACK"}, false, 'T', "e"},
+		{"ROLLBACK", []string{"ROLLBACK"}, false, 'I', "e"},
+		{"SELECT set_config('search_path', 'h' || '', false)", []string{"SELECT 1"}, false, 'I', unknownSetting},
+		{"BEGIN; SET search_path = i", []string{"BEGIN", "SET"}, false, 'T', "i"},
+		{"ROLLBACK", []string{"ROLLBACK"}, false, 'I', unknownSetting},
+		{"RESET search_path", []string{"RESET"}, false, 'I', "base"},
+		// Several transactions end before one ReadyForQuery: each end applies in its place.
+		{"BEGIN; SET search_path = j; ROLLBACK; SET search_path = k", []string{"BEGIN", "SET", "ROLLBACK", "SET"}, false, 'I', "k"},
+		{"BEGIN; SET search_path = l; COMMIT; BEGIN; SET LOCAL search_path = m; ROLLBACK", []string{"BEGIN", "SET", "COMMIT", "BEGIN", "SET", "ROLLBACK"}, false, 'I', "l"},
+		{"BEGIN; SET search_path = n; COMMIT AND CHAIN; SET LOCAL search_path = o", []string{"BEGIN", "SET", "COMMIT", "SET"}, false, 'T', "o"},
+		{"ROLLBACK", []string{"ROLLBACK"}, false, 'I', "n"},
+		// An implicit transaction that fails rolls back what ran before the error, and the
+		// statements after it do not run.
+		{"SET search_path = p; SELECT 1/0; SET search_path = q", []string{"SET"}, true, 'I', "n"},
+		{"BEGIN; SET search_path = r; COMMIT; SELECT 1/0", []string{"BEGIN", "SET", "COMMIT"}, true, 'I', "r"},
 	}
-	p := newSettingState("base")
-	var tx txOutcome
+	c := confirmedSettings{path: newSettingState("base"), role: newUserState("u", "u")}
 	for _, st := range steps {
-		for _, c := range router.SessionChangesOf(st.sql).Settings {
-			if c.Setting == router.SettingSearchPath || c.Setting == "" {
-				p.apply(c)
+		changes := router.SessionChangesOf(st.sql).Settings
+		for i, tag := range st.tags {
+			var mine []router.SettingChange
+			for _, ch := range changes {
+				if ch.Statement == i {
+					mine = append(mine, ch)
+				}
 			}
+			c.complete(mine, append([]byte(tag), 0))
 		}
-		for _, tag := range st.tags {
-			tx.observe('C', append([]byte(tag), 0))
+		if st.failed {
+			c.failed = true
 		}
-		if ended, commit := tx.observe('Z', []byte{st.status}); ended {
-			p.endTransaction(commit)
-		}
-		if got := p.current(); got != st.want {
+		c.ready(st.status)
+		if got := c.path.current(); got != st.want {
 			t.Fatalf("after %q: search_path %q, want %q", st.sql, got, st.want)
 		}
 	}

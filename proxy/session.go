@@ -75,10 +75,15 @@ type session struct {
 	// sqlPrepared: the client prepared a mirrored write in SQL; its Queries are then checked for
 	// EXECUTE (planQuery).
 	sqlPrepared bool
-	path        settingState // the session's search_path, for planning
-	role        userState    // the current user, for "$user" in the search_path
-	tx          txOutcome    // how the current transaction ends, for path and role
-	pathWarned  bool         // the session logged that it lost track of search_path
+	// path and role: the session's search_path and current user ("$user" in it) for planning,
+	// projected (conf plus the changes of statements not yet answered; see reproject).
+	path settingState
+	role userState
+	conf confirmedSettings // the same, as the server confirmed them
+	// portalOps: the setting changes of portals bound from statements that make some, applied
+	// when the portal runs (planExecute).
+	portalOps  map[string][]router.SettingChange
+	pathWarned bool // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts   map[string]*stmtInfo
 	portals map[string]*portalInfo
@@ -121,6 +126,7 @@ func (s *session) run(ctx context.Context) {
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
 	s.user, s.path, s.role = params["user"], newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"])
+	s.conf.path, s.conf.role = s.path.clone(), s.role.clone()
 	s.database = params["database"]
 	if s.database == "" {
 		s.database = s.user // Postgres's default
@@ -401,6 +407,7 @@ func (s *session) learnSearchPath() bool {
 			var row pgproto3.DataRow
 			if err := row.Decode(body); err == nil && len(row.Values) == 3 && row.Values[0] != nil && row.Values[1] != nil && row.Values[2] != nil {
 				s.path, s.role = newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2]))
+				s.conf.path, s.conf.role = s.path.clone(), s.role.clone()
 			}
 		case 'E':
 			s.log.Warn("reading the session's search_path", "err", errorMessage(body))
@@ -585,10 +592,7 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			typ = 0
 		}
 	}
-	if ended, commit := s.tx.observe(origTyp, origBody); ended {
-		s.path.endTransaction(commit)
-		s.role.endTransaction(commit)
-	}
+	reproject := s.followSettings(ref, origTyp, origBody)
 	switch origTyp {
 	case 'S': // ParameterStatus: application_name feeds routing, a few settings comparisons
 		if name, rest, ok := cstring(body); ok {
@@ -638,6 +642,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		s.fifo.pop()
 		s.fifo.skipToSync(s.failedRequest)
 	}
+	if reproject {
+		s.reproject() // after skipToSync: the skipped statements' changes are gone with them
+	}
 	if g := s.gate; g != nil {
 		typ = s.gateOnServer(g, origTyp, typ, body, head, effect, batchEnded)
 	}
@@ -666,6 +673,59 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		return errStopPump
 	}
 	return nil
+}
+
+// followSettings moves the confirmed settings with one server message (confirmedSettings). e is
+// the FIFO head. It reports whether the projection must be made again: a transaction ended, or
+// statements whose changes it holds failed. Holds mu.
+func (s *session) followSettings(e *expected, typ byte, body []byte) (reproject bool) {
+	switch typ {
+	case 'C', 's': // CommandComplete, PortalSuspended (a set_config SELECT run with a row limit)
+		if e == nil || e.suppress {
+			return false // the proxy's own savepoints: their tags end nothing of the client's
+		}
+		var changes []router.SettingChange
+		if e.opsDone < len(e.ops) {
+			n := len(e.ops) // an Execute: its statement's
+			if e.kind == reqQuery {
+				n = e.opsDone // this statement's (completed has not counted it yet)
+				for n < len(e.ops) && e.ops[n].Statement == e.stmt {
+					n++
+				}
+			}
+			changes, e.opsDone = e.ops[e.opsDone:n], n
+		}
+		if typ == 's' {
+			body = nil
+		}
+		return s.conf.complete(changes, body)
+	case 'E':
+		s.conf.failed = true
+		if e != nil && e.opsDone < len(e.ops) {
+			e.opsDone = len(e.ops) // the statement and those after it in its Query did not run
+		}
+		return true
+	case 'Z':
+		return len(body) == 1 && s.conf.ready(body[0])
+	}
+	return false
+}
+
+// reproject makes the planning view again: the confirmed settings plus the changes of every
+// statement sent and not yet answered, in order. Holds mu.
+func (s *session) reproject() {
+	s.path, s.role = s.conf.path.clone(), s.conf.role.clone()
+	apply := func(e *expected) {
+		for _, c := range e.ops[e.opsDone:] {
+			applySetting(&s.path, &s.role, c)
+		}
+	}
+	s.fifo.each(apply)
+	if g := s.gate; g != nil {
+		for i := range g.heldEnts {
+			apply(&g.heldEnts[i])
+		}
+	}
 }
 
 // completed records the outcome of one statement of the head request: its duration or error

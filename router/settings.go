@@ -41,6 +41,9 @@ type SettingChange struct {
 	// Local: SET LOCAL (or set_config(..., true)), which lasts until the end of the transaction.
 	Local     bool
 	Savepoint string // the savepoint's name, for the savepoint operations
+	// Statement is the index of the statement making the change in a multi-statement text: the
+	// server confirms each statement apart, and an error cancels the ones after it.
+	Statement int
 }
 
 // SessionChanges are a query's effects on session state the proxy keeps in step with the server.
@@ -66,7 +69,8 @@ func SessionChangesOf(sql string) SessionChanges {
 	if err != nil {
 		return out
 	}
-	for _, raw := range res.Stmts {
+	for i, raw := range res.Stmts {
+		first := len(out.Settings)
 		switch n := raw.Stmt.Node.(type) {
 		case *pg_query.Node_VariableSetStmt:
 			out.Settings = append(out.Settings, settingChanges(n.VariableSetStmt)...)
@@ -96,6 +100,9 @@ func SessionChangesOf(sql string) SessionChanges {
 			}
 		default:
 			out.Settings = append(out.Settings, setConfigChanges(raw.Stmt)...)
+		}
+		for j := first; j < len(out.Settings); j++ {
+			out.Settings[j].Statement = i
 		}
 	}
 	return out

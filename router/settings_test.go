@@ -43,7 +43,7 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SELECT role FROM members", SessionChanges{}},
 		// savepoints scope the changes made after them
 		{"SAVEPOINT a; SET search_path = x; ROLLBACK TO SAVEPOINT a; RELEASE a", set(sc{Op: ChangeSavepoint, Savepoint: "a"},
-			path(sc{Value: "x"}), sc{Op: ChangeRollbackTo, Savepoint: "a"}, sc{Op: ChangeRelease, Savepoint: "a"})},
+			path(sc{Value: "x", Statement: 1}), sc{Op: ChangeRollbackTo, Savepoint: "a", Statement: 2}, sc{Op: ChangeRelease, Savepoint: "a", Statement: 3})},
 		{"ROLLBACK TO \"Sp 1\"", set(sc{Op: ChangeRollbackTo, Savepoint: "Sp 1"})},
 		{"ROLLBACK", SessionChanges{}},
 		// set_config: known only as a plain SELECT of constant calls

@@ -156,5 +156,40 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT id, full_name FROM users WHERE id IN (5, 1003)"),
 			},
 		},
+		{
+			// search_path follows transactions in the server's order, even when several end
+			// before one ReadyForQuery: a SET after a ROLLBACK stays, and a COMMIT of a failed
+			// transaction rolls back.
+			name: "search_path_across_transaction_ends",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("BEGIN; SET LOCAL search_path TO app, public; ROLLBACK; SET search_path TO app, public"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (2, 1001) ORDER BY id"),
+				simpleStep("RESET search_path"),
+				simpleStep("BEGIN"),
+				simpleStep("SET search_path TO app, public"),
+				simpleStep("SELECT 1/0"),
+				batchStep([]diffStmt{{sql: "COMMIT"}, {sql: "COMMIT"}}, pgx.QueryExecModeExec),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (2, 1001) ORDER BY id"),
+				simpleStep("UPDATE users SET full_name = 'After Rollback' WHERE id = 2"),
+			},
+		},
+		{
+			// In a failed transaction a Bind is still checked against its statement (08P01)
+			// before the transaction's state (25P02).
+			name: "bind_in_failed_transaction",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "rd", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("BEGIN"),
+				simpleStep("SELECT 1/0"),
+				rawStep("", []pgproto3.FrontendMessage{textBind("", "rd", "1", "2"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+				rawStep("", []pgproto3.FrontendMessage{textBind("", "rd", "1"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+				simpleStep("ROLLBACK"),
+				rawStep("", []pgproto3.FrontendMessage{textBind("", "rd", "1"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+			},
+		},
 	}
 }
