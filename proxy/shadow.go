@@ -29,7 +29,7 @@ var reportedSettings = map[string]bool{"TimeZone": true, "DateStyle": true, "Int
 
 // maybeCompare submits a read for comparison when it is sampled. bind, when set, is the Bind
 // message whose parameters the read runs with.
-func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oids []uint32) {
+func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oids []uint32, path, role string) {
 	sh := s.srv.shadow
 	if sh == nil || rf == nil || len(rf.Migrations) == 0 {
 		return
@@ -52,9 +52,11 @@ func (s *session) maybeCompare(rf *router.ReadForm, sql string, bind []byte, oid
 			}
 		}
 	}
+	// The search_path and role the statement was planned under, which resolved its names: the
+	// session's may have moved since (the server loop follows them). The side connection's role
+	// is not the client's, so "$user" is spelled out.
+	req.SearchPath = expandUser(path, role)
 	s.mu.Lock()
-	// The side connection's role is not the client's: "$user" is spelled out.
-	req.SearchPath = expandUser(s.path.current(), s.role.current())
 	req.Settings = make(map[string]string, len(s.settings))
 	for k, v := range s.settings {
 		req.Settings[k] = v
