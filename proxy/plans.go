@@ -143,6 +143,9 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 		return s.planExecute(body, e)
 	case 'S':
 		s.closeOrphans()
+		s.mu.Lock()
+		s.proj.batchEnd()
+		s.mu.Unlock()
 		if err := s.emit(typ, body, e, nil); err != nil {
 			return err
 		}
@@ -167,7 +170,7 @@ func (s *session) planExecute(body []byte, e expected) error {
 	if ops := s.portalOps[string(portal)]; ops != nil {
 		e.ops = ops
 		for _, c := range ops {
-			applySetting(&s.path, &s.role, c)
+			s.proj.apply(c)
 		}
 	}
 	p := s.portals[string(portal)]
@@ -226,7 +229,12 @@ func (s *session) planQuery(body []byte, e expected) error {
 	plan, path, role := s.planWithView(sql)
 	changes := router.SessionChangesOf(sql)
 	e.ops = changes.Settings
-	defer s.applyChanges(changes) // after planning: the text's own statements are planned in sequence
+	defer func() { // after planning: the text's own statements are planned in sequence
+		s.applyChanges(changes)
+		s.mu.Lock()
+		s.proj.batchEnd() // a Query ends its implicit transaction
+		s.mu.Unlock()
+	}()
 	if plan == nil {
 		return s.emit('Q', body, e, nil)
 	}
@@ -273,7 +281,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 				prepares = make([]*stmtInfo, len(plan.Statements))
 			}
 			s.mu.Lock()
-			path, role := s.path.current(), s.role.current()
+			path, role := s.proj.path.current(), s.proj.role.current()
 			s.mu.Unlock()
 			prepares[i] = &stmtInfo{name: st.Prepare.Name, plan: st.Prepare.Statement, query: st.Prepare.Statement.SQL, path: path, role: role, sqlPrepared: true}
 		case st.Write != nil:
@@ -342,9 +350,9 @@ func (s *session) plan(sql string) *router.Plan {
 // planWithView is plan, also returning the search_path and role it planned under.
 func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
 	s.mu.Lock()
-	path, user = s.path.current(), s.role.current()
+	path, user = s.proj.path.current(), s.proj.role.current()
 	known := path != unknownSetting && (user != unknownSetting || !strings.Contains(path, "$user"))
-	base, warn := s.path.base, !known && !s.pathWarned
+	base, warn := s.proj.path.base, !known && !s.pathWarned
 	s.pathWarned = s.pathWarned || warn
 	s.mu.Unlock()
 	if known {
@@ -392,13 +400,14 @@ func (s *session) planInSequence(sql string, plan *router.Plan) *router.Plan {
 		return plan
 	}
 	s.mu.Lock()
-	path, role := s.path.clone(), s.role.clone()
+	proj := s.proj.clone()
 	s.mu.Unlock()
+	startPath, startRole := proj.path.current(), proj.role.current()
 	out := &router.Plan{Generation: plan.Generation, Statements: make([]*router.StatementPlan, len(plan.Statements))}
-	moved := false
+	moved := false // the statements before this one left another search_path or role
 	for i, st := range plan.Statements {
 		if moved {
-			p, u := path.current(), role.current()
+			p, u := proj.path.current(), proj.role.current()
 			if p == unknownSetting || u == unknownSetting && strings.Contains(p, "$user") {
 				// Names cannot be resolved as Postgres will: relayed as written, like any
 				// statement after a setting pgcanary cannot follow.
@@ -414,9 +423,9 @@ func (s *session) planInSequence(sql string, plan *router.Plan) *router.Plan {
 		}
 		out.Statements[i] = st
 		for _, c := range router.SessionChangesOf(st.SQL).Settings {
-			moved = true
-			applySetting(&path, &role, c)
+			proj.apply(c)
 		}
+		moved = proj.path.current() != startPath || proj.role.current() != startRole
 	}
 	return out
 }
@@ -502,7 +511,7 @@ func (s *session) applyChanges(ch router.SessionChanges) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range ch.Settings {
-		applySetting(&s.path, &s.role, c)
+		s.proj.apply(c)
 	}
 	for _, name := range ch.Deallocate {
 		if info := s.stmts[name]; info != nil {
@@ -623,7 +632,7 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil && len(s.portals) > 0 {
 		delete(s.portals, string(portal))
 	}
-	pathChanged := info != nil && info.name != "" && (s.path.current() != info.path || s.role.current() != info.role)
+	pathChanged := info != nil && info.name != "" && (s.proj.path.current() != info.path || s.proj.role.current() != info.role)
 	// In a failed transaction the statement cannot run, but Postgres checks the Bind against it
 	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
 	// a variant's Parse would fail with 25P02 before it.

@@ -11,6 +11,8 @@ import (
 const defaultSearchPath = `"$user", public`
 
 var (
+	tagBegin    = []byte("BEGIN")
+	tagStart    = []byte("START TRANSACTION")
 	tagCommit   = []byte("COMMIT")
 	tagPrepare  = []byte("PREPARE TRANSACTION")
 	tagRollback = []byte("ROLLBACK")
@@ -168,6 +170,7 @@ type confirmedSettings struct {
 	// failed: an error since the last ReadyForQuery or transaction end. An implicit transaction
 	// that ends at a ReadyForQuery then rolled back.
 	failed bool
+	inTx   bool // an explicit transaction is open (BEGIN answered, or ReadyForQuery T or E)
 }
 
 // complete applies one completed statement: its changes, then the end of the transaction its
@@ -176,11 +179,17 @@ type confirmedSettings struct {
 func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte) (ended bool) {
 	rollbackTo := false
 	for _, ch := range changes {
+		switch ch.Op {
+		case router.ChangeBegin, router.ChangeCommit, router.ChangeRollback:
+			continue // the tag says how the transaction ended (COMMIT of a failed one rolls back)
+		}
 		applySetting(&c.path, &c.role, ch)
 		rollbackTo = rollbackTo || ch.Op == router.ChangeRollbackTo
 	}
 	tag = bytes.TrimRight(tag, "\x00") // compared as bytes: this runs for every statement
 	switch {
+	case bytes.Equal(tag, tagBegin), bytes.Equal(tag, tagStart):
+		c.inTx = true
 	case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
 		return c.end(true) // COMMIT of a failed transaction answers ROLLBACK
 	case bytes.Equal(tag, tagRollback) && !rollbackTo: // ROLLBACK TO answers ROLLBACK too
@@ -195,13 +204,13 @@ func (c *confirmedSettings) ready(status byte) (ended bool) {
 	if status == 'I' {
 		ended = c.end(!c.failed)
 	}
-	c.failed = false
+	c.failed, c.inTx = false, status != 'I'
 	return ended
 }
 
 // end ends the transaction; it reports whether that changed anything.
 func (c *confirmedSettings) end(commit bool) bool {
-	c.failed = false
+	c.failed, c.inTx = false, false
 	if !c.path.inTransaction() && !c.role.role.inTransaction() && !c.role.auth.inTransaction() {
 		return false
 	}
@@ -213,4 +222,41 @@ func (c *confirmedSettings) end(commit bool) bool {
 // inTransaction reports whether the current transaction changed the setting or took savepoints.
 func (p *settingState) inTransaction() bool {
 	return p.tx != nil || p.local != nil || len(p.saves) > 0
+}
+
+// projection is the session's settings as planning foresees them: the confirmed ones plus the
+// changes of the statements sent and not yet answered, assuming they succeed. Guarded by
+// session.mu.
+type projection struct {
+	path settingState
+	role userState
+	inTx bool // an explicit transaction is open
+}
+
+// apply foresees one change: setting changes and savepoints as they are, transaction control as
+// if it succeeds.
+func (p *projection) apply(c router.SettingChange) {
+	switch c.Op {
+	case router.ChangeBegin:
+		p.inTx = true
+	case router.ChangeCommit, router.ChangeRollback:
+		p.inTx = false
+		p.path.endTransaction(c.Op == router.ChangeCommit)
+		p.role.endTransaction(c.Op == router.ChangeCommit)
+	default:
+		applySetting(&p.path, &p.role, c)
+	}
+}
+
+// batchEnd foresees a Sync or the end of a Query: outside an explicit transaction, the implicit
+// one commits.
+func (p *projection) batchEnd() {
+	if !p.inTx {
+		p.path.endTransaction(true)
+		p.role.endTransaction(true)
+	}
+}
+
+func (p *projection) clone() projection {
+	return projection{path: p.path.clone(), role: p.role.clone(), inTx: p.inTx}
 }

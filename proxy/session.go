@@ -75,10 +75,9 @@ type session struct {
 	// sqlPrepared: the client prepared a mirrored write in SQL; its Queries are then checked for
 	// EXECUTE (planQuery).
 	sqlPrepared bool
-	// path and role: the session's search_path and current user ("$user" in it) for planning,
-	// projected (conf plus the changes of statements not yet answered; see reproject).
-	path settingState
-	role userState
+	// proj: the session's search_path and current user ("$user" in it) for planning, projected
+	// (conf plus the changes of statements not yet answered; see reproject).
+	proj projection
 	conf confirmedSettings // the same, as the server confirmed them
 	// portalOps: the setting changes of portals bound from statements that make some, applied
 	// when the portal runs (planExecute).
@@ -125,8 +124,8 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
-	s.user, s.path, s.role = params["user"], newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"])
-	s.conf.path, s.conf.role = s.path.clone(), s.role.clone()
+	s.user, s.proj.path, s.proj.role = params["user"], newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"])
+	s.conf.path, s.conf.role = s.proj.path.clone(), s.proj.role.clone()
 	s.database = params["database"]
 	if s.database == "" {
 		s.database = s.user // Postgres's default
@@ -406,8 +405,8 @@ func (s *session) learnSearchPath() bool {
 		case 'D':
 			var row pgproto3.DataRow
 			if err := row.Decode(body); err == nil && len(row.Values) == 3 && row.Values[0] != nil && row.Values[1] != nil && row.Values[2] != nil {
-				s.path, s.role = newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2]))
-				s.conf.path, s.conf.role = s.path.clone(), s.role.clone()
+				s.proj.path, s.proj.role = newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2]))
+				s.conf.path, s.conf.role = s.proj.path.clone(), s.proj.role.clone()
 			}
 		case 'E':
 			s.log.Warn("reading the session's search_path", "err", errorMessage(body))
@@ -714,10 +713,13 @@ func (s *session) followSettings(e *expected, typ byte, body []byte) (reproject 
 // reproject makes the planning view again: the confirmed settings plus the changes of every
 // statement sent and not yet answered, in order. Holds mu.
 func (s *session) reproject() {
-	s.path, s.role = s.conf.path.clone(), s.conf.role.clone()
+	s.proj = projection{path: s.conf.path.clone(), role: s.conf.role.clone(), inTx: s.conf.inTx}
 	apply := func(e *expected) {
 		for _, c := range e.ops[e.opsDone:] {
-			applySetting(&s.path, &s.role, c)
+			s.proj.apply(c)
+		}
+		if e.kind == reqSync || e.kind == reqQuery {
+			s.proj.batchEnd()
 		}
 	}
 	s.fifo.each(apply)

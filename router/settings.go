@@ -24,6 +24,12 @@ const (
 	ChangeSavepoint                  // SAVEPOINT Savepoint: the settings as they are now can be returned to
 	ChangeRelease                    // RELEASE Savepoint: it and the savepoints after it are gone
 	ChangeRollbackTo                 // ROLLBACK TO Savepoint: the settings return to what they were then
+	// Transaction control, for sessions that foresee where a transaction ends before the
+	// server says (a pipeline): BEGIN or START TRANSACTION, COMMIT (or PREPARE TRANSACTION),
+	// ROLLBACK. AND CHAIN adds a ChangeBegin after the end.
+	ChangeBegin
+	ChangeCommit
+	ChangeRollback
 )
 
 // SettingChange is one statement's effect on a setting the proxy follows, or on the savepoints
@@ -62,6 +68,10 @@ type SessionChanges struct {
 // other statement.
 func SessionChangesOf(sql string) SessionChanges {
 	var out SessionChanges
+	if ops, ok := transactionControl(sql); ok {
+		out.Settings = ops // the frequent BEGIN, COMMIT and ROLLBACK, known without parsing
+		return out
+	}
 	if !mayChangeSession(sql) {
 		return out
 	}
@@ -97,6 +107,18 @@ func SessionChangesOf(sql string) SessionChanges {
 				out.Settings = append(out.Settings, SettingChange{Op: ChangeRelease, Savepoint: t.SavepointName})
 			case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_TO:
 				out.Settings = append(out.Settings, SettingChange{Op: ChangeRollbackTo, Savepoint: t.SavepointName})
+			case pg_query.TransactionStmtKind_TRANS_STMT_BEGIN, pg_query.TransactionStmtKind_TRANS_STMT_START:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeBegin})
+			case pg_query.TransactionStmtKind_TRANS_STMT_COMMIT, pg_query.TransactionStmtKind_TRANS_STMT_PREPARE:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeCommit})
+				if t.Chain {
+					out.Settings = append(out.Settings, SettingChange{Op: ChangeBegin})
+				}
+			case pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK:
+				out.Settings = append(out.Settings, SettingChange{Op: ChangeRollback})
+				if t.Chain {
+					out.Settings = append(out.Settings, SettingChange{Op: ChangeBegin})
+				}
 			}
 		default:
 			out.Settings = append(out.Settings, setConfigChanges(raw.Stmt)...)
@@ -108,11 +130,86 @@ func SessionChangesOf(sql string) SessionChanges {
 	return out
 }
 
+// transactionControl recognizes a text that is one transaction control statement (BEGIN,
+// START TRANSACTION, COMMIT, END, ROLLBACK, ABORT, with their options and leading comments) without
+// parsing it; ok is false for anything else, ROLLBACK TO included.
+func transactionControl(sql string) (ops []SettingChange, ok bool) {
+	rest := skipSpaceAndComments(sql)
+	word, rest := firstWord(rest)
+	var op ChangeOp
+	switch {
+	case strings.EqualFold(word, "begin"), strings.EqualFold(word, "start"):
+		op = ChangeBegin
+	case strings.EqualFold(word, "commit"), strings.EqualFold(word, "end"):
+		op = ChangeCommit
+	case strings.EqualFold(word, "rollback"), strings.EqualFold(word, "abort"):
+		op = ChangeRollback
+	default:
+		return nil, false
+	}
+	chain, lastWord := false, ""
+	for rest != "" {
+		rest = skipSpaceAndComments(rest)
+		var w string
+		if w, rest = firstWord(rest); w == "" {
+			if rest == "" || rest[0] == ';' && strings.TrimSpace(rest[1:]) == "" {
+				break
+			}
+			return nil, false // another statement, a string, a parenthesis: let the parser tell
+		}
+		switch {
+		case strings.EqualFold(w, "to"), strings.EqualFold(w, "prepared"), strings.EqualFold(w, "savepoint"):
+			return nil, false // ROLLBACK TO, COMMIT PREPARED: not this transaction's end
+		case strings.EqualFold(w, "chain"):
+			chain = !strings.EqualFold(lastWord, "no")
+		}
+		lastWord = w
+	}
+	ops = []SettingChange{{Op: op}}
+	if chain && op != ChangeBegin {
+		ops = append(ops, SettingChange{Op: ChangeBegin})
+	}
+	return ops, true
+}
+
+// skipSpaceAndComments skips leading white space and comments (a sqlcommenter tag before BEGIN).
+func skipSpaceAndComments(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n\f")
+		switch {
+		case strings.HasPrefix(s, "--"):
+			i := strings.IndexByte(s, '\n')
+			if i < 0 {
+				return ""
+			}
+			s = s[i+1:]
+		case strings.HasPrefix(s, "/*"):
+			i := strings.Index(s, "*/") // nested comments are rare here; the parser takes them
+			if i < 0 || strings.Contains(s[2:i], "/*") {
+				return s
+			}
+			s = s[i+2:]
+		default:
+			return s
+		}
+	}
+}
+
+// firstWord splits a leading SQL word (keyword or identifier) off s.
+func firstWord(s string) (word, rest string) {
+	i := 0
+	for i < len(s) && isWordByte(s[i]) {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
 // mayChangeSession is the text test: false when sql certainly changes nothing SessionChangesOf
 // reports. It runs for every statement, so it reads the text once, word by word, without
 // allocating: a statement can only change what it names.
 func mayChangeSession(sql string) bool {
 	var set, role, rollback, to bool // SET with ROLE; ROLLBACK only with TO (a plain ROLLBACK is frequent)
+	txWord := false                  // BEGIN, COMMIT, ...: in a text of several statements (transactionControl takes one)
 	for i := 0; i < len(sql); {
 		if !isWordByte(sql[i]) {
 			i++
@@ -127,16 +224,19 @@ func mayChangeSession(sql string) bool {
 			to = to || strings.EqualFold(w, "to")
 		case 3:
 			set = set || strings.EqualFold(w, "set")
+			txWord = txWord || strings.EqualFold(w, "end")
 		case 4:
 			role = role || strings.EqualFold(w, "role")
 		case 5:
 			if strings.EqualFold(w, "reset") {
 				return true
 			}
+			txWord = txWord || strings.EqualFold(w, "begin") || strings.EqualFold(w, "start") || strings.EqualFold(w, "abort")
 		case 6:
 			if strings.EqualFold(w, "schema") {
 				return true
 			}
+			txWord = txWord || strings.EqualFold(w, "commit")
 		case 7:
 			if strings.EqualFold(w, "discard") || strings.EqualFold(w, "release") {
 				return true
@@ -163,7 +263,7 @@ func mayChangeSession(sql string) bool {
 		}
 		i = j
 	}
-	return false
+	return (txWord || rollback) && strings.IndexByte(strings.TrimRight(sql, " \t\r\n;"), ';') >= 0
 }
 
 // isWordByte reports whether b can be part of an SQL word (identifier or keyword).

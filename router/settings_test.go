@@ -45,7 +45,19 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SAVEPOINT a; SET search_path = x; ROLLBACK TO SAVEPOINT a; RELEASE a", set(sc{Op: ChangeSavepoint, Savepoint: "a"},
 			path(sc{Value: "x", Statement: 1}), sc{Op: ChangeRollbackTo, Savepoint: "a", Statement: 2}, sc{Op: ChangeRelease, Savepoint: "a", Statement: 3})},
 		{"ROLLBACK TO \"Sp 1\"", set(sc{Op: ChangeRollbackTo, Savepoint: "Sp 1"})},
-		{"ROLLBACK", SessionChanges{}},
+		// transaction control, known without parsing when it is the whole text
+		{"ROLLBACK", set(sc{Op: ChangeRollback})},
+		{"  /* tenant='1' */ COMMIT AND CHAIN;", set(sc{Op: ChangeCommit}, sc{Op: ChangeBegin})},
+		{"commit and no chain", set(sc{Op: ChangeCommit})},
+		{"BEGIN ISOLATION LEVEL REPEATABLE READ", set(sc{Op: ChangeBegin})},
+		{"START TRANSACTION READ ONLY", set(sc{Op: ChangeBegin})},
+		{"END", set(sc{Op: ChangeCommit})},
+		{"ABORT", set(sc{Op: ChangeRollback})},
+		{"COMMIT PREPARED 'x'", SessionChanges{}},
+		{"SELECT CASE WHEN true THEN 1 END", SessionChanges{}},
+		{"SET search_path = a; COMMIT; SELECT 1", set(path(sc{Value: "a"}), sc{Op: ChangeCommit, Statement: 1})},
+		{"COMMIT; UPDATE t SET x = 1", set(sc{Op: ChangeCommit})},
+		{"BEGIN; PREPARE TRANSACTION 'g'", set(sc{Op: ChangeBegin}, sc{Op: ChangeCommit, Statement: 1})},
 		// set_config: known only as a plain SELECT of constant calls
 		{"SELECT set_config('search_path', 'tenant_1, public', false)", set(path(sc{Value: "tenant_1, public"}))},
 		{"select pg_catalog.set_config('search_path', 'x', true)", set(path(sc{Value: "x", Local: true}))},
@@ -58,7 +70,8 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SELECT 1 WHERE false AND set_config('search_path', 'x', true) IS NULL", set(path(sc{Unknown: true, Local: true}))},
 	}
 	for _, tc := range cases {
-		if !reflect.DeepEqual(tc.want, SessionChanges{}) && !mayChangeSession(tc.sql) {
+		_, txControl := transactionControl(tc.sql)
+		if !reflect.DeepEqual(tc.want, SessionChanges{}) && !txControl && !mayChangeSession(tc.sql) {
 			t.Errorf("mayChangeSession(%q) = false for a statement that changes the session", tc.sql)
 		}
 		got := SessionChangesOf(tc.sql)

@@ -191,5 +191,22 @@ func diffCorners() []diffCorner {
 				rawStep("", []pgproto3.FrontendMessage{textBind("", "rd", "1"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
 			},
 		},
+		{
+			// A pipeline: the statements after a Sync are planned before the server answers the
+			// batch before it, whose implicit transaction takes a SET LOCAL with it.
+			name: "set_local_then_sync_in_pipeline",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SET LOCAL search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					&pgproto3.Parse{Name: "ins", Query: "INSERT INTO users (full_name, email) VALUES ($1, $2)"},
+					textBind("", "ins", "Pipe Lined", "pipelined@example.com"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("BEGIN; SET LOCAL search_path TO app, public; COMMIT; UPDATE users SET full_name = 'Pipe Three' WHERE email = 'pipelined@example.com'"),
+				simpleStep("SELECT full_name FROM users WHERE email = 'pipelined@example.com'"),
+			},
+		},
 	}
 }
