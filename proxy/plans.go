@@ -49,9 +49,11 @@ type stmtInfo struct {
 	// confirmed: the server answered its Parse with ParseComplete. Until then a pipelined Bind
 	// cannot know whether the server holds this text under the name (the Parse may yet fail
 	// or be skipped), so it binds the client's own name (planBind). Guarded by session.mu.
-	confirmed   bool
-	newVariant  *variant // the read's new-shape form
-	origVariant *variant // the client's own text, prepared when its mirror failed or its names moved
+	confirmed    bool
+	newVariant   *variant // the read's new-shape form
+	origVariant  *variant // the client's own text, prepared when its mirror failed or its names moved
+	movedVariant *variant // the mirrored form of the text under a later search_path (bindMovedWrite)
+	movedSQL     string   // that form's text
 	// path and role it was planned under: Postgres resolves a prepared statement's names again
 	// when they change, so the proxy plans it again (see bindMoved).
 	path, role string
@@ -530,7 +532,7 @@ func (s *session) applyChanges(ch router.SessionChanges) {
 
 // orphanVariants queues a dropped statement's variants for closing at the next Sync. Holds mu.
 func (s *session) orphanVariants(info *stmtInfo) {
-	for _, v := range []*variant{info.newVariant, info.origVariant} {
+	for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
 		if v != nil && v.sent {
 			s.orphans = append(s.orphans, v.name)
 		}
@@ -562,7 +564,10 @@ func (s *session) planParse(body []byte, e expected) error {
 	// them (pgx's describe mode), and run one several times.
 	changes := router.SessionChangesOf(msg.Query)
 	var info *stmtInfo
-	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && len(plan.Statements[0].Migrations) > 0 {
+	// A named statement is recorded when it touches a migration, or when its text names a
+	// migrated relation's name (the planner parsed it) that resolves elsewhere now: under
+	// another search_path at a later Bind it may mean the migrated relation (bindMoved).
+	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && (len(plan.Statements[0].Migrations) > 0 || msg.Name != "") {
 		st := plan.Statements[0]
 		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role}
 	}
@@ -715,11 +720,24 @@ func namesMoved(info *stmtInfo, now *router.Plan) bool {
 	return !slices.Equal(a.Migrations, b.Migrations)
 }
 
-// bindMoved binds a statement whose names moved (namesMoved) to the client's own text, which
-// Postgres resolves afresh: a read is not routed or compared, and a write runs unmirrored, since
-// its mirrored form under the client's name would now change another table's rows into the new
-// shape. It is counted when the new names are a migrated relation's.
+// bindMoved binds a statement whose names moved (namesMoved). When its text is now a mirrored
+// write, it runs in that mirrored form (bindMovedWrite). Otherwise it runs as the client's own
+// text, which Postgres resolves afresh: a read is not routed or compared, and a write is not
+// mirrored (its mirrored form under the client's name would change another table's rows into a
+// new shape); such a write is counted by the reasons its current plan gives.
 func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtInfo, portal string, now *router.Plan) error {
+	var st *router.StatementPlan
+	if now != nil && len(now.Statements) == 1 {
+		st = now.Statements[0]
+	}
+	if st != nil && st.Write != nil {
+		return s.bindMovedWrite(body, e, rec, info, portal, st)
+	}
+	if st != nil {
+		for _, u := range st.Unmirrored {
+			s.srv.metrics.UnmirroredWrite(u.Migration, u.Reason)
+		}
+	}
 	s.mu.Lock()
 	delete(s.portals, portal) // executed as the client's own statement: nothing to restore
 	if info.plan.Write != nil && info.origVariant == nil {
@@ -732,18 +750,41 @@ func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtIn
 	if info.plan.Write == nil {
 		return s.emit('B', body, e, rec) // the client's name holds its own text
 	}
-	if now != nil && len(now.Statements) == 1 && now.Statements[0].Write != nil {
-		s.srv.metrics.UnmirroredWrite(now.Statements[0].Write.Migration, reasonNamesMoved)
-	}
 	if err := s.ensureVariant(v, info.query, types); err != nil {
 		return err
 	}
 	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
 }
 
-// reasonNamesMoved labels writes of a prepared statement left unmirrored because the session's
-// search_path changed what its names mean since it was prepared.
-const reasonNamesMoved = "search_path_changed"
+// bindMovedWrite binds a statement whose names now mean a migrated relation with mirrored writes
+// (say users is public.users again after RESET search_path, though it was app.users when the
+// client prepared it) to that write's mirrored form under the current search_path, prepared as a
+// variant (pgcanary_mN; made again when the form changes).
+func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *stmtInfo, portal string, st *router.StatementPlan) error {
+	s.mu.Lock()
+	v := info.movedVariant
+	if v == nil || info.movedSQL != st.Write.SQL {
+		if v != nil && v.sent {
+			s.orphans = append(s.orphans, v.name)
+		}
+		s.variantSeq++
+		v = &variant{name: "pgcanary_m" + strconv.FormatUint(s.variantSeq, 10)}
+		info.movedVariant, info.movedSQL = v, st.Write.SQL
+	}
+	now := &stmtInfo{name: info.name, plan: st, query: info.query, paramOIDs: info.paramOIDs, confirmed: true}
+	s.portals[portal] = &portalInfo{info: now, route: "write", write: st.Write}
+	types := info.variantParamTypes()
+	s.mu.Unlock()
+	if err := s.ensureVariant(v, st.Write.SQL, types); err != nil {
+		return err
+	}
+	out := rebindStatement(body, portal, v.name)
+	if st.Write.Passthrough {
+		e.newForm = "write" // a failure re-runs the client's own Bind: its text, unmirrored
+		return s.emitGatable('B', out, e, rec, "write", st.Migrations)
+	}
+	return s.emit('B', out, e, rec)
+}
 
 // emitRoutedBind sends a Bind to a read's new-shape variant, preparing the variant first when
 // this session has not yet.
@@ -826,7 +867,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 			e.write = captureOf(info.writeForm())
 			e.describes = info
 		} else if typ == 'C' && info != nil {
-			for _, v := range []*variant{info.newVariant, info.origVariant} {
+			for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
 				if v != nil && v.sent {
 					closeVariants = append(closeVariants, v.name)
 				}

@@ -208,5 +208,29 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT full_name FROM users WHERE email = 'pipelined@example.com'"),
 			},
 		},
+		{
+			// A write prepared while users meant app.users, run after users means public.users
+			// again, is mirrored: Postgres resolves the statement's names afresh.
+			name: "write_prepared_under_another_search_path",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("SET search_path TO app, public"),
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "mv", Query: "UPDATE users SET full_name = $1 WHERE id = $2"},
+					&pgproto3.Parse{Name: "mvr", Query: "UPDATE users SET full_name = $1 WHERE id = $2 RETURNING id, full_name"},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("RESET search_path"),
+				rawStep("", []pgproto3.FrontendMessage{
+					textBind("", "mv", "Moved Write", "7"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					textBind("", "mvr", "Moved Returning", "8"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("SET search_path TO app, public"),
+				rawStep("", []pgproto3.FrontendMessage{textBind("", "mv", "App Again", "1002"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+				simpleStep("RESET search_path"),
+				rawStep("", []pgproto3.FrontendMessage{textBind("", "mvr", "Moved Twice", "9"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+			},
+		},
 	}
 }

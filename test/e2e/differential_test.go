@@ -358,6 +358,9 @@ func (env *diffEnv) run(t *testing.T, replay, where string, cs *customSetup, pro
 		}
 		want := runDiffStep(ctx, ref, st)
 		got := runDiffStep(ctx, prox, st)
+		if os.Getenv("PGCANARY_DIFF_VERBOSE") != "" {
+			t.Logf("%s, step %d: %s\n--- reference:\n%s\n--- through pgcanary:\n%s", where, i, st.desc, want, got)
+		}
 		if got.key() == want.key() {
 			env.noteWording(t, where, i, st, want, got)
 			if ref.pc.IsClosed() && prox.pc.IsClosed() {
@@ -1069,10 +1072,9 @@ type diffStep struct {
 // a statement that exists (the others are errors worth comparing too).
 //
 // epoch counts the statements that may change what names mean (search_path settings, and the
-// ends of transactions, which can undo them). docs/architecture.md: a write prepared under one
-// search_path and executed under another whose names mean a migrated relation runs unmirrored
-// (counted as search_path_changed), a documented drift; so a prepared write is executed only in
-// the epoch it was prepared in, and pgx's statement cache never carries a write across epochs.
+// ends of transactions, which can undo them). A prepared write is executed only in the epoch it
+// was prepared in, and pgx's statement cache never carries a write across epochs: statements
+// prepared under another search_path are TestProtocolCorners's (write_prepared_under_another_search_path).
 type diffGen struct {
 	r          *rand.Rand
 	mode       pgx.QueryExecMode
