@@ -521,11 +521,13 @@ func (s *session) applyChanges(ch router.SessionChanges) {
 			delete(s.stmts, name)
 		}
 		delete(s.changers, name)
+		delete(s.names, name)
 	}
 	if ch.DeallocateAll {
 		// The server dropped every prepared statement, variants included.
 		clear(s.stmts)
 		clear(s.changers)
+		clear(s.names)
 		s.orphans = s.orphans[:0]
 	}
 }
@@ -572,8 +574,20 @@ func (s *session) planParse(body []byte, e expected) error {
 		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role}
 	}
 	s.mu.Lock()
+	if _, exists := s.names[msg.Name]; exists && msg.Name != "" {
+		// Postgres refuses a Parse of a name it holds (42P05) and keeps the statement it has:
+		// the session keeps its record too, for the Binds pipelined behind this Parse.
+		s.mu.Unlock()
+		return s.emit('P', body, e, &recorded{typ: 'P', body: body})
+	}
 	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil}
 	e.undo.prevChanges, e.undo.hadChanges = s.changers[msg.Name]
+	if msg.Name != "" {
+		if s.names == nil {
+			s.names = map[string]struct{}{}
+		}
+		s.names[msg.Name] = struct{}{}
+	}
 	if info != nil {
 		s.stmts[msg.Name] = info
 	} else {
@@ -876,6 +890,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		}
 		if typ == 'C' {
 			delete(s.changers, string(name))
+			delete(s.names, string(name))
 		}
 	}
 	s.mu.Unlock()

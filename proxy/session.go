@@ -86,6 +86,9 @@ type session struct {
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts   map[string]*stmtInfo
 	portals map[string]*portalInfo
+	// names: the client's named prepared statements, as far as the session knows (protocol
+	// Parse, Close, DEALLOCATE), to foresee a Parse of a name that exists failing.
+	names map[string]struct{}
 	// changers: statements that change search_path or the role (SET or set_config through the
 	// extended protocol), applied at each Bind. Allocated on first need.
 	changers   map[string]router.SessionChanges
@@ -805,6 +808,7 @@ func (s *session) failedRequest(e *expected) {
 		} else {
 			delete(s.changers, u.name)
 		}
+		delete(s.names, u.name) // the Parse created nothing (the name was free: planParse)
 	}
 	if e.variant != nil {
 		e.variant.sent = false

@@ -132,6 +132,14 @@ func diffCorners() []diffCorner {
 					textBind("", "s1", "3"), &pgproto3.Execute{},
 					&pgproto3.Sync{},
 				}, false),
+				rawStep("a write prepared again under its name, then bound behind the failing Parse", []pgproto3.FrontendMessage{
+					&pgproto3.Close{ObjectType: 'S', Name: "w"},
+					&pgproto3.Parse{Name: "w", Query: "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id, full_name"},
+					&pgproto3.Parse{Name: "w", Query: "UPDATE orders SET amount = $1 WHERE id = $2 RETURNING amount, amount_cents"},
+					&pgproto3.Sync{},
+					textBind("", "w", "Pipe Cher", "pipecher@example.com"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
 				rawStep("the statement as the server holds it", []pgproto3.FrontendMessage{
 					textBind("", "s0", "4"), &pgproto3.Execute{},
 					&pgproto3.Parse{Name: "s1", Query: "SELECT full_name FROM users WHERE id = $1"},
