@@ -494,18 +494,13 @@ func applySetting(path *settingState, role *userState, c router.SettingChange) {
 	}
 }
 
-// applySessionChanges keeps the session's search_path and statement variants in step with what
-// a Query does to them.
-func (s *session) applySessionChanges(sql string) {
-	s.applyChanges(router.SessionChangesOf(sql))
-}
-
 // changesNothing reports whether ch leaves the session's settings and statements alone.
 func changesNothing(ch router.SessionChanges) bool {
 	return len(ch.Settings) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll
 }
 
-// applyChanges applies what a statement sent now does to the session (applySessionChanges).
+// applyChanges keeps the session's projected search_path and its statement records in step with
+// what a statement sent now does to them.
 func (s *session) applyChanges(ch router.SessionChanges) {
 	if changesNothing(ch) {
 		return
