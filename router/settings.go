@@ -54,7 +54,7 @@ type SettingChange struct {
 
 // SessionChanges are a query's effects on session state the proxy keeps in step with the server.
 type SessionChanges struct {
-	Settings []SettingChange // in statement order
+	Settings []SettingChange // in statement order; read-only (may be shared)
 	// Deallocate names prepared statements dropped by DEALLOCATE; DeallocateAll: DEALLOCATE ALL
 	// or DISCARD ALL dropped every one.
 	Deallocate    []string
@@ -165,12 +165,26 @@ func transactionControl(sql string) (ops []SettingChange, ok bool) {
 		}
 		lastWord = w
 	}
-	ops = []SettingChange{{Op: op}}
-	if chain && op != ChangeBegin {
-		ops = append(ops, SettingChange{Op: ChangeBegin})
+	switch {
+	case chain && op == ChangeCommit:
+		return opsCommitAndChain, true
+	case chain && op == ChangeRollback:
+		return opsRollbackAndChain, true
 	}
-	return ops, true
+	return opsOf[op], true
 }
+
+// Shared, read-only answers of transactionControl: BEGIN and COMMIT run once per transaction,
+// and planning them must not allocate.
+var (
+	opsOf = map[ChangeOp][]SettingChange{
+		ChangeBegin:    {{Op: ChangeBegin}},
+		ChangeCommit:   {{Op: ChangeCommit}},
+		ChangeRollback: {{Op: ChangeRollback}},
+	}
+	opsCommitAndChain   = []SettingChange{{Op: ChangeCommit}, {Op: ChangeBegin}}
+	opsRollbackAndChain = []SettingChange{{Op: ChangeRollback}, {Op: ChangeBegin}}
+)
 
 // skipSpaceAndComments skips leading white space and comments (a sqlcommenter tag before BEGIN).
 func skipSpaceAndComments(s string) string {

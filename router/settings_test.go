@@ -107,3 +107,12 @@ func BenchmarkMayChangeSession(b *testing.B) {
 		}
 	}
 }
+
+// BEGIN and COMMIT run once per transaction: knowing them must not allocate.
+func TestTransactionControlDoesNotAllocate(t *testing.T) {
+	for _, sql := range []string{"BEGIN", "COMMIT", "/* tenant='1' */ ROLLBACK;", "commit and chain"} {
+		if n := testing.AllocsPerRun(100, func() { SessionChangesOf(sql) }); n != 0 {
+			t.Errorf("SessionChangesOf(%q): %v allocations", sql, n)
+		}
+	}
+}
