@@ -556,9 +556,9 @@ func (s *session) planParse(body []byte, e expected) error {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
 	plan, path, role := s.planWithView(msg.Query)
-	// What the statement does to search_path, the role or prepared statements happens when it
-	// runs, at each Bind (planBind): a client may Parse and Describe statements ahead of running
-	// them (pgx's describe mode), and run one several times.
+	// What the statement does to prepared statements happens at each Bind (planBind), and to
+	// search_path and the role at each Execute (planExecute): a client may Parse and Describe
+	// statements ahead of running them (pgx's describe mode), and run one several times.
 	changes := router.SessionChangesOf(msg.Query)
 	var info *stmtInfo
 	// A named statement is recorded when it touches a migration, or when its text names a
@@ -651,21 +651,18 @@ func (s *session) planBind(body []byte, e expected) error {
 	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
 	// a variant's Parse would fail with 25P02 before it.
 	confirmed := info != nil && info.confirmed && s.txStatus != 'E'
-	s.mu.Unlock()
-	if changer || len(s.portalOps) > 0 {
-		// The statement runs now: DEALLOCATE takes effect for the statements planned next, and
-		// setting changes when the portal runs (planExecute).
-		s.applyChanges(router.SessionChanges{Deallocate: changes.Deallocate, DeallocateAll: changes.DeallocateAll})
-		s.mu.Lock()
-		if len(changes.Settings) > 0 {
-			if s.portalOps == nil {
-				s.portalOps = map[string][]router.SettingChange{}
-			}
-			s.portalOps[string(portal)] = changes.Settings
-		} else {
-			delete(s.portalOps, string(portal))
+	// Setting changes apply when the portal runs (planExecute).
+	if len(changes.Settings) > 0 {
+		if s.portalOps == nil {
+			s.portalOps = map[string][]router.SettingChange{}
 		}
-		s.mu.Unlock()
+		s.portalOps[string(portal)] = changes.Settings
+	} else if len(s.portalOps) > 0 {
+		delete(s.portalOps, string(portal))
+	}
+	s.mu.Unlock()
+	if changer { // DEALLOCATE takes effect for the statements planned after it
+		s.applyChanges(router.SessionChanges{Deallocate: changes.Deallocate, DeallocateAll: changes.DeallocateAll})
 	}
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {

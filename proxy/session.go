@@ -90,7 +90,8 @@ type session struct {
 	// Parse, Close, DEALLOCATE), to foresee a Parse of a name that exists failing.
 	names map[string]struct{}
 	// changers: statements that change search_path or the role (SET or set_config through the
-	// extended protocol), applied at each Bind. Allocated on first need.
+	// extended protocol) or drop statements (DEALLOCATE), applied as their portals are bound and
+	// run. Allocated on first need.
 	changers   map[string]router.SessionChanges
 	variantSeq uint64
 	orphans    []string          // variants of dropped statements, closed at the next Sync
@@ -127,8 +128,8 @@ func (s *session) run(ctx context.Context) {
 		return
 	}
 	s.log = s.log.With("user", params["user"], "database", params["database"])
-	s.user, s.proj.path, s.proj.role = params["user"], newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"])
-	s.conf.path, s.conf.role = s.proj.path.clone(), s.proj.role.clone()
+	s.user = params["user"]
+	s.startSettings(newSettingState(searchPathOf(params)), newUserState(params["user"], params["user"]))
 	s.database = params["database"]
 	if s.database == "" {
 		s.database = s.user // Postgres's default
@@ -408,8 +409,7 @@ func (s *session) learnSearchPath() bool {
 		case 'D':
 			var row pgproto3.DataRow
 			if err := row.Decode(body); err == nil && len(row.Values) == 3 && row.Values[0] != nil && row.Values[1] != nil && row.Values[2] != nil {
-				s.proj.path, s.proj.role = newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2]))
-				s.conf.path, s.conf.role = s.proj.path.clone(), s.proj.role.clone()
+				s.startSettings(newSettingState(string(row.Values[0])), newUserState(string(row.Values[1]), string(row.Values[2])))
 			}
 		case 'E':
 			s.log.Warn("reading the session's search_path", "err", errorMessage(body))
@@ -711,6 +711,12 @@ func (s *session) followSettings(e *expected, typ byte, body []byte) (reproject 
 		return len(body) == 1 && s.conf.ready(body[0])
 	}
 	return false
+}
+
+// startSettings sets both views of the session's settings, known at startup.
+func (s *session) startSettings(path settingState, role userState) {
+	s.conf.path, s.conf.role = path, role
+	s.proj = projection{path: path.clone(), role: role.clone()}
 }
 
 // reproject makes the planning view again: the confirmed settings plus the changes of every

@@ -166,22 +166,24 @@ func transactionControl(sql string) (ops []SettingChange, ok bool) {
 		lastWord = w
 	}
 	switch {
-	case chain && op == ChangeCommit:
+	case op == ChangeBegin:
+		return opsBegin, true
+	case op == ChangeCommit && chain:
 		return opsCommitAndChain, true
-	case chain && op == ChangeRollback:
+	case op == ChangeCommit:
+		return opsCommit, true
+	case chain:
 		return opsRollbackAndChain, true
 	}
-	return opsOf[op], true
+	return opsRollback, true
 }
 
 // Shared, read-only answers of transactionControl: BEGIN and COMMIT run once per transaction,
 // and planning them must not allocate.
 var (
-	opsOf = map[ChangeOp][]SettingChange{
-		ChangeBegin:    {{Op: ChangeBegin}},
-		ChangeCommit:   {{Op: ChangeCommit}},
-		ChangeRollback: {{Op: ChangeRollback}},
-	}
+	opsBegin            = []SettingChange{{Op: ChangeBegin}}
+	opsCommit           = []SettingChange{{Op: ChangeCommit}}
+	opsRollback         = []SettingChange{{Op: ChangeRollback}}
 	opsCommitAndChain   = []SettingChange{{Op: ChangeCommit}, {Op: ChangeBegin}}
 	opsRollbackAndChain = []SettingChange{{Op: ChangeRollback}, {Op: ChangeBegin}}
 )
