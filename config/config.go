@@ -17,6 +17,7 @@ import (
 // Config is the whole configuration file. Zero values mean "use the default" (see Defaults).
 type Config struct {
 	Listen         string        `yaml:"listen"`
+	ListenUnix     string        `yaml:"listen_unix"` // the socket file, DIR:PORT, or a directory (.s.PGSQL.<listen's port>)
 	Upstream       string        `yaml:"upstream"`
 	UpstreamTLS    UpstreamTLS   `yaml:"upstream_tls"`
 	TLS            ClientTLS     `yaml:"tls"`
@@ -181,6 +182,18 @@ func (c *Config) lintSettings() Report {
 	case "disable", "prefer", "require", "verify-ca", "verify-full":
 	default:
 		bad("upstream_tls", "upstream_tls.sslmode %q: want disable, prefer, require, verify-ca or verify-full", c.UpstreamTLS.SSLMode)
+	}
+	if c.Listen == "" && c.ListenUnix == "" {
+		bad("listen", "listen and listen_unix are both empty: clients would have nowhere to connect")
+	}
+	if c.ListenUnix != "" && !strings.HasPrefix(c.ListenUnix, "/") {
+		bad("listen_unix", "listen_unix %q: want an absolute path (the socket, DIR:PORT or a directory)", c.ListenUnix)
+	}
+	if strings.HasPrefix(c.Upstream, "/") {
+		switch strings.ToLower(c.UpstreamTLS.SSLMode) {
+		case "require", "verify-ca", "verify-full":
+			bad("upstream_tls", "upstream %s is a Unix socket, where Postgres offers no TLS: upstream_tls.sslmode %s cannot be met (use disable or prefer)", c.Upstream, c.UpstreamTLS.SSLMode)
+		}
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		bad("tls", "tls.cert and tls.key go together: set both or neither")

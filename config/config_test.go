@@ -38,6 +38,9 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		{"bad sslmode", "upstream_tls: {sslmode: maybe}\n", `sslmode "maybe"`},
 		{"cert without key", "tls: {cert: a.pem}\n", "tls.cert and tls.key go together"},
 		{"syntax", "listen: [\n", "c.yaml:"},
+		{"no listener", "listen: \"\"\n", "listen and listen_unix are both empty"},
+		{"relative socket", "listen_unix: run/pgcanary\n", "c.yaml:1: error: listen_unix \"run/pgcanary\": want an absolute path"},
+		{"TLS on a socket", "upstream: /var/run/postgresql\nupstream_tls: {sslmode: require}\n", "is a Unix socket, where Postgres offers no TLS"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

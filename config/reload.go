@@ -228,6 +228,7 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 		}
 	}
 	changed("listen", old.Listen, cur.Listen)
+	changed("listen_unix", old.ListenUnix, cur.ListenUnix)
 	changed("upstream", old.Upstream, cur.Upstream)
 	changed("upstream_tls", old.UpstreamTLS, cur.UpstreamTLS)
 	changed("tls", old.TLS, cur.TLS)

@@ -46,6 +46,9 @@ func newRouting(mode string, params map[string]string, remote net.Addr) routing 
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
+	if remote.Network() == "unix" {
+		host = "local" // a Unix-socket client has no address; pg_hba.conf calls these "local"
+	}
 	if mode == "" {
 		mode = "session"
 	}

@@ -19,8 +19,11 @@ const DefaultMaxMessageSize = 1 << 30
 
 // Config configures a Server.
 type Config struct {
-	Listen   string   // address for clients, host:port
-	Upstream Upstream // the PostgreSQL server
+	Listen string // address for clients, host:port; empty for none (then ListenUnix is required)
+	// ListenUnix, when set, is a Unix socket for clients too: the socket file, DIR:PORT, or a
+	// directory, holding .s.PGSQL.<port of Listen> as Postgres's own socket directory would.
+	ListenUnix string
+	Upstream   Upstream // the PostgreSQL server
 	// TLS, when set, is offered to clients that send SSLRequest; otherwise they get 'N'.
 	TLS            *tls.Config
 	MaxMessageSize int           // largest client message body accepted; default DefaultMaxMessageSize
@@ -47,6 +50,7 @@ type Config struct {
 // Server accepts client connections and relays each to the upstream server.
 type Server struct {
 	listen         string
+	listenUnix     string // the socket file's path, resolved by New
 	upstream       Upstream
 	tls            *tls.Config
 	maxMessageSize int
@@ -61,7 +65,8 @@ type Server struct {
 	keys           *cancelKeys
 
 	mu       sync.Mutex
-	ln       net.Listener
+	ln       net.Listener // TCP clients; nil without Listen
+	uln      net.Listener // Unix-socket clients; nil without ListenUnix
 	sessions map[*session]struct{}
 	draining bool
 	wg       sync.WaitGroup
@@ -87,8 +92,27 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Upstream.prepare(); err != nil {
 		return nil, err
 	}
+	if cfg.Listen == "" && cfg.ListenUnix == "" {
+		return nil, errors.New("no client address: set a TCP listen address, a Unix socket, or both")
+	}
+	var unixPath string
+	if cfg.ListenUnix != "" {
+		if !isUnixAddress(cfg.ListenUnix) {
+			return nil, fmt.Errorf("unix socket %q: want an absolute path", cfg.ListenUnix)
+		}
+		port := ""
+		if _, p, err := net.SplitHostPort(cfg.Listen); err == nil && p != "0" {
+			port = p
+		}
+		path, err := resolveUnixPath(cfg.ListenUnix, port)
+		if err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
+		unixPath = path
+	}
 	return &Server{
 		listen:         cfg.Listen,
+		listenUnix:     unixPath,
 		upstream:       cfg.Upstream,
 		tls:            cfg.TLS,
 		maxMessageSize: cfg.MaxMessageSize,
@@ -108,17 +132,31 @@ func New(cfg Config) (*Server, error) {
 // Listen binds the client address. Split from Serve so callers know the address (port 0 in tests)
 // and can report a bind error before starting anything else.
 func (s *Server) Listen() error {
-	ln, err := net.Listen("tcp", s.listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.listen, err)
+	var ln, uln net.Listener
+	if s.listen != "" {
+		l, err := net.Listen("tcp", s.listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", s.listen, err)
+		}
+		ln = l
+	}
+	if s.listenUnix != "" {
+		l, err := listenUnix(s.listenUnix)
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return err
+		}
+		uln = l
 	}
 	s.mu.Lock()
-	s.ln = ln
+	s.ln, s.uln = ln, uln
 	s.mu.Unlock()
 	return nil
 }
 
-// Addr is the bound client address; nil before Listen.
+// Addr is the bound TCP client address; nil before Listen or without a TCP address.
 func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -128,14 +166,54 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
+// UnixSocket is the path of the clients' Unix socket; "" without one.
+func (s *Server) UnixSocket() string { return s.listenUnix }
+
 // Serve accepts clients until Shutdown or Close. It returns nil after a shutdown.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
-	ln := s.ln
+	var lns []net.Listener
+	for _, l := range []net.Listener{s.ln, s.uln} {
+		if l != nil {
+			lns = append(lns, l)
+		}
+	}
 	s.mu.Unlock()
-	if ln == nil {
+	if len(lns) == 0 {
 		return errors.New("proxy: Serve called before Listen")
 	}
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errs <- s.accept(ctx, ln) }()
+	}
+	var first error
+	for range lns {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			// One listener failing stops the server's service as a whole: close the others so
+			// Serve returns rather than serving half its addresses.
+			s.closeListeners()
+		}
+	}
+	return first
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeListenersLocked()
+}
+
+func (s *Server) closeListenersLocked() {
+	for _, l := range []net.Listener{s.ln, s.uln} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+}
+
+// accept serves one listener until it is closed.
+func (s *Server) accept(ctx context.Context, ln net.Listener) error {
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -198,9 +276,7 @@ func (s *Server) Sessions() int {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
-	if s.ln != nil {
-		_ = s.ln.Close()
-	}
+	s.closeListenersLocked()
 	sessions := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
 		sessions = append(sessions, sess)
@@ -237,10 +313,10 @@ func (s *Server) Close() {
 	_ = s.Shutdown(ctx)
 }
 
-// CheckUpstream reports whether the upstream accepts TCP connections; it backs /readyz.
+// CheckUpstream reports whether the upstream accepts connections; it backs /readyz.
 func (s *Server) CheckUpstream(ctx context.Context) error {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", s.upstream.Addr)
+	conn, err := d.DialContext(ctx, s.upstream.network, s.upstream.address)
 	if err != nil {
 		return fmt.Errorf("upstream %s: %w", s.upstream.Addr, err)
 	}

@@ -199,7 +199,8 @@ func (s *session) negotiateStartup(ctx context.Context) (map[string]string, []by
 		code := binary.BigEndian.Uint32(body)
 		switch {
 		case code == sslRequestCode && !tlsDone:
-			if s.srv.tls == nil {
+			// Postgres answers 'N' on its Unix socket whatever its certificate: so do we.
+			if s.srv.tls == nil || isUnixConn(s.client) {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
 					return nil, nil, false
 				}

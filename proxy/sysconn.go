@@ -9,7 +9,7 @@ import (
 	"unsafe"
 )
 
-// sysConn reads and writes a TCP socket with raw system calls, waiting for readiness through Go's
+// sysConn reads and writes a socket (TCP or Unix) with raw system calls, waiting for readiness through Go's
 // netpoller as net.Conn does.
 //
 // Why: net.Conn's read and write go through syscall.Syscall, which tells the scheduler a syscall
@@ -36,13 +36,19 @@ type rawCall struct {
 	errno syscall.Errno
 }
 
-// newSysConn wraps a plain TCP connection; other connections (TLS) are returned as they are.
+// newSysConn wraps a plain TCP or Unix-socket connection; other connections (TLS) are returned
+// as they are.
 func newSysConn(c net.Conn) net.Conn {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
+	var sc syscall.Conn
+	switch t := c.(type) {
+	case *net.TCPConn:
+		sc = t
+	case *net.UnixConn:
+		sc = t
+	default:
 		return c
 	}
-	rc, err := tc.SyscallConn()
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return c
 	}
@@ -131,12 +137,13 @@ func (s *sysConn) Write(p []byte) (int, error) {
 // opError wraps errors the way net.Conn does, so callers can test for net.ErrClosed, timeouts
 // (os.ErrDeadlineExceeded) and syscall errors alike.
 func opError(op string, c net.Conn, err error) error {
+	network := c.LocalAddr().Network()
 	if errors.Is(err, net.ErrClosed) {
-		return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
+		return &net.OpError{Op: op, Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: fmt.Errorf("%w", errno)}
+		return &net.OpError{Op: op, Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: fmt.Errorf("%w", errno)}
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

@@ -37,10 +37,14 @@ func ParseSSLMode(s string) (SSLMode, error) {
 
 // Upstream says how to reach the server.
 type Upstream struct {
-	Addr        string // host:port
+	// Addr is host:port, or a Unix socket: the socket file, DIR:PORT or a directory (port 5432),
+	// read as libpq reads host=DIR port=PORT.
+	Addr        string
 	SSLMode     SSLMode
 	SSLRootCert string // PEM file; with require it verifies the chain like libpq's verify-ca
 	rootCAs     *x509.CertPool
+
+	network, address string // what dial uses, from Addr
 }
 
 // prepare loads the root certificates once, at startup, so a bad file fails fast.
@@ -48,9 +52,24 @@ func (u *Upstream) prepare() error {
 	if u.SSLMode == "" {
 		u.SSLMode = SSLPrefer
 	}
+	if isUnixAddress(u.Addr) {
+		path, err := resolveUnixPath(u.Addr, "5432")
+		if err != nil {
+			return fmt.Errorf("upstream: %w", err)
+		}
+		// Postgres never offers TLS on its socket (libpq does not ask there): nothing to negotiate,
+		// and a policy that demands TLS could never be met.
+		switch u.SSLMode {
+		case SSLRequire, SSLVerifyCA, SSLVerifyFull:
+			return fmt.Errorf("upstream %s is a Unix socket, where Postgres offers no TLS: sslmode %s cannot be met (use disable or prefer)", u.Addr, u.SSLMode)
+		}
+		u.network, u.address = "unix", path
+		return nil
+	}
 	if _, _, err := net.SplitHostPort(u.Addr); err != nil {
 		return fmt.Errorf("upstream address %q: %w", u.Addr, err)
 	}
+	u.network, u.address = "tcp", u.Addr
 	if u.SSLRootCert != "" {
 		pem, err := os.ReadFile(u.SSLRootCert)
 		if err != nil {
@@ -76,11 +95,11 @@ const sslRequestCode = 80877103
 // dial connects to the server and negotiates TLS according to the sslmode.
 func (u *Upstream) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", u.Addr)
+	conn, err := d.DialContext(ctx, u.network, u.address)
 	if err != nil {
 		return nil, err
 	}
-	if u.SSLMode == SSLDisable {
+	if u.SSLMode == SSLDisable || u.network == "unix" {
 		return conn, nil
 	}
 	if dl, ok := ctx.Deadline(); ok {

@@ -42,6 +42,7 @@ command-line flags, each overriding the one before.
 SIGTERM or SIGINT stops accepting clients, lets each session finish its current transaction for
 up to --drain-timeout, closes the rest and exits 0.`,
 		Example: `  pgcanary serve --upstream 127.0.0.1:5432
+  pgcanary serve --upstream /var/run/postgresql --listen-unix /run/pgcanary   # Unix sockets both sides
   pgcanary serve --config /etc/pgcanary/pgcanary.yaml --log-level debug
   PGCANARY_UPSTREAM=db:5432 PGCANARY_LISTEN=0.0.0.0:6432 pgcanary serve`,
 		Args: cobra.NoArgs,
@@ -67,7 +68,7 @@ up to --drain-timeout, closes the rest and exits 0.`,
 				gen = &config.Generation{Config: &cfg}
 			}
 			if gen.Config.Upstream == "" {
-				return &exitError{code: 2, err: errors.New("no upstream: set --upstream host:port or upstream: in the config file")}
+				return &exitError{code: 2, err: errors.New("no upstream: set --upstream host:port (or a Unix socket path) or upstream: in the config file")}
 			}
 			return serve(cmd.Context(), gen, loader)
 		},
@@ -75,8 +76,9 @@ up to --drain-timeout, closes the rest and exits 0.`,
 	f := cmd.Flags()
 	d := config.Defaults()
 	f.StringVar(&configFile, "config", "", "YAML configuration file; flags given on the command line override it")
-	f.String("listen", d.Listen, "address for client connections (host:port)")
-	f.String("upstream", "", "the PostgreSQL server (host:port)")
+	f.String("listen", d.Listen, "address for client connections (host:port); \"\" for none, with --listen-unix")
+	f.String("listen-unix", "", "Unix socket for client connections too: the socket file, DIR:PORT, or a directory (DIR/.s.PGSQL.<--listen port>, so psql -h DIR -p PORT connects)")
+	f.String("upstream", "", "the PostgreSQL server: host:port, or its Unix socket (the socket file, DIR:PORT, or a directory for port 5432)")
 	f.String("admin", d.Admin.Listen, "address of the admin HTTP endpoint: /healthz, /readyz, /metrics")
 	f.Bool("admin-pprof", false, "serve Go profiles under /debug/pprof/ on the admin address (for diagnosing a live proxy)")
 	f.String("log-level", d.LogLevel, "debug, info, warn or error")
@@ -124,6 +126,8 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 		switch fl.Name {
 		case "listen":
 			cfg.Listen = v
+		case "listen-unix":
+			cfg.ListenUnix = v
 		case "upstream":
 			cfg.Upstream = v
 		case "admin":
@@ -260,6 +264,7 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 		Flags:               flagSrc,
 		RoutingKey:          cfg.RoutingKey,
 		Listen:              cfg.Listen,
+		ListenUnix:          cfg.ListenUnix,
 		Upstream:            proxy.Upstream{Addr: cfg.Upstream, SSLMode: mode, SSLRootCert: cfg.UpstreamTLS.SSLRootCert},
 		TLS:                 clientTLS,
 		MaxMessageSize:      int(cfg.MaxMessageSize),
@@ -314,7 +319,11 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx) }()
 	go func() { errc <- adm.Serve() }()
-	log.Info("pgcanary serving", "listen", srv.Addr().String(), "upstream", cfg.Upstream, "admin", adm.Addr().String(),
+	listen := ""
+	if a := srv.Addr(); a != nil {
+		listen = a.String()
+	}
+	log.Info("pgcanary serving", "listen", listen, "listen_unix", srv.UnixSocket(), "upstream", cfg.Upstream, "admin", adm.Addr().String(),
 		"upstream_sslmode", string(mode), "client_tls", clientTLS != nil, "config_generation", gen.Number, "migrations", len(cfg.Migrations))
 
 	var serveErr error

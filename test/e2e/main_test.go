@@ -51,6 +51,8 @@ type proxyOpts struct {
 	noSharedSnapshot bool
 	sideDSN          string // the canary's side DSN, when not the checked database's
 	shadow           proxy.Shadow
+	listen           string // TCP address for clients; default 127.0.0.1:0, "none" for none
+	listenUnix       string // a Unix socket for clients too
 }
 
 // testProxy is a proxy running in-process on a free port.
@@ -77,8 +79,15 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	if os.Getenv("PGCANARY_TEST_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
+	switch o.listen {
+	case "":
+		o.listen = "127.0.0.1:0"
+	case "none":
+		o.listen = ""
+	}
 	srv, err := proxy.New(proxy.Config{
-		Listen:         "127.0.0.1:0",
+		Listen:         o.listen,
+		ListenUnix:     o.listenUnix,
 		Upstream:       proxy.Upstream{Addr: o.upstream, SSLMode: o.sslMode, SSLRootCert: o.rootCert},
 		TLS:            o.clientTLS,
 		MaxMessageSize: o.maxMessage,
@@ -108,7 +117,11 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		srv.Close()
 		wg.Wait()
 	})
-	return &testProxy{srv: srv, addr: srv.Addr().String(), reg: o.registry}
+	tp := &testProxy{srv: srv, reg: o.registry}
+	if a := srv.Addr(); a != nil {
+		tp.addr = a.String()
+	}
+	return tp
 }
 
 // dsn is a connection string for user through the proxy.

@@ -295,6 +295,15 @@ func (c *Cluster) Stop() error {
 	return nil
 }
 
+// SocketDir is the directory of the server's Unix socket (.s.PGSQL.<Port>); "" for an external
+// server, whose socket the harness does not know.
+func (c *Cluster) SocketDir() string {
+	if c.External {
+		return ""
+	}
+	return c.tmpDir
+}
+
 // Addr returns "host:port" of the server, e.g. "127.0.0.1:54321".
 func (c *Cluster) Addr() string {
 	return net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
@@ -493,6 +502,8 @@ func hbaConf() string {
 	// catch-all trust line.
 	return strings.Join([]string{
 		"# Written by pgcanary's test/pgtest; first matching line wins.",
+		"local     all  " + MD5User + "       md5",
+		"local     all  " + SCRAMUser + "     scram-sha-256",
 		"local     all  all           trust",
 		"host      all  " + SuperUser + "      127.0.0.1/32  trust",
 		"hostnossl all  " + TLSOnlyUser + "       127.0.0.1/32  reject",
