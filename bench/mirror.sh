@@ -7,7 +7,7 @@
 # both, interleaved over several rounds, and prints the median TPS and pgcanary/trigger; a third
 # column sends pgcanary's mirrored SQL directly, to show the database's cost apart from the hop.
 #
-# Usage: bench/mirror.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8")
+# Usage: bench/mirror.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8" UPSTREAM=tcp|unix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/cluster.sh
@@ -45,7 +45,7 @@ create trigger users_mirror after insert or update or delete on users for each r
 SQL
 
 # The shipped example configuration, pointed at the proxied database.
-export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT
+export PGCANARY_UPSTREAM=$CANARY_UPSTREAM
 export PGCANARY_SIDE_DSN=postgres://postgres@127.0.0.1:$PGPORT/proxied?sslmode=disable
 export PGCANARY_DATABASE=proxied
 "$BIN" serve --config examples/pgcanary.yaml --upstream-sslmode disable --log-level warn --listen "127.0.0.1:$PROXYPORT" --admin "127.0.0.1:$ADMINPORT" 2>"$TMP/pgcanary.log" &
@@ -101,7 +101,7 @@ for db in trig proxied; do
 done
 
 echo
-echo "mirrored UPDATE (pgbench -M prepared, median of $ROUNDS x ${DURATION}s, $USERS users)"
+echo "mirrored UPDATE (pgbench -M prepared, median of $ROUNDS x ${DURATION}s, $USERS users, proxies reach postgres over $UPSTREAM)"
 printf '%-8s %-9s %-9s %-17s %-12s %-13s %-15s %s\n' clients trigger pgcanary pgcanary/trigger "form direct" form/trigger "form pgbouncer" pgcanary/form-pgbouncer
 for c in $CLIENTS; do
 	t=$(echo "${results[trigger.$c]}" | tr ' ' '\n' | grep . | median)

@@ -21,6 +21,9 @@ Options (each also settable through the environment variable in brackets):
   --scale N            pgbench -i scale factor                [SCALE=10]
   --warmup S           seconds of untimed warm-up, 0 = none   [WARMUP=3]
   --pgcanary PATH      pgcanary binary, "none" to skip column [PGCANARY_BIN=./bin/pgcanary]
+  --upstream tcp|unix  how PgBouncer and pgcanary reach Postgres: loopback TCP, or
+                       Postgres's Unix socket (a proxy on the database host); clients
+                       always connect over TCP, direct ones too   [UPSTREAM=tcp]
   --out FILE           also write TSV results to FILE         [BENCH_OUT]
   --keep               keep the temp dir (logs) after exit    [KEEP_TMP=1]
   -h, --help           this help
@@ -39,6 +42,7 @@ PGBOUNCER_BIN=${PGBOUNCER_BIN:-}
 BENCH_OUT=${BENCH_OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
 PG_BINDIR=${PG_BINDIR:-}
+UPSTREAM=${UPSTREAM:-tcp}
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -55,6 +59,8 @@ while [ $# -gt 0 ]; do
 	--pgcanary=*) PGCANARY_BIN=${1#*=} ;;
 	--out) BENCH_OUT=${2:?--out needs a value}; shift ;;
 	--out=*) BENCH_OUT=${1#*=} ;;
+	--upstream) UPSTREAM=${2:?--upstream needs a value}; shift ;;
+	--upstream=*) UPSTREAM=${1#*=} ;;
 	--keep) KEEP_TMP=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -62,6 +68,10 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
+case "$UPSTREAM" in
+tcp | unix) ;;
+*) echo "UPSTREAM must be tcp or unix, got '$UPSTREAM'" >&2; exit 2 ;;
+esac
 for v in ROUNDS DURATION SCALE WARMUP; do
 	case "${!v}" in
 	'' | *[!0-9]*) echo "$v must be a non-negative integer, got '${!v}'" >&2; exit 2 ;;
@@ -301,6 +311,14 @@ log "pgbench -i -s $SCALE"
 	{ cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
 declare -A PORT
 PORT[direct]=$PGPORT
+# What the proxies dial: PgBouncer takes a socket directory as host, pgcanary DIR:PORT.
+if [ "$UPSTREAM" = unix ]; then
+	BOUNCER_UPSTREAM_HOST=$TMP
+	CANARY_UPSTREAM="$TMP:$PGPORT"
+else
+	BOUNCER_UPSTREAM_HOST=127.0.0.1
+	CANARY_UPSTREAM="127.0.0.1:$PGPORT"
+fi
 
 # --- PgBouncer (session mode) ------------------------------------------------
 if [ -n "$PGBOUNCER_BIN" ]; then
@@ -308,7 +326,7 @@ if [ -n "$PGBOUNCER_BIN" ]; then
 	printf '"%s" ""\n' "$DBUSER" >"$TMP/userlist.txt"
 	cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
-$DB = host=127.0.0.1 port=$PGPORT dbname=$DB
+$DB = host=$BOUNCER_UPSTREAM_HOST port=$PGPORT dbname=$DB
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -339,7 +357,7 @@ if [ -n "$PGCANARY_BIN" ]; then
 	PORT[pgcanary]=$(free_port)
 	ADMINPORT=$(free_port)
 	log "starting pgcanary ($PGCANARY_BIN) on 127.0.0.1:${PORT[pgcanary]} (admin $ADMINPORT)"
-	"$PGCANARY_BIN" serve --listen "127.0.0.1:${PORT[pgcanary]}" --upstream "127.0.0.1:$PGPORT" \
+	"$PGCANARY_BIN" serve --listen "127.0.0.1:${PORT[pgcanary]}" --upstream "$CANARY_UPSTREAM" \
 		--admin "127.0.0.1:$ADMINPORT" --log-level warn >"$TMP/pgcanary.log" 2>&1 &
 	PGCANARY_PID=$!
 	if ! wait_sql "${PORT[pgcanary]}" pgcanary "$PGCANARY_PID"; then
@@ -382,7 +400,7 @@ if [ -n "$PGCANARY_BIN" ]; then
 		PGCANARY_VERSION="$v, $PGCANARY_VERSION"
 	fi
 fi
-log "targets: ${TARGETS[*]}; rounds=$ROUNDS duration=${DURATION}s scale=$SCALE cpus=$(nproc)"
+log "targets: ${TARGETS[*]}; rounds=$ROUNDS duration=${DURATION}s scale=$SCALE cpus=$(nproc) upstream=$UPSTREAM"
 
 if [ "$WARMUP" -gt 0 ]; then
 	log "warm-up (${WARMUP}s per target, not counted)"
@@ -424,6 +442,7 @@ get_median() { printf '%s\n' ${RESULTS[$1]:-} | sed '/^$/d' | median; }
 
 echo
 echo "pgcanary passthrough benchmark: pgbench -S, median of $ROUNDS round(s) x ${DURATION}s, scale $SCALE, $(nproc) CPUs"
+echo "clients connect over loopback TCP; pgbouncer and pgcanary reach postgres over $([ "$UPSTREAM" = unix ] && echo "its Unix socket" || echo "loopback TCP")"
 echo "postgres: $("$PG_CTL" --version)"
 if [ -n "$PGBOUNCER_BIN" ]; then
 	echo "pgbouncer: $("$PGBOUNCER_BIN" --version 2>/dev/null | head -n 1)"

@@ -7,7 +7,7 @@
 # execution); rounds alternate the flag between 0 % (old shape) and 100 % (new shape).
 #
 # Usage: bench/routing.sh [--quick]   (env: ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8"
-#                                      MODES="simple extended prepared")
+#                                      MODES="simple extended prepared" UPSTREAM=tcp|unix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/cluster.sh
@@ -24,7 +24,7 @@ MODES=${MODES:-"simple extended prepared"}
 cp examples/pgcanary.yaml examples/flags.json "$TMP/"
 # Routing alone: no comparisons (their cost is the side database's, measured apart).
 sed -i 's/"default": 0.1/"default": 0/' "$TMP/flags.json"
-export PGCANARY_UPSTREAM=127.0.0.1:$PGPORT
+export PGCANARY_UPSTREAM=$CANARY_UPSTREAM
 export PGCANARY_SIDE_DSN=postgres://postgres@127.0.0.1:$PGPORT/app?sslmode=disable
 export PGCANARY_DATABASE=app
 "$BIN" serve --config "$TMP/pgcanary.yaml" --upstream-sslmode disable --log-level warn \
@@ -77,7 +77,7 @@ done
 new_reads=$(curl -fsS "http://127.0.0.1:$ADMINPORT/metrics" | sed -n 's/^pgcanary_statements_total{kind="read",migration="users-split-name",route="new"} //p')
 
 echo
-echo "reads by key through pgcanary (median of $ROUNDS x ${DURATION}s, $USERS users)"
+echo "reads by key through pgcanary (median of $ROUNDS x ${DURATION}s, $USERS users, pgcanary reaches postgres over $UPSTREAM)"
 printf '%-9s %-8s %-12s %-12s %-9s %s\n' protocol clients "old (0%)" "new (100%)" new/old "direct new-SQL/old-SQL"
 for mode in $MODES; do
 	for c in $CLIENTS; do

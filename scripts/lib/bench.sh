@@ -11,6 +11,8 @@
 #                          if installed (returns 1 when it is not); stopped on exit
 #
 # Settings (environment): ROUNDS=3 DURATION=10 USERS=100000 CLIENTS="1 8" PGCANARY_BIN=bin/pgcanary
+# UPSTREAM=tcp|unix: how pgcanary and PgBouncer reach Postgres (loopback TCP, or its Unix socket as
+# a proxy on the database host would); bench_init sets $CANARY_UPSTREAM and $BOUNCER_UPSTREAM_HOST.
 
 bench_init() {
 	BENCH_NAME=$1
@@ -28,6 +30,12 @@ bench_init() {
 	PROXYPORT=$(free_port)
 	ADMINPORT=$(free_port)
 	PROXY_PID=
+	UPSTREAM=${UPSTREAM:-tcp}
+	case "$UPSTREAM" in
+	tcp) CANARY_UPSTREAM=127.0.0.1:$PGPORT BOUNCER_UPSTREAM_HOST=127.0.0.1 ;;
+	unix) CANARY_UPSTREAM=$TMP:$PGPORT BOUNCER_UPSTREAM_HOST=$TMP ;;
+	*) echo "UPSTREAM must be tcp or unix, got '$UPSTREAM'" >&2; exit 2 ;;
+	esac
 	trap bench_cleanup EXIT
 	cluster_start "$TMP" "$PGPORT"
 	local bindir
@@ -55,7 +63,7 @@ pgbouncer_start() {
 	printf '"postgres" ""\n' >"$TMP/userlist.txt"
 	cat >"$TMP/pgbouncer.ini" <<INI
 [databases]
-$db = host=127.0.0.1 port=$PGPORT dbname=$db
+$db = host=$BOUNCER_UPSTREAM_HOST port=$PGPORT dbname=$db
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCERPORT
