@@ -16,6 +16,10 @@ var (
 	tagCommit   = []byte("COMMIT")
 	tagPrepare  = []byte("PREPARE TRANSACTION")
 	tagRollback = []byte("ROLLBACK")
+	// DISCARD ALL cannot run in a transaction block, so Postgres commits it as soon as it
+	// completes, in the extended protocol too (all branches since the minor releases of August
+	// 2022): an error later in the same batch does not undo its RESET.
+	tagDiscardAll = []byte("DISCARD ALL")
 )
 
 // unknownSetting is the value of a followed setting that a statement changed in a way the proxy
@@ -194,6 +198,8 @@ func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte)
 		return c.end(true) // COMMIT of a failed transaction answers ROLLBACK
 	case bytes.Equal(tag, tagRollback) && !rollbackTo: // ROLLBACK TO answers ROLLBACK too
 		return c.end(false)
+	case bytes.Equal(tag, tagDiscardAll):
+		return c.end(true)
 	}
 	return false
 }

@@ -724,6 +724,13 @@ func (s *session) startSettings(path settingState, role userState) {
 // statement sent and not yet answered, in order. Holds mu.
 func (s *session) reproject() {
 	s.proj = projection{path: s.conf.path.clone(), role: s.conf.role.clone(), inTx: s.conf.inTx}
+	if s.conf.failed && !s.conf.inTx {
+		// The error aborted the implicit transaction already; the confirmed view only ends it at
+		// ReadyForQuery. A client that read the error and pipelines its next statement behind the
+		// Sync is planned now: foreseeing that Sync as a commit would keep the failed SETs.
+		s.proj.path.endTransaction(false)
+		s.proj.role.endTransaction(false)
+	}
 	apply := func(e *expected) {
 		for _, c := range e.ops[e.opsDone:] {
 			s.proj.apply(c)

@@ -240,5 +240,44 @@ func diffCorners() []diffCorner {
 				rawStep("", []pgproto3.FrontendMessage{textBind("", "mvr", "Moved Twice", "9"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
 			},
 		},
+		{
+			// DISCARD ALL cannot run in a transaction block, so Postgres commits it as soon as it
+			// completes: an error later in the same batch does not undo its RESET of search_path.
+			name: "discard_all_then_error_in_batch",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("SET search_path TO app, public"),
+				rawStep("DISCARD ALL, then its finished portal again", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "DISCARD ALL"}, textBind("", ""), &pgproto3.Execute{MaxRows: 2}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("UPDATE users SET full_name = 'After Discard' WHERE id = 10"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (10, 1004) ORDER BY id"),
+				simpleStep("SET search_path TO app, public"),
+				rawStep("DISCARD ALL, then SET and a failing statement", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "DISCARD ALL"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("UPDATE users SET full_name = 'Discard Again' WHERE id = 11"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (11, 1005) ORDER BY id"),
+			},
+		},
+		{
+			// An error aborts the implicit transaction at once, its SET with it: a statement the
+			// client sends behind the Sync, having read the error, runs under the old path.
+			name: "error_then_statement_pipelined_behind_sync",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("SET, a failing statement, the answers read, then Sync and a write", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					&pgproto3.Query{String: "UPDATE users SET full_name = 'Pipelined After' WHERE id = 12"},
+				}, true),
+				simpleStep("SELECT u.* FROM users u WHERE u.id IN (12, 1006) ORDER BY id"),
+			},
+		},
 	}
 }
