@@ -83,3 +83,12 @@ func isUnixConn(c net.Conn) bool {
 	a := c.LocalAddr()
 	return a != nil && a.Network() == "unix"
 }
+
+// clientName names a client in logs: its address, or "local" on a Unix socket (whose peers have
+// none, "@" to Go).
+func clientName(c net.Conn) string {
+	if isUnixConn(c) {
+		return "local"
+	}
+	return c.RemoteAddr().String()
+}

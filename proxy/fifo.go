@@ -73,9 +73,14 @@ type expected struct {
 	// reword: the ErrorResponse body the client gets instead of the server's, for an Execute the
 	// proxy made fail on purpose (planExecute).
 	reword []byte
+	// rewrite: the text sent in place of the client's (Parse, Query), to map error positions.
+	rewrite *rewriteText
 	// prepares: per statement of a Query, a SQL PREPARE of a mirrored write, recorded in the
 	// session's statements once the server confirms it.
 	prepares []*stmtInfo
+	// created: the statement names the Query's SQL PREPAREs create, taken as the session's once
+	// the server completes each PREPARE.
+	created []router.PreparedName
 }
 
 // parseUndo restores what the session knew of a statement name when its Parse fails.

@@ -230,7 +230,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
 	plan, path, role := s.planWithView(sql)
 	changes := router.SessionChangesOf(sql)
-	e.ops = changes.Settings
+	e.ops, e.created = changes.Settings, changes.Prepared
 	defer func() { // after planning: the text's own statements are planned in sequence
 		s.applyChanges(changes)
 		s.mu.Lock()
@@ -323,7 +323,9 @@ func (s *session) planQuery(body []byte, e expected) error {
 	}
 	e.writes, e.prepares = forms, prepares
 	// Statements are joined on their own lines: a statement may end in a -- comment.
-	out := append([]byte(strings.Join(texts, "\n;\n")), 0)
+	joined := strings.Join(texts, "\n;\n")
+	e.rewrite = newRewriteText(joined, sql)
+	out := append([]byte(joined), 0)
 	// A Query of several statements is re-run only when all of them are reads: a write would run
 	// again with effects a rollback does not undo (serial values), a mirrored one in the client's
 	// own text, and PREPARE and the like would collide with themselves.
@@ -615,6 +617,7 @@ func (s *session) planParse(body []byte, e expected) error {
 	switch {
 	case st.Write != nil:
 		e.write = captureOf(st.Write)
+		e.rewrite = newRewriteText(st.Write.SQL, msg.Query)
 		out := sendAs(st.Write.SQL)
 		if msg.Name == "" && st.Write.Passthrough {
 			return s.emitGatable('P', out, e, rec, "write", st.Migrations)
@@ -627,6 +630,7 @@ func (s *session) planParse(body []byte, e expected) error {
 		if !routed {
 			return s.emit('P', body, e, rec)
 		}
+		e.rewrite = newRewriteText(st.Read.SQL, msg.Query)
 		return s.emitGatable('P', sendAs(st.Read.SQL), e, rec, "read", st.Read.Migrations)
 	}
 	return s.emit('P', body, e, rec)
@@ -756,7 +760,7 @@ func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtIn
 	if info.plan.Write == nil {
 		return s.emit('B', body, e, rec) // the client's name holds its own text
 	}
-	if err := s.ensureVariant(v, info.query, types); err != nil {
+	if err := s.ensureVariant(v, info.query, info.query, types); err != nil {
 		return err
 	}
 	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
@@ -781,7 +785,7 @@ func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *s
 	s.portals[portal] = &portalInfo{info: now, route: "write", write: st.Write}
 	types := info.variantParamTypes()
 	s.mu.Unlock()
-	if err := s.ensureVariant(v, st.Write.SQL, types); err != nil {
+	if err := s.ensureVariant(v, st.Write.SQL, info.query, types); err != nil {
 		return err
 	}
 	out := rebindStatement(body, portal, v.name)
@@ -806,14 +810,15 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
 		return err
 	}
-	if err := s.ensureVariant(v, info.plan.Read.SQL, types); err != nil {
+	if err := s.ensureVariant(v, info.plan.Read.SQL, info.query, types); err != nil {
 		return err
 	}
 	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
 }
 
-// ensureVariant sends the Parse of a variant unless it went out already.
-func (s *session) ensureVariant(v *variant, query string, oids []uint32) error {
+// ensureVariant sends the Parse of a variant unless it went out already; client is the text of
+// the client's statement it stands for (its failure is the client's, positions included).
+func (s *session) ensureVariant(v *variant, query, client string, oids []uint32) error {
 	s.mu.Lock()
 	sent := v.sent
 	v.sent = true
@@ -826,7 +831,7 @@ func (s *session) ensureVariant(v *variant, query string, oids []uint32) error {
 	if err != nil {
 		return err
 	}
-	return s.emit('P', out[headerLen:], expected{kind: reqParse, suppress: true, variant: v}, nil)
+	return s.emit('P', out[headerLen:], expected{kind: reqParse, suppress: true, variant: v, rewrite: newRewriteText(query, client)}, nil)
 }
 
 // rebindStatement returns a Bind body that binds portal to statement stmt instead.

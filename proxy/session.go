@@ -111,7 +111,7 @@ func newSession(srv *Server, client net.Conn) *session {
 	return &session{
 		srv:     srv,
 		client:  client,
-		log:     srv.log.With("client", client.RemoteAddr().String()),
+		log:     srv.log.With("client", clientName(client)),
 		stmts:   make(map[string]*stmtInfo),
 		portals: make(map[string]*portalInfo),
 		cout:    make([]byte, 0, 8<<10),
@@ -588,6 +588,8 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		}
 		if origTyp == 'E' && ref.reword != nil {
 			body = ref.reword
+		} else if origTyp == 'E' && ref.rewrite != nil {
+			body = ref.rewrite.mapErrorPosition(body)
 		}
 		if ref.suppress && origTyp != 'A' && origTyp != 'S' && origTyp != 'N' && !(origTyp == 'E' && ref.variant != nil) {
 			// The proxy's own request. A variant's failed Parse is the exception: it stands for
@@ -751,6 +753,16 @@ func (s *session) reproject() {
 // class, and the mirrored or unmirrored write it made. errBody is the ErrorResponse, if it failed.
 // Holds mu.
 func (s *session) completed(e *expected, errBody []byte) {
+	if e.kind == reqQuery && errBody == nil {
+		for _, p := range e.created {
+			if p.Statement == e.stmt {
+				if s.names == nil {
+					s.names = map[string]struct{}{}
+				}
+				s.names[p.Name] = struct{}{}
+			}
+		}
+	}
 	if e.kind == reqQuery && errBody == nil && e.stmt < len(e.prepares) {
 		if info := e.prepares[e.stmt]; info != nil {
 			info.confirmed = true

@@ -59,10 +59,19 @@ type SessionChanges struct {
 	// or DISCARD ALL dropped every one.
 	Deallocate    []string
 	DeallocateAll bool
+	// Prepared: the names SQL PREPARE creates, with their statements' indexes. They share the
+	// namespace of the protocol's named statements: a Parse of one fails (42P05).
+	Prepared []PreparedName
+}
+
+// PreparedName is a statement name a PREPARE in a text creates.
+type PreparedName struct {
+	Name      string
+	Statement int
 }
 
 // SessionChangesOf finds the statements of sql that change search_path or the current role,
-// scope such changes (savepoints), or drop prepared statements. Planning depends on search_path,
+// scope such changes (savepoints), or create or drop prepared statements. Planning depends on search_path,
 // and Postgres before 18 does not report it, so sessions track it from what they send; prepared
 // statement variants follow their statement. A cheap text test keeps the parser away from every
 // other statement.
@@ -92,6 +101,8 @@ func SessionChangesOf(sql string) SessionChanges {
 					SettingChange{Setting: SettingSessionAuthorization, Reset: true}, SettingChange{Setting: SettingRole, Reset: true})
 				out.DeallocateAll = true
 			}
+		case *pg_query.Node_PrepareStmt:
+			out.Prepared = append(out.Prepared, PreparedName{Name: n.PrepareStmt.Name, Statement: i})
 		case *pg_query.Node_DeallocateStmt:
 			if n.DeallocateStmt.Name == "" || n.DeallocateStmt.Isall {
 				out.DeallocateAll = true
@@ -254,7 +265,7 @@ func mayChangeSession(sql string) bool {
 			}
 			txWord = txWord || strings.EqualFold(w, "commit")
 		case 7:
-			if strings.EqualFold(w, "discard") || strings.EqualFold(w, "release") {
+			if strings.EqualFold(w, "discard") || strings.EqualFold(w, "release") || strings.EqualFold(w, "prepare") {
 				return true
 			}
 		case 8:

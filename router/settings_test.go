@@ -29,6 +29,8 @@ func TestSessionChangesOf(t *testing.T) {
 		{"DISCARD PLANS", SessionChanges{}},
 		{"DEALLOCATE s1; DEALLOCATE PREPARE s2", SessionChanges{Deallocate: []string{"s1", "s2"}}},
 		{"DEALLOCATE ALL", SessionChanges{DeallocateAll: true}},
+		{"SELECT 1; PREPARE q1 AS SELECT $1::int; /* x */ PREPARE q2 (int) AS SELECT $1", SessionChanges{Prepared: []PreparedName{{Name: "q1", Statement: 1}, {Name: "q2", Statement: 2}}}},
+		{"PREPARE TRANSACTION 't1'", SessionChanges{Settings: []sc{{Op: ChangeCommit}}}},
 		{"SELECT 'search_path'", SessionChanges{}},
 		// the role, for "$user"
 		{"SET ROLE tenant_7", set(role(sc{Value: "tenant_7"}))},

@@ -279,5 +279,27 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id IN (12, 1006) ORDER BY id"),
 			},
 		},
+		{
+			// SQL PREPARE and the protocol's Parse share one namespace: a Parse of a name a
+			// PREPARE created fails (42P05), and later Binds run the PREPAREd statement.
+			name: "parse_of_a_name_prepared_in_sql",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("PREPARE sq AS SELECT full_name FROM users WHERE id = $1"),
+				rawStep("Parse of the name, then Bind of it", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sq", Query: "UPDATE users SET full_name = $1 WHERE id = 14 RETURNING id"},
+					&pgproto3.Sync{},
+					textBind("", "sq", "14"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("DEALLOCATE sq"),
+				rawStep("the name is free again", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sq", Query: "UPDATE users SET full_name = $1 WHERE id = 14 RETURNING id"},
+					textBind("", "sq", "Freed Name"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 14"),
+			},
+		},
 	}
 }

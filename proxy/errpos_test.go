@@ -1,0 +1,51 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSQLTokens(t *testing.T) {
+	sql := "SELECT \"Full Name\", 'it''s', E'a\\'b', $1, $$x$$ -- c\n/* d /* e */ */ FROM Zoë_t WHERE a>=1.5e3"
+	var got []string
+	for _, tok := range sqlTokens(sql) {
+		got = append(got, tok.norm)
+	}
+	want := []string{"select", `"Full Name"`, ",", "'it''s'", ",", `E'a\'b'`, ",", "$1", ",", "$$x$$", "from", "zoë_t", "where", "a", ">=", "1.5e3"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("tokens\n got %q\nwant %q", got, want)
+	}
+	// Starts count characters, as Postgres's positions do, not bytes.
+	toks := sqlTokens("SELECT 'ë', x")
+	if last := toks[len(toks)-1]; last.start != 12 {
+		t.Fatalf("start of x: %d characters, want 12", last.start)
+	}
+}
+
+func TestMapErrorPosition(t *testing.T) {
+	r := newRewriteText(
+		"WITH pgcanary_w AS (UPDATE users SET active = 'maybe' WHERE id = 1 RETURNING users.*) SELECT count(*) FROM pgcanary_w",
+		"update users set active = 'maybe' where id = 1")
+	sentPos := strings.Index(r.sent, "'maybe'") + 1
+	if got, ok := r.mapPosition(sentPos); !ok || got != strings.Index(r.client, "'maybe'")+1 {
+		t.Fatalf("position of 'maybe': %d %v", got, ok)
+	}
+	// Case folds as Postgres folds unquoted names; the second "id" maps to the second.
+	r = newRewriteText("SELECT ID FROM t WHERE ID = 1", "select  id from t where id = 1")
+	if got, ok := r.mapPosition(strings.LastIndex(r.sent, "ID") + 1); !ok || got != strings.LastIndex(r.client, "id")+1 {
+		t.Fatalf("second id: %d %v", got, ok)
+	}
+	// A token of the proxy's own form: the field is dropped, the others kept in order.
+	body := []byte("SERROR\x00C22P02\x00Mbad\x00P8\x00\x00")
+	out := r.mapErrorPosition([]byte(strings.Replace(string(body), "P8", "P100", 1)))
+	if string(out) != "SERROR\x00C22P02\x00Mbad\x00\x00" {
+		t.Fatalf("unmapped position kept: %q", out)
+	}
+	out = r.mapErrorPosition(body) // position 8 is the first "ID"
+	if string(out) != "SERROR\x00C22P02\x00Mbad\x00P9\x00\x00" {
+		t.Fatalf("mapped body %q", out)
+	}
+	if newRewriteText("same", "same") != nil {
+		t.Fatal("a text sent as written needs no mapping")
+	}
+}
