@@ -34,6 +34,11 @@ type cacheKey struct {
 	searchPath string
 	user       string
 	sql        string
+	// lifted: in the shape cache, how many of the normalized text's parameters are lifted
+	// literals. The same shape may have client parameters in their place ("SET a = $1" and
+	// "SET a = 'x'" both normalize to "SET a = $1"), and a template holes only lifted ones.
+	// Normalize numbers literals after the client's highest parameter, so the count tells which.
+	lifted int
 }
 
 // NewPlanner returns a planner caching up to size plans.
@@ -59,7 +64,7 @@ func NewPlanner(size int, metrics Metrics) (*Planner, error) {
 // Plan plans sql for a session with the given search_path setting and user. It never fails:
 // SQL it cannot parse or rewrite passes through unchanged (KindOther, no forms).
 func (p *Planner) Plan(cat *Catalog, searchPath, user, sql string) *Plan {
-	key := cacheKey{cat.Generation, cat.Database, searchPath, user, sql}
+	key := cacheKey{generation: cat.Generation, database: cat.Database, searchPath: searchPath, user: user, sql: sql}
 	if plan, ok := p.cache.Get(key); ok {
 		p.metrics.PlanCacheHit()
 		return plan

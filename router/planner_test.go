@@ -150,6 +150,13 @@ func TestPlanByShape(t *testing.T) {
 	if w.Statements[0].Write == nil || !strings.Contains(w.Statements[0].Write.SQL, "amount_cents = (12.5::numeric(12, 2) * 100)::bigint WHERE id = 3") {
 		t.Fatalf("write form: %+v", w.Statements[0].Write)
 	}
+	// The same shape with a client parameter where the first text had a literal: the first
+	// text's template must not fill the parameter's place (it left "SET full_name =  WHERE").
+	p.Plan(cat, "public", "u", "UPDATE users SET full_name = 'A B' WHERE id = 15")
+	mixed := p.Plan(cat, "public", "u", "UPDATE users SET full_name = $1 WHERE id = 15")
+	if form := mixed.Statements[0].Write.SQL; !strings.Contains(form, "SET full_name = $1 WHERE id = 15") {
+		t.Fatalf("client parameter lost from the form: %s", form)
+	}
 	// Two statements, or a literal Normalize cannot lift into valid SQL, take the exact path.
 	if p.Plan(cat, "public", "u", "SELECT 1; SELECT * FROM users WHERE id = 2").Statements[1].Read == nil {
 		t.Fatal("multi-statement text not planned")

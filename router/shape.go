@@ -42,7 +42,7 @@ func (p *Planner) planByShape(cat *Catalog, searchPath, user, sql string) *Plan 
 	if !ok {
 		return nil
 	}
-	key := cacheKey{cat.Generation, cat.Database, searchPath, user, norm}
+	key := cacheKey{generation: cat.Generation, database: cat.Database, searchPath: searchPath, user: user, sql: norm, lifted: len(lits)}
 	sp, hit := p.shapes.Get(key)
 	if !hit {
 		plan := build(cat, ParseSearchPath(searchPath, user), norm)
