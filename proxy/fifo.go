@@ -81,6 +81,9 @@ type expected struct {
 	// created: the statement names the Query's SQL PREPAREs create, taken as the session's once
 	// the server completes each PREPARE.
 	created []router.PreparedName
+	// drops: what the request's DEALLOCATE or DISCARD ALL removed from the session's records,
+	// brought back if the server does not run it.
+	drops *dropUndo
 }
 
 // parseUndo restores what the session knew of a statement name when its Parse fails.
@@ -166,15 +169,26 @@ func (q *fifo) pop() {
 	q.size--
 }
 
-// skipToSync drops the entries the server will not answer after an error in the extended
-// protocol: it discards every message until the next Sync, showing each to skipped first.
-func (q *fifo) skipToSync(skipped func(*expected)) {
-	for q.size > 0 && q.buf[q.head].kind != reqSync {
-		if skipped != nil {
-			skipped(&q.buf[q.head])
+// skipToSync drops the entries up to the next Sync: after an error in the extended protocol, the
+// failed request at the head and those the server skips. skipped sees them last first: each undoes
+// what planning its request did to the session's records, and a later request's record may have
+// been made over an earlier one's (a Close, then a Parse of the same name).
+// It reports whether a Sync was found: if not, the client has not sent it yet, and the server
+// discards whatever comes before it.
+func (q *fifo) skipToSync(skipped func(*expected)) (syncFound bool) {
+	n := 0
+	for n < q.size && q.buf[(q.head+n)%len(q.buf)].kind != reqSync {
+		n++
+	}
+	if skipped != nil {
+		for i := n - 1; i >= 0; i-- {
+			skipped(&q.buf[(q.head+i)%len(q.buf)])
 		}
+	}
+	for range n {
 		q.pop()
 	}
+	return q.size > 0
 }
 
 // responseEffect says how one backend message moves the FIFO.

@@ -39,7 +39,6 @@ func TestFIFOProtocol(t *testing.T) {
 				case effPop:
 					q.pop()
 				case effPopToSync:
-					q.pop()
 					q.skipToSync(nil)
 				}
 			}
@@ -76,5 +75,19 @@ func TestOptionSettings(t *testing.T) {
 	}
 	if sp := searchPathOf(map[string]string{"options": "-c search_path=myschema"}); sp != "myschema" {
 		t.Fatalf("search path %q", sp)
+	}
+}
+
+// skipToSync hands the failed head and the skipped requests to the undo last first: a request's
+// record may have been made over an earlier one's.
+func TestSkipToSyncUndoesLastFirst(t *testing.T) {
+	var q fifo
+	for i, k := range []requestKind{reqExecute, reqClose, reqParse, reqSync, reqParse} {
+		q.push(expected{kind: k, name: string(rune('a' + i))})
+	}
+	var order string
+	q.skipToSync(func(e *expected) { order += e.name })
+	if order != "cba" || q.len() != 2 {
+		t.Fatalf("undone %q leaving %d, want cba leaving the Sync and what follows it (2)", order, q.len())
 	}
 }

@@ -229,6 +229,18 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 			releasedOnFlush = true
 		}
 	}
+	if hasEntry && s.discarding && typ != 'S' {
+		// The server discards it unanswered: what planning it did to the session's records is
+		// void, as for a request skipped behind an error.
+		s.failedRequest(&e)
+		if len(e.ops) > 0 {
+			s.reproject()
+		}
+		hasEntry = false
+	}
+	if typ == 'S' {
+		s.discarding = false
+	}
 	if hasEntry {
 		s.fifo.push(e)
 	}

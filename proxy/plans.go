@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,6 +98,28 @@ type portalInfo struct {
 }
 
 // writeForm is the mirrored form a statement runs when sent under the client's name.
+// hasVariant reports whether name is one of the statement's variants.
+func (i *stmtInfo) hasVariant(name string) bool {
+	for _, v := range []*variant{i.newVariant, i.origVariant, i.movedVariant} {
+		if v != nil && v.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// controlsTransaction reports whether a statement's changes say it is BEGIN, COMMIT or ROLLBACK
+// (with or without AND CHAIN): Postgres commits such a statement's work at once.
+func controlsTransaction(ops []router.SettingChange) bool {
+	for _, c := range ops {
+		switch c.Op {
+		case router.ChangeBegin, router.ChangeCommit, router.ChangeRollback:
+			return true
+		}
+	}
+	return false
+}
+
 func (i *stmtInfo) writeForm() *router.WriteForm {
 	if i == nil || i.original || i.plan == nil {
 		return nil
@@ -147,6 +170,7 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 		s.closeOrphans()
 		s.mu.Lock()
 		s.proj.batchEnd()
+		s.pipelining = false
 		s.mu.Unlock()
 		if err := s.emit(typ, body, e, nil); err != nil {
 			return err
@@ -169,12 +193,21 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 func (s *session) planExecute(body []byte, e expected) error {
 	portal, _, _ := cstring(body)
 	s.mu.Lock()
-	if ops := s.portalOps[string(portal)]; ops != nil {
-		e.ops = ops
-		for _, c := range ops {
-			s.proj.apply(c)
-		}
+	ch := s.portalChanges[string(portal)]
+	if ch.DiscardAll && (s.proj.inTx || s.pipelining) {
+		ch = router.SessionChanges{} // Postgres refuses it there (25001): it changes nothing
 	}
+	e.ops = ch.Settings
+	for _, c := range ch.Settings {
+		s.proj.apply(c)
+	}
+	if dropsStatements(ch) {
+		e.drops = &dropUndo{}
+		s.dropStatements(ch, e.drops)
+	}
+	// Postgres marks the implicit transaction a pipeline once a statement other than transaction
+	// control completes in it (XACT_FLAGS_PIPELINING); DISCARD ALL commits at once.
+	s.pipelining = !ch.DiscardAll && !controlsTransaction(ch.Settings)
 	p := s.portals[string(portal)]
 	ranBefore := false
 	if p != nil {
@@ -230,11 +263,20 @@ func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
 	plan, path, role := s.planWithView(sql)
 	changes := router.SessionChangesOf(sql)
+	s.mu.Lock()
+	if changes.DiscardAll && (s.proj.inTx || s.pipelining) {
+		changes = router.SessionChanges{} // refused in a transaction block or a pipeline (25001)
+	}
+	s.mu.Unlock()
 	e.ops, e.created = changes.Settings, changes.Prepared
+	if dropsStatements(changes) {
+		e.drops = &dropUndo{stmt: changes.DropsAt}
+	}
 	defer func() { // after planning: the text's own statements are planned in sequence
-		s.applyChanges(changes)
+		s.applyChanges(changes, e.drops)
 		s.mu.Lock()
 		s.proj.batchEnd() // a Query ends its implicit transaction
+		s.pipelining = false
 		s.mu.Unlock()
 	}()
 	if plan == nil {
@@ -498,12 +540,16 @@ func applySetting(path *settingState, role *userState, c router.SettingChange) {
 
 // changesNothing reports whether ch leaves the session's settings and statements alone.
 func changesNothing(ch router.SessionChanges) bool {
-	return len(ch.Settings) == 0 && len(ch.Deallocate) == 0 && !ch.DeallocateAll
+	return len(ch.Settings) == 0 && !dropsStatements(ch)
+}
+
+func dropsStatements(ch router.SessionChanges) bool {
+	return len(ch.Deallocate) > 0 || ch.DeallocateAll
 }
 
 // applyChanges keeps the session's projected search_path and its statement records in step with
-// what a statement sent now does to them.
-func (s *session) applyChanges(ch router.SessionChanges) {
+// what a Query sent now does to them; u keeps what it drops, for undoDrops.
+func (s *session) applyChanges(ch router.SessionChanges, u *dropUndo) {
 	if changesNothing(ch) {
 		return
 	}
@@ -512,21 +558,108 @@ func (s *session) applyChanges(ch router.SessionChanges) {
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
+	if u != nil {
+		s.dropStatements(ch, u)
+	}
+}
+
+// dropUndo is what a DEALLOCATE or DISCARD ALL removed from the session's records when it was
+// sent, to bring back if the server does not run it (an error before or at it skips it, and a
+// prepared statement outlives the transaction's rollback).
+type dropUndo struct {
+	stmt     int  // in a Query: the index of the statement dropping them
+	applied  bool // dropStatements ran
+	void     bool // the request failed before dropStatements ran: it must not
+	stmts    map[string]*stmtInfo
+	changers map[string]router.SessionChanges
+	names    []string
+	orphans  []string // variants queued for closing that DEALLOCATE ALL took off the queue
+}
+
+// dropStatements removes the statements ch drops from the session's records, keeping them in u.
+// Holds mu.
+func (s *session) dropStatements(ch router.SessionChanges, u *dropUndo) {
+	if u.void {
+		return
+	}
+	u.applied = true
 	for _, name := range ch.Deallocate {
-		if info := s.stmts[name]; info != nil {
+		if info := s.dropRecord(name, u); info != nil {
 			s.orphanVariants(info)
-			delete(s.stmts, name)
 		}
-		delete(s.changers, name)
-		delete(s.names, name)
 	}
 	if ch.DeallocateAll {
-		// The server dropped every prepared statement, variants included.
+		// The server drops every prepared statement, variants included: none is left to close.
+		if u.stmts == nil {
+			u.stmts, u.changers = map[string]*stmtInfo{}, map[string]router.SessionChanges{}
+		}
+		u.orphans = slices.Clone(s.orphans)
+		maps.Copy(u.stmts, s.stmts)
+		maps.Copy(u.changers, s.changers)
+		for name := range s.names {
+			u.names = append(u.names, name)
+		}
 		clear(s.stmts)
 		clear(s.changers)
 		clear(s.names)
 		s.orphans = s.orphans[:0]
 	}
+}
+
+// dropRecord removes what the session knows of statement name, keeping it in u; it returns the
+// statement's record, whose variants the caller closes. Holds mu.
+func (s *session) dropRecord(name string, u *dropUndo) *stmtInfo {
+	if u.stmts == nil {
+		u.stmts, u.changers = map[string]*stmtInfo{}, map[string]router.SessionChanges{}
+	}
+	info := s.stmts[name]
+	if info != nil {
+		u.stmts[name] = info
+		delete(s.stmts, name)
+	}
+	if c, ok := s.changers[name]; ok {
+		u.changers[name] = c
+		delete(s.changers, name)
+	}
+	if _, ok := s.names[name]; ok {
+		u.names = append(u.names, name)
+		delete(s.names, name)
+	}
+	return info
+}
+
+// undoDrops brings back what a DEALLOCATE or DISCARD ALL the server did not run removed. Records
+// made since (a Parse of a freed name) stand. Holds mu.
+func (s *session) undoDrops(u *dropUndo) {
+	if !u.applied {
+		u.void = true
+		return
+	}
+	u.applied = false
+	for name, info := range u.stmts {
+		if s.stmts[name] != nil {
+			continue
+		}
+		s.stmts[name] = info
+		// Its variants stay prepared: their Closes, queued for the next Sync, are withdrawn, or
+		// were sent behind the failure and skipped with it.
+		s.orphans = slices.DeleteFunc(s.orphans, func(v string) bool { return info.hasVariant(v) })
+	}
+	for name, c := range u.changers {
+		if _, ok := s.changers[name]; !ok {
+			if s.changers == nil {
+				s.changers = map[string]router.SessionChanges{}
+			}
+			s.changers[name] = c
+		}
+	}
+	for _, name := range u.names {
+		if s.names == nil {
+			s.names = map[string]struct{}{}
+		}
+		s.names[name] = struct{}{}
+	}
+	s.orphans = append(u.orphans, s.orphans...)
 }
 
 // orphanVariants queues a dropped statement's variants for closing at the next Sync. Holds mu.
@@ -541,6 +674,10 @@ func (s *session) orphanVariants(info *stmtInfo) {
 // closeOrphans closes the variants of statements the client dropped, just before its Sync.
 func (s *session) closeOrphans() {
 	s.mu.Lock()
+	if s.discarding {
+		s.mu.Unlock()
+		return // the server would discard the Closes: they wait for the Sync after this one
+	}
 	names := s.orphans
 	s.orphans = nil
 	s.mu.Unlock()
@@ -655,19 +792,16 @@ func (s *session) planBind(body []byte, e expected) error {
 	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
 	// a variant's Parse would fail with 25P02 before it.
 	confirmed := info != nil && info.confirmed && s.txStatus != 'E'
-	// Setting changes apply when the portal runs (planExecute).
-	if len(changes.Settings) > 0 {
-		if s.portalOps == nil {
-			s.portalOps = map[string][]router.SettingChange{}
+	// Setting changes and drops of prepared statements apply when the portal runs (planExecute).
+	if changer {
+		if s.portalChanges == nil {
+			s.portalChanges = map[string]router.SessionChanges{}
 		}
-		s.portalOps[string(portal)] = changes.Settings
-	} else if len(s.portalOps) > 0 {
-		delete(s.portalOps, string(portal))
+		s.portalChanges[string(portal)] = changes
+	} else if len(s.portalChanges) > 0 {
+		delete(s.portalChanges, string(portal))
 	}
 	s.mu.Unlock()
-	if changer { // DEALLOCATE takes effect for the statements planned after it
-		s.applyChanges(router.SessionChanges{Deallocate: changes.Deallocate, DeallocateAll: changes.DeallocateAll})
-	}
 	rec := &recorded{typ: 'B', body: body, info: info, portal: string(portal)}
 	if info == nil {
 		return s.emit('B', body, e, rec)
@@ -869,7 +1003,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 			e.write = captureOf(p.write)
 		} else if typ == 'C' {
 			delete(s.portals, string(name))
-			delete(s.portalOps, string(name))
+			delete(s.portalChanges, string(name))
 		}
 	} else {
 		info := s.stmts[string(name)]
@@ -877,17 +1011,18 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
 			e.describes = info
-		} else if typ == 'C' && info != nil {
-			for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
-				if v != nil && v.sent {
-					closeVariants = append(closeVariants, v.name)
+		} else if typ == 'C' {
+			// A Close skipped after an earlier error leaves the statement prepared: its record
+			// comes back then (failedRequest). Its variants' Closes, sent right behind it, are
+			// skipped with it.
+			e.drops = &dropUndo{applied: true}
+			if info := s.dropRecord(string(name), e.drops); info != nil {
+				for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
+					if v != nil && v.sent {
+						closeVariants = append(closeVariants, v.name)
+					}
 				}
 			}
-			delete(s.stmts, string(name))
-		}
-		if typ == 'C' {
-			delete(s.changers, string(name))
-			delete(s.names, string(name))
 		}
 	}
 	s.mu.Unlock()

@@ -79,9 +79,15 @@ type session struct {
 	// (conf plus the changes of statements not yet answered; see reproject).
 	proj projection
 	conf confirmedSettings // the same, as the server confirmed them
-	// portalOps: the setting changes of portals bound from statements that make some, applied
-	// when the portal runs (planExecute).
-	portalOps  map[string][]router.SettingChange
+	// portalChanges: the session changes (settings, drops of prepared statements) of portals
+	// bound from statements that make some, applied when the portal runs (planExecute).
+	portalChanges map[string]router.SessionChanges
+	// discarding: the server is discarding messages until the next Sync, after an error in the
+	// extended protocol; the requests sent meanwhile get no answer and have no effect.
+	discarding bool
+	// pipelining: a statement other than transaction control ran in the current implicit
+	// transaction, which Postgres then treats as a pipeline (DISCARD ALL is refused there).
+	pipelining bool
 	pathWarned bool // the session logged that it lost track of search_path
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts   map[string]*stmtInfo
@@ -643,9 +649,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		batchEnded = head.batchEnd
 		s.fifo.pop()
 	case effPopToSync:
-		s.failedRequest(ref)
-		s.fifo.pop()
-		s.fifo.skipToSync(s.failedRequest)
+		// The failed head, and what it makes the server skip; without a Sync sent yet, the server
+		// discards what the client sends until it comes.
+		s.discarding = !s.fifo.skipToSync(s.failedRequest)
 	}
 	if reproject {
 		s.reproject() // after skipToSync: the skipped statements' changes are gone with them
@@ -753,6 +759,9 @@ func (s *session) reproject() {
 // class, and the mirrored or unmirrored write it made. errBody is the ErrorResponse, if it failed.
 // Holds mu.
 func (s *session) completed(e *expected, errBody []byte) {
+	if e.kind == reqQuery && errBody != nil && e.drops != nil && e.stmt <= e.drops.stmt {
+		s.undoDrops(e.drops) // the statement dropping them failed or was skipped
+	}
 	if e.kind == reqQuery && errBody == nil {
 		for _, p := range e.created {
 			if p.Statement == e.stmt {
@@ -838,6 +847,9 @@ func (s *session) failedRequest(e *expected) {
 	}
 	if e.variant != nil {
 		e.variant.sent = false
+	}
+	if e.drops != nil {
+		s.undoDrops(e.drops)
 	}
 }
 

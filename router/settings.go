@@ -59,6 +59,12 @@ type SessionChanges struct {
 	// or DISCARD ALL dropped every one.
 	Deallocate    []string
 	DeallocateAll bool
+	// DropsAt is the index of the last statement that drops prepared statements: an error in the
+	// text at or before it means they were not dropped.
+	DropsAt int
+	// DiscardAll: the text is DISCARD ALL, which Postgres refuses inside a transaction block and
+	// after another statement of a pipeline (25001); then it changes nothing.
+	DiscardAll bool
 	// Prepared: the names SQL PREPARE creates, with their statements' indexes. They share the
 	// namespace of the protocol's named statements: a Parse of one fails (42P05).
 	Prepared []PreparedName
@@ -94,7 +100,10 @@ func SessionChangesOf(sql string) SessionChanges {
 		case *pg_query.Node_VariableSetStmt:
 			out.Settings = append(out.Settings, settingChanges(n.VariableSetStmt)...)
 		case *pg_query.Node_DiscardStmt:
-			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
+			// In a text of several statements, DISCARD ALL runs in an implicit transaction
+			// block, where Postgres refuses it: it changes nothing.
+			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL && len(res.Stmts) == 1 {
+				out.DiscardAll, out.DropsAt = true, i
 				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others, which
 				// brings back the default role too (checked against PostgreSQL 15).
 				out.Settings = append(out.Settings, SettingChange{Setting: SettingSearchPath, Reset: true},
@@ -109,6 +118,7 @@ func SessionChangesOf(sql string) SessionChanges {
 			} else {
 				out.Deallocate = append(out.Deallocate, n.DeallocateStmt.Name)
 			}
+			out.DropsAt = i
 		case *pg_query.Node_TransactionStmt:
 			t := n.TransactionStmt
 			switch t.Kind {

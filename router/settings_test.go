@@ -25,9 +25,10 @@ func TestSessionChangesOf(t *testing.T) {
 		{"SET search_path TO DEFAULT", set(path(sc{Reset: true}))},
 		{"RESET ALL", set(path(sc{Reset: true}))},
 		{"SET statement_timeout = 5", SessionChanges{}},
-		{"DISCARD ALL", SessionChanges{Settings: []sc{path(sc{Reset: true}), auth(sc{Reset: true}), role(sc{Reset: true})}, DeallocateAll: true}},
+		{"DISCARD ALL", SessionChanges{Settings: []sc{path(sc{Reset: true}), auth(sc{Reset: true}), role(sc{Reset: true})}, DeallocateAll: true, DiscardAll: true}},
+		{"SELECT 1; DISCARD ALL", SessionChanges{}}, // refused in an implicit transaction block
 		{"DISCARD PLANS", SessionChanges{}},
-		{"DEALLOCATE s1; DEALLOCATE PREPARE s2", SessionChanges{Deallocate: []string{"s1", "s2"}}},
+		{"DEALLOCATE s1; DEALLOCATE PREPARE s2", SessionChanges{Deallocate: []string{"s1", "s2"}, DropsAt: 1}},
 		{"DEALLOCATE ALL", SessionChanges{DeallocateAll: true}},
 		{"SELECT 1; PREPARE q1 AS SELECT $1::int; /* x */ PREPARE q2 (int) AS SELECT $1", SessionChanges{Prepared: []PreparedName{{Name: "q1", Statement: 1}, {Name: "q2", Statement: 2}}}},
 		{"PREPARE TRANSACTION 't1'", SessionChanges{Settings: []sc{{Op: ChangeCommit}}}},

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -301,5 +302,119 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id = 14"),
 			},
 		},
+		{
+			// DISCARD ALL after another statement of a pipeline, or in a transaction block, is
+			// refused (25001) and changes nothing: search_path stays for the statements pipelined
+			// behind it, and the prepared statements stay, a mirrored write among them.
+			name: "discard_all_refused_in_pipeline",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "wn", Query: "UPDATE users SET full_name = $1 WHERE id = 15"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SET search_path TO app, public"),
+				rawStep("a statement, then DISCARD ALL, then a read pipelined behind the Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "DISCARD ALL"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					&pgproto3.Parse{Query: "SELECT id, full_name FROM users ORDER BY id LIMIT 3"}, textBind("", ""),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("BEGIN"),
+				simpleStep("DISCARD ALL"),
+				simpleStep("ROLLBACK"),
+				simpleStep("RESET search_path"),
+				rawStep("the write prepared before", []pgproto3.FrontendMessage{
+					textBind("", "wn", "Not Discarded"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 15"),
+			},
+		},
+		{
+			// A DEALLOCATE skipped after an error leaves its statement prepared: a write bound
+			// to it later is still mirrored.
+			name: "deallocate_skipped_after_error",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "wd", Query: "UPDATE users SET full_name = $1 WHERE id = 16"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT 1/0; DEALLOCATE wd"),
+				rawStep("DEALLOCATE behind a failing statement of a pipeline", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "DEALLOCATE wd"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				rawStep("the write still prepared", []pgproto3.FrontendMessage{
+					textBind("", "wd", "Still Prepared"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 16"),
+			},
+		},
+		{
+			// After an error in the extended protocol, the server discards what the client sends
+			// until Sync, even what it sends after reading the error: a Close and a SET then have
+			// no effect, and get no answer.
+			name: "requests_between_error_and_sync",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "wz", Query: "UPDATE users SET full_name = $1 WHERE id = 17"}, &pgproto3.Sync{},
+				}, false),
+				afterErrorStep("a Close of the write and a SET", []pgproto3.FrontendMessage{
+					&pgproto3.Close{ObjectType: 'S', Name: "wz"},
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+				}),
+				rawStep("the write, still prepared, under the path unchanged", []pgproto3.FrontendMessage{
+					textBind("", "wz", "After Discard"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 17"),
+			},
+		},
 	}
+}
+
+// afterErrorStep sends a Parse that fails and a Flush, reads the error, then sends msgs and Sync:
+// a client that goes on before it syncs.
+func afterErrorStep(title string, msgs []pgproto3.FrontendMessage) diffStep {
+	return diffStep{desc: "after an error, before Sync: " + title, run: func(ctx context.Context, s *diffSide, o *diffObs) {
+		fe := s.pc.Frontend()
+		fe.Send(&pgproto3.Parse{Query: "SELEC 1"})
+		fe.Send(&pgproto3.Flush{})
+		if err := fe.Flush(); err != nil {
+			o.err("flush", err)
+			return
+		}
+		for {
+			msg, err := s.pc.ReceiveMessage(ctx)
+			if err != nil {
+				o.err("receive before Sync", err)
+				return
+			}
+			o.message(msg)
+			if _, ok := msg.(*pgproto3.ErrorResponse); ok {
+				break
+			}
+		}
+		for _, m := range msgs {
+			fe.Send(m)
+		}
+		fe.Send(&pgproto3.Sync{})
+		if err := fe.Flush(); err != nil {
+			o.err("flush", err)
+			return
+		}
+		for {
+			msg, err := s.pc.ReceiveMessage(ctx)
+			if err != nil {
+				o.err("receive", err)
+				return
+			}
+			o.message(msg)
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				return
+			}
+		}
+	}}
 }
