@@ -44,20 +44,12 @@ func (r *rewriteText) mapErrorPosition(body []byte) []byte {
 	if err != nil {
 		return body
 	}
-	mapped, ok := r.mapPosition(pos)
-	out := make([]byte, 0, len(body))
-	for i, f := range fields {
-		if i == at {
-			if !ok {
-				continue
-			}
-			f.value = []byte(strconv.Itoa(mapped))
-		}
-		out = append(out, f.code)
-		out = append(out, f.value...)
-		out = append(out, 0)
+	if mapped, ok := r.mapPosition(pos); ok {
+		fields[at].value = []byte(strconv.Itoa(mapped))
+	} else {
+		fields = append(fields[:at], fields[at+1:]...)
 	}
-	return append(out, 0)
+	return encodeFields(fields, len(body))
 }
 
 // mapPosition maps a 1-based character position of the sent text into the client's text.
@@ -109,6 +101,17 @@ func responseFields(body []byte) ([]responseField, bool) {
 		body = rest
 	}
 	return fields, true
+}
+
+// encodeFields is the body of an ErrorResponse or NoticeResponse with these fields.
+func encodeFields(fields []responseField, sizeHint int) []byte {
+	out := make([]byte, 0, sizeHint)
+	for _, f := range fields {
+		out = append(out, f.code)
+		out = append(out, f.value...)
+		out = append(out, 0)
+	}
+	return append(out, 0)
 }
 
 // sqlToken is one lexical token: where it starts (in characters, as Postgres counts positions),

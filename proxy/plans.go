@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"maps"
 	"slices"
@@ -261,8 +262,18 @@ func executeLimit(body []byte) uint32 {
 // responses are restored statement by statement.
 func (s *session) planQuery(body []byte, e expected) error {
 	sql := string(body[:len(body)-1])
-	plan, path, role := s.planWithView(sql)
+	plan, path, role, unknown := s.planWithView(sql)
 	changes := router.SessionChangesOf(sql)
+	compareOff := false
+	if unknown != nil && len(unknown.Statements) > 1 && len(changes.Settings) > 0 && !unknown.Untouched {
+		// The path cannot be followed now, but a statement of the text may make it known again
+		// (a COMMIT or ROLLBACK ending the transaction that set it, a plain SET): the statements
+		// after it are planned under it, those before relayed as written.
+		if seq := s.planInSequence(sql, relayedAsWritten(unknown)); seq != nil {
+			plan, compareOff = seq, true
+		}
+	}
+	s.countUnfollowed(unknown, plan)
 	s.mu.Lock()
 	if changes.DiscardAll && (s.proj.inTx || s.pipelining) {
 		changes = router.SessionChanges{} // refused in a transaction block or a pipeline (25001)
@@ -282,8 +293,8 @@ func (s *session) planQuery(body []byte, e expected) error {
 	if plan == nil {
 		return s.emit('Q', body, e, nil)
 	}
-	compare := true
-	if len(plan.Statements) > 1 && !plan.Untouched {
+	compare := !compareOff
+	if len(plan.Statements) > 1 && !plan.Untouched && unknown == nil {
 		sequenced := s.planInSequence(sql, plan)
 		// Statements after a SET in the text resolve names under another search_path than
 		// path: not compared (comparisons are a sample; such texts are rare).
@@ -389,12 +400,16 @@ func routeName(newShape bool) string {
 // server will: the statement is relayed as written, and a write that would have been mirrored is
 // counted unmirrored (verify --repair closes the drift) until the session sets them plainly again.
 func (s *session) plan(sql string) *router.Plan {
-	plan, _, _ := s.planWithView(sql)
+	plan, _, _, unknown := s.planWithView(sql)
+	s.countUnfollowed(unknown, nil)
 	return plan
 }
 
 // planWithView is plan, also returning the search_path and role it planned under.
-func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
+// When the path or role cannot be followed, it returns no plan, and as unknown the text's plan
+// under the session's startup path: what it would have done, whose writes the caller counts
+// unmirrored (countUnfollowed) as it relays them.
+func (s *session) planWithView(sql string) (_ *router.Plan, path, user string, unknown *router.Plan) {
 	s.mu.Lock()
 	path, user = s.proj.path.current(), s.proj.role.current()
 	known := path != unknownSetting && (user != unknownSetting || !strings.Contains(path, "$user"))
@@ -404,19 +419,39 @@ func (s *session) planWithView(sql string) (_ *router.Plan, path, user string) {
 	if known {
 		plan := s.srv.planner.Plan(s.database, path, user, sql)
 		s.noteDDL(plan)
-		return plan, path, user
+		return plan, path, user, nil
 	}
 	if warn {
 		s.log.Warn("the session set search_path or its role to a value pgcanary cannot follow (set_config with a computed argument); its statements are relayed unrewritten and unmirrored until it sets them plainly")
 	}
-	if plan := s.srv.planner.Plan(s.database, base, s.user, sql); plan != nil {
-		for _, st := range plan.Statements {
-			if st.Write != nil {
-				s.srv.metrics.UnmirroredWrite(st.Write.Migration, reasonSettingUnknown)
-			}
-		}
+	return nil, path, user, s.srv.planner.Plan(s.database, base, s.user, sql)
+}
+
+// countUnfollowed counts the writes of a text planned under an unfollowed path as unmirrored,
+// but for the statements sequenced planned anew (a COMMIT or SET earlier in the text made the
+// path known again).
+func (s *session) countUnfollowed(unknown, sequenced *router.Plan) {
+	if unknown == nil {
+		return
 	}
-	return nil, path, user
+	for i, st := range unknown.Statements {
+		if st.Write == nil {
+			continue
+		}
+		if sequenced != nil && i < len(sequenced.Statements) && sequenced.Statements[i].Write != nil {
+			continue
+		}
+		s.srv.metrics.UnmirroredWrite(st.Write.Migration, reasonSettingUnknown)
+	}
+}
+
+// relayedAsWritten is a plan that sends every statement of p as the client wrote it.
+func relayedAsWritten(p *router.Plan) *router.Plan {
+	out := &router.Plan{Generation: p.Generation, Statements: make([]*router.StatementPlan, len(p.Statements))}
+	for i, st := range p.Statements {
+		out.Statements[i] = &router.StatementPlan{Kind: st.Kind, SQL: st.SQL}
+	}
+	return out
 }
 
 // noteDDL tells the server when a plan holds DDL that names a migrated relation's name (only
@@ -694,7 +729,8 @@ func (s *session) planParse(body []byte, e expected) error {
 	if err := msg.Decode(body); err != nil {
 		return s.emit('P', body, e, &recorded{typ: 'P'})
 	}
-	plan, path, role := s.planWithView(msg.Query)
+	plan, path, role, unknown := s.planWithView(msg.Query)
+	s.countUnfollowed(unknown, nil)
 	// What the statement does to prepared statements happens at each Bind (planBind), and to
 	// search_path and the role at each Execute (planExecute): a client may Parse and Describe
 	// statements ahead of running them (pgx's describe mode), and run one several times.
@@ -1071,8 +1107,32 @@ func restore(e *expected, typ byte, body []byte) (byte, []byte) {
 			n = tagCount(body)
 		}
 		return 'C', commandTag(w.Verb, n)
+	case 'E':
+		if w.Strategy == "capture" {
+			return 'E', nameClientCommand(body, w.Verb)
+		}
 	}
 	return typ, body
+}
+
+// nameClientCommand words a capture form's refusal as the client's statement's: the form is a
+// SELECT, so "cannot execute SELECT in a read-only transaction" (and "during recovery", 25006)
+// names it, where Postgres names the client's INSERT, UPDATE or DELETE. The command name is not
+// translated, whatever lc_messages says.
+func nameClientCommand(body []byte, verb string) []byte {
+	if errorField(body, 'C') != "25006" {
+		return body
+	}
+	fields, ok := responseFields(body)
+	if !ok {
+		return body
+	}
+	for i, f := range fields {
+		if f.code == 'M' && bytes.Count(f.value, []byte("SELECT")) == 1 {
+			fields[i].value = bytes.Replace(f.value, []byte("SELECT"), []byte(verb), 1)
+		}
+	}
+	return encodeFields(fields, len(body)+len(verb))
 }
 
 // parseCount reads the single bigint of the count row, in text or binary format.

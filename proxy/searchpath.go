@@ -175,6 +175,9 @@ type confirmedSettings struct {
 	// that ends at a ReadyForQuery then rolled back.
 	failed bool
 	inTx   bool // an explicit transaction is open (BEGIN answered, or ReadyForQuery T or E)
+	// aborted: that transaction failed; until it ends (or ROLLBACK TO a savepoint recovers it)
+	// every statement but those fails, and its COMMIT rolls back.
+	aborted bool
 }
 
 // complete applies one completed statement: its changes, then the end of the transaction its
@@ -189,6 +192,9 @@ func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte)
 		}
 		applySetting(&c.path, &c.role, ch)
 		rollbackTo = rollbackTo || ch.Op == router.ChangeRollbackTo
+	}
+	if rollbackTo {
+		c.aborted = false
 	}
 	tag = bytes.TrimRight(tag, "\x00") // compared as bytes: this runs for every statement
 	switch {
@@ -210,13 +216,13 @@ func (c *confirmedSettings) ready(status byte) (ended bool) {
 	if status == 'I' {
 		ended = c.end(!c.failed)
 	}
-	c.failed, c.inTx = false, status != 'I'
+	c.failed, c.inTx, c.aborted = false, status != 'I', status == 'E'
 	return ended
 }
 
 // end ends the transaction; it reports whether that changed anything.
 func (c *confirmedSettings) end(commit bool) bool {
-	c.failed, c.inTx = false, false
+	c.failed, c.inTx, c.aborted = false, false, false
 	if !c.path.inTransaction() && !c.role.role.inTransaction() && !c.role.auth.inTransaction() {
 		return false
 	}
@@ -234,23 +240,31 @@ func (p *settingState) inTransaction() bool {
 // changes of the statements sent and not yet answered, assuming they succeed. Guarded by
 // session.mu.
 type projection struct {
-	path settingState
-	role userState
-	inTx bool // an explicit transaction is open
+	path    settingState
+	role    userState
+	inTx    bool // an explicit transaction is open
+	aborted bool // and it failed (confirmedSettings.aborted)
 }
 
 // apply foresees one change: setting changes and savepoints as they are, transaction control as
-// if it succeeds.
+// if it succeeds; in a failed transaction, what Postgres does there (the statement fails, COMMIT
+// rolls back, ROLLBACK TO recovers).
 func (p *projection) apply(c router.SettingChange) {
 	switch c.Op {
 	case router.ChangeBegin:
-		p.inTx = true
+		p.inTx = p.inTx || !p.aborted
 	case router.ChangeCommit, router.ChangeRollback:
-		p.inTx = false
-		p.path.endTransaction(c.Op == router.ChangeCommit)
-		p.role.endTransaction(c.Op == router.ChangeCommit)
-	default:
+		commit := c.Op == router.ChangeCommit && !p.aborted
+		p.inTx, p.aborted = false, false
+		p.path.endTransaction(commit)
+		p.role.endTransaction(commit)
+	case router.ChangeRollbackTo:
+		p.aborted = false
 		applySetting(&p.path, &p.role, c)
+	default:
+		if !p.aborted {
+			applySetting(&p.path, &p.role, c)
+		}
 	}
 }
 
@@ -264,5 +278,5 @@ func (p *projection) batchEnd() {
 }
 
 func (p *projection) clone() projection {
-	return projection{path: p.path.clone(), role: p.role.clone(), inTx: p.inTx}
+	return projection{path: p.path.clone(), role: p.role.clone(), inTx: p.inTx, aborted: p.aborted}
 }

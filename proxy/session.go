@@ -712,6 +712,7 @@ func (s *session) followSettings(e *expected, typ byte, body []byte) (reproject 
 		return s.conf.complete(changes, body)
 	case 'E':
 		s.conf.failed = true
+		s.conf.aborted = s.conf.inTx // an error aborts an explicit transaction at once
 		if e != nil && e.opsDone < len(e.ops) {
 			e.opsDone = len(e.ops) // the statement and those after it in its Query did not run
 		}
@@ -731,7 +732,7 @@ func (s *session) startSettings(path settingState, role userState) {
 // reproject makes the planning view again: the confirmed settings plus the changes of every
 // statement sent and not yet answered, in order. Holds mu.
 func (s *session) reproject() {
-	s.proj = projection{path: s.conf.path.clone(), role: s.conf.role.clone(), inTx: s.conf.inTx}
+	s.proj = projection{path: s.conf.path.clone(), role: s.conf.role.clone(), inTx: s.conf.inTx, aborted: s.conf.aborted}
 	if s.conf.failed && !s.conf.inTx {
 		// The error aborted the implicit transaction already; the confirmed view only ends it at
 		// ReadyForQuery. A client that read the error and pipelines its next statement behind the

@@ -372,6 +372,24 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id = 17"),
 			},
 		},
+		{
+			// A search_path pgcanary cannot follow, set in a transaction that then fails: the
+			// COMMIT that ends it rolls back, so the statements after it in the same Query are
+			// planned under the path as it was, and a write among them is mirrored.
+			name: "unknown_path_ended_by_commit_of_failed_transaction",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("BEGIN"),
+				rawStep("set_config with a parameter", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT set_config('search_path', $1, false)"}, textBind("", "", "app, public"),
+					&pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT 1/0"),
+				simpleStep("SET search_path TO public"),
+				simpleStep("COMMIT; INSERT INTO users (full_name, email) VALUES (' Leading', 'lead@example.com') RETURNING id, full_name"),
+				simpleStep("SELECT u.* FROM users u WHERE u.email = 'lead@example.com'"),
+			},
+		},
 	}
 }
 

@@ -57,7 +57,7 @@ func TestDifferential(t *testing.T) {
 
 // diffRegressionSeeds each once found a bug, fixed since.
 var diffRegressionSeeds = []uint64{1795252750730773966, 1795253599410453395, 1795253896134569728, 1795253937250345352,
-	1795257069719860467, 1795257391341769634}
+	1795257069719860467, 1795257391341769634, 1795258243103630155}
 
 func runDifferential(t *testing.T, seed uint64) {
 	t.Logf("seed %d (replay with PGCANARY_DIFF_SEED=%d)", seed, seed)
@@ -372,6 +372,10 @@ func (env *diffEnv) run(t *testing.T, replay, where string, cs *customSetup, pro
 		}
 		if got.key() == want.key() {
 			env.noteWording(t, where, i, st, want, got)
+			if os.Getenv("PGCANARY_DIFF_CHECK_EACH") != "" {
+				// Hunting a divergence: find the step after which the databases part.
+				env.compareDatabases(t, fmt.Sprintf("%s, after step %d", where, i), prog[:i+1])
+			}
 			if ref.pc.IsClosed() && prox.pc.IsClosed() {
 				t.Logf("%s, step %d: the client closed both connections; the rest of the program is skipped", where, i)
 				return

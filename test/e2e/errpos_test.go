@@ -56,6 +56,33 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 			}
 		}
 	}
+	// A mirrored write in a read-only transaction: its form is a SELECT, but the refusal names
+	// the client's command, as Postgres's does.
+	for _, sql := range []string{
+		"UPDATE users SET full_name = 'Read Only' WHERE id = 1",
+		"INSERT INTO users (full_name, email) VALUES ('Read Only', 'ro@example.com')",
+		"DELETE FROM users WHERE id = 1",
+	} {
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+			refused := func(conn *pgx.Conn) *pgconn.PgError {
+				tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tx.Rollback(context.Background())
+				_, err = tx.Exec(ctx, sql, mode)
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) {
+					t.Fatalf("%s in a read-only transaction: %v", sql, err)
+				}
+				return pe
+			}
+			want, got := refused(direct), refused(proxied)
+			if got.Code != want.Code || got.Message != want.Message {
+				t.Errorf("%s (%v) read-only: pgcanary %s %q, Postgres %s %q", sql, mode, got.Code, got.Message, want.Code, want.Message)
+			}
+		}
+	}
 	// Several statements in one Query: positions count from the start of the whole text.
 	multi := "SELECT 1; UPDATE users SET active = 'maybe' WHERE id = 2"
 	want, got := fail(direct, multi, pgx.QueryExecModeSimpleProtocol), fail(proxied, multi, pgx.QueryExecModeSimpleProtocol)
