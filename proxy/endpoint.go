@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -24,20 +25,23 @@ func isUnixAddress(addr string) bool { return strings.HasPrefix(addr, "/") }
 // resolveUnixPath turns a Unix-socket address into the socket file's path, the way libpq reads
 // host=DIR port=PORT, so the addresses operators already use work unchanged:
 //   - DIR:PORT is DIR/.s.PGSQL.PORT;
-//   - an existing directory DIR is DIR/.s.PGSQL.<defaultPort> (an error when defaultPort is "");
-//   - any other path is the socket file itself.
+//   - a path whose last name starts with .s.PGSQL. is the socket file itself;
+//   - any other path is a directory, DIR/.s.PGSQL.<defaultPort> (an error when defaultPort is
+//     ""), whether or not it exists yet: Postgres may create its socket directory after we start.
 func resolveUnixPath(addr, defaultPort string) (string, error) {
-	path := addr
-	if i := strings.LastIndexByte(addr, ':'); i > strings.LastIndexByte(addr, '/') {
+	var path string
+	switch i := strings.LastIndexByte(addr, ':'); {
+	case i > strings.LastIndexByte(addr, '/'):
 		port := addr[i+1:]
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("unix socket address %q: port %q is not a number from 1 to 65535", addr, port)
 		}
 		path = filepath.Join(addr[:i], socketFileName(port))
-	} else if fi, err := os.Stat(addr); err == nil && fi.IsDir() {
-		if defaultPort == "" {
-			return "", fmt.Errorf("unix socket address %q is a directory: say which port's socket, as %s:PORT", addr, addr)
-		}
+	case strings.HasPrefix(filepath.Base(addr), socketFileName("")):
+		path = addr
+	case defaultPort == "":
+		return "", fmt.Errorf("unix socket address %q is a directory: say which port's socket, as %s:PORT", addr, addr)
+	default:
 		path = filepath.Join(addr, socketFileName(defaultPort))
 	}
 	path = filepath.Clean(path)
@@ -59,9 +63,13 @@ func listenUnix(path string) (net.Listener, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		conn, derr := (&net.Dialer{}).DialContext(ctx, "unix", path)
 		cancel()
-		if derr == nil {
+		switch {
+		case derr == nil:
 			conn.Close()
 			return nil, fmt.Errorf("listen on %s: another process is listening on this socket", path)
+		case !errors.Is(derr, syscall.ECONNREFUSED):
+			// A busy listener (a full backlog) or a slow one is still alive: never remove it.
+			return nil, fmt.Errorf("listen on %s: a socket is there and it cannot be told whether a process listens on it: %w", path, derr)
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("listen on %s: remove stale socket: %w", path, err)

@@ -70,6 +70,7 @@ type expected struct {
 	// confirmed as the server completes each statement; opsDone of them are confirmed or void.
 	ops     []router.SettingChange
 	opsDone int
+	refused bool // planning foresees the server refusing the statement (DISCARD ALL): ops unforeseen
 	// reword: the ErrorResponse body the client gets instead of the server's, for an Execute the
 	// proxy made fail on purpose (planExecute).
 	reword []byte

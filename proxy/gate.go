@@ -201,7 +201,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 			s.mu.Unlock()
 			return errStopPump
 		}
-		if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil {
+		if s.draining && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil && !s.discarding.Load() {
 			s.closing = true
 			s.mu.Unlock()
 			s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
@@ -229,7 +229,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 			releasedOnFlush = true
 		}
 	}
-	if hasEntry && s.discarding && typ != 'S' {
+	if hasEntry && s.discarding.Load() && typ != 'S' {
 		// The server discards it unanswered: what planning it did to the session's records is
 		// void, as for a request skipped behind an error.
 		s.failedRequest(&e)
@@ -239,7 +239,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 		hasEntry = false
 	}
 	if typ == 'S' {
-		s.discarding = false
+		s.discarding.Store(false)
 	}
 	if hasEntry {
 		s.fifo.push(e)

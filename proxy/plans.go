@@ -98,15 +98,26 @@ type portalInfo struct {
 	ran   bool              // a count-only write form was executed: the client's portal is finished
 }
 
-// writeForm is the mirrored form a statement runs when sent under the client's name.
+// variants returns the statement's variants, nil where it has none of a kind.
+func (i *stmtInfo) variants() [3]*variant {
+	return [3]*variant{i.newVariant, i.origVariant, i.movedVariant}
+}
+
 // hasVariant reports whether name is one of the statement's variants.
 func (i *stmtInfo) hasVariant(name string) bool {
-	for _, v := range []*variant{i.newVariant, i.origVariant, i.movedVariant} {
+	for _, v := range i.variants() {
 		if v != nil && v.name == name {
 			return true
 		}
 	}
 	return false
+}
+
+// knowsStatement reports whether the session holds anything on statement name. Holds mu.
+func (s *session) knowsStatement(name string) bool {
+	_, changer := s.changers[name]
+	_, named := s.names[name]
+	return s.stmts[name] != nil || changer || named
 }
 
 // controlsTransaction reports whether a statement's changes say it is BEGIN, COMMIT or ROLLBACK
@@ -121,6 +132,7 @@ func controlsTransaction(ops []router.SettingChange) bool {
 	return false
 }
 
+// writeForm is the mirrored form a statement runs when sent under the client's name.
 func (i *stmtInfo) writeForm() *router.WriteForm {
 	if i == nil || i.original || i.plan == nil {
 		return nil
@@ -194,11 +206,16 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 func (s *session) planExecute(body []byte, e expected) error {
 	portal, _, _ := cstring(body)
 	s.mu.Lock()
-	ch := s.portalChanges[string(portal)]
-	if ch.DiscardAll && (s.proj.inTx || s.pipelining) {
-		ch = router.SessionChanges{} // Postgres refuses it there (25001): it changes nothing
+	var ch router.SessionChanges
+	if len(s.portalChanges) > 0 {
+		ch = s.portalChanges[string(portal)]
 	}
+	// The confirmed view takes the changes if the server completes the statement, whatever
+	// planning foresees.
 	e.ops = ch.Settings
+	if ch.DiscardAll && (s.proj.inTx || s.pipelining) {
+		ch, e.refused = router.SessionChanges{}, true // Postgres refuses it there (25001)
+	}
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
@@ -265,6 +282,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	plan, path, role, unknown := s.planWithView(sql)
 	changes := router.SessionChangesOf(sql)
 	compareOff := false
+	ops := changes.Settings // confirmed if the server completes them, whatever is foreseen
 	if unknown != nil && len(unknown.Statements) > 1 && len(changes.Settings) > 0 && !unknown.Untouched {
 		// The path cannot be followed now, but a statement of the text may make it known again
 		// (a COMMIT or ROLLBACK ending the transaction that set it, a plain SET): the statements
@@ -274,12 +292,15 @@ func (s *session) planQuery(body []byte, e expected) error {
 		}
 	}
 	s.countUnfollowed(unknown, plan)
-	s.mu.Lock()
-	if changes.DiscardAll && (s.proj.inTx || s.pipelining) {
-		changes = router.SessionChanges{} // refused in a transaction block or a pipeline (25001)
+	if changes.DiscardAll {
+		s.mu.Lock()
+		if s.proj.inTx || s.pipelining {
+			// Refused in a transaction block or a pipeline (25001).
+			changes, e.refused = router.SessionChanges{}, true
+		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
-	e.ops, e.created = changes.Settings, changes.Prepared
+	e.ops, e.created = ops, changes.Prepared
 	if dropsStatements(changes) {
 		e.drops = &dropUndo{stmt: changes.DropsAt}
 	}
@@ -626,7 +647,10 @@ func (s *session) dropStatements(ch router.SessionChanges, u *dropUndo) {
 	if ch.DeallocateAll {
 		// The server drops every prepared statement, variants included: none is left to close.
 		if u.stmts == nil {
-			u.stmts, u.changers = map[string]*stmtInfo{}, map[string]router.SessionChanges{}
+			u.stmts = map[string]*stmtInfo{}
+		}
+		if u.changers == nil {
+			u.changers = map[string]router.SessionChanges{}
 		}
 		u.orphans = slices.Clone(s.orphans)
 		maps.Copy(u.stmts, s.stmts)
@@ -644,15 +668,18 @@ func (s *session) dropStatements(ch router.SessionChanges, u *dropUndo) {
 // dropRecord removes what the session knows of statement name, keeping it in u; it returns the
 // statement's record, whose variants the caller closes. Holds mu.
 func (s *session) dropRecord(name string, u *dropUndo) *stmtInfo {
-	if u.stmts == nil {
-		u.stmts, u.changers = map[string]*stmtInfo{}, map[string]router.SessionChanges{}
-	}
 	info := s.stmts[name]
 	if info != nil {
+		if u.stmts == nil {
+			u.stmts = map[string]*stmtInfo{}
+		}
 		u.stmts[name] = info
 		delete(s.stmts, name)
 	}
 	if c, ok := s.changers[name]; ok {
+		if u.changers == nil {
+			u.changers = map[string]router.SessionChanges{}
+		}
 		u.changers[name] = c
 		delete(s.changers, name)
 	}
@@ -699,7 +726,7 @@ func (s *session) undoDrops(u *dropUndo) {
 
 // orphanVariants queues a dropped statement's variants for closing at the next Sync. Holds mu.
 func (s *session) orphanVariants(info *stmtInfo) {
-	for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
+	for _, v := range info.variants() {
 		if v != nil && v.sent {
 			s.orphans = append(s.orphans, v.name)
 		}
@@ -709,7 +736,7 @@ func (s *session) orphanVariants(info *stmtInfo) {
 // closeOrphans closes the variants of statements the client dropped, just before its Sync.
 func (s *session) closeOrphans() {
 	s.mu.Lock()
-	if s.discarding {
+	if s.discarding.Load() {
 		s.mu.Unlock()
 		return // the server would discard the Closes: they wait for the Sync after this one
 	}
@@ -1051,11 +1078,13 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 			// A Close skipped after an earlier error leaves the statement prepared: its record
 			// comes back then (failedRequest). Its variants' Closes, sent right behind it, are
 			// skipped with it.
-			e.drops = &dropUndo{applied: true}
-			if info := s.dropRecord(string(name), e.drops); info != nil {
-				for _, v := range []*variant{info.newVariant, info.origVariant, info.movedVariant} {
-					if v != nil && v.sent {
-						closeVariants = append(closeVariants, v.name)
+			if s.knowsStatement(string(name)) {
+				e.drops = &dropUndo{applied: true}
+				if info := s.dropRecord(string(name), e.drops); info != nil {
+					for _, v := range info.variants() {
+						if v != nil && v.sent {
+							closeVariants = append(closeVariants, v.name)
+						}
 					}
 				}
 			}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgcanary/pgcanary/flags"
@@ -63,6 +64,8 @@ type Server struct {
 	flags          flags.Source
 	routingKey     string
 	keys           *cancelKeys
+	// warnedUnixTrust: a session logged that Postgres lets clients in over its socket unasked.
+	warnedUnixTrust atomic.Bool
 
 	mu       sync.Mutex
 	ln       net.Listener // TCP clients; nil without Listen

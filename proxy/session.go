@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -83,8 +84,10 @@ type session struct {
 	// bound from statements that make some, applied when the portal runs (planExecute).
 	portalChanges map[string]router.SessionChanges
 	// discarding: the server is discarding messages until the next Sync, after an error in the
-	// extended protocol; the requests sent meanwhile get no answer and have no effect.
-	discarding bool
+	// extended protocol; the requests sent meanwhile get no answer and have no effect. Set by the
+	// server loop, cleared by the client loop as it sends the Sync, so the client loop may read
+	// it without mu: a true it reads stays true until it sends that Sync itself.
+	discarding atomic.Bool
 	// pipelining: a statement other than transaction control ran in the current implicit
 	// transaction, which Postgres then treats as a pipeline (DISCARD ALL is refused there).
 	pipelining bool
@@ -300,6 +303,7 @@ func (s *session) connectUpstream(ctx context.Context, startup []byte) bool {
 // proxy never sees a password in the clear unless the server asks for cleartext.
 func (s *session) relayAuth() bool {
 	strippedPlus := false // the server offered channel binding and the client was not told
+	challenged := false   // the server asked the client for a password
 	for {
 		typ, body, err := s.sr.next()
 		if err != nil {
@@ -314,10 +318,16 @@ func (s *session) relayAuth() bool {
 				return false
 			}
 			switch binary.BigEndian.Uint32(body) {
-			case 0, 12: // AuthenticationOk, SASLFinal
+			case 0: // AuthenticationOk
+				if !challenged && s.srv.upstream.network == "unix" && s.srv.warnedUnixTrust.CompareAndSwap(false, true) {
+					s.log.Warn("Postgres admitted a client over its Unix socket without a password: its pg_hba.conf 'local' rules (peer, trust) see pgcanary's OS user, not the client's, so whoever can reach pgcanary gets in as any role those rules allow; require a password (scram-sha-256) for pgcanary's local connections",
+						"upstream", s.srv.upstream.Addr)
+				}
+			case 12: // SASLFinal
 			case 3, 5, 11: // cleartext, MD5, SASLContinue
-				needReply = true
+				needReply, challenged = true, true
 			case 10: // SASL
+				challenged = true
 				stripped := stripChannelBinding(body)
 				strippedPlus = len(stripped) != len(body)
 				body = stripped
@@ -500,7 +510,9 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 		return errStopPump
 	}
 	e := expected{kind: kind, name: name}
-	if s.srv.planner != nil && s.srv.planner.Active(s.database) {
+	// While the server discards until Sync, a message is relayed unplanned: planning it would
+	// change what the session foresees (a SET in a Query) for a statement that never runs.
+	if s.srv.planner != nil && s.srv.planner.Active(s.database) && (typ == 'S' || !s.discarding.Load()) {
 		return s.planAndEmit(typ, body, e)
 	}
 	return s.emit(typ, body, e, nil)
@@ -651,7 +663,7 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	case effPopToSync:
 		// The failed head, and what it makes the server skip; without a Sync sent yet, the server
 		// discards what the client sends until it comes.
-		s.discarding = !s.fifo.skipToSync(s.failedRequest)
+		s.discarding.Store(!s.fifo.skipToSync(s.failedRequest))
 	}
 	if reproject {
 		s.reproject() // after skipToSync: the skipped statements' changes are gone with them
@@ -741,8 +753,10 @@ func (s *session) reproject() {
 		s.proj.role.endTransaction(false)
 	}
 	apply := func(e *expected) {
-		for _, c := range e.ops[e.opsDone:] {
-			s.proj.apply(c)
+		if !e.refused {
+			for _, c := range e.ops[e.opsDone:] {
+				s.proj.apply(c)
+			}
 		}
 		if e.kind == reqSync || e.kind == reqQuery {
 			s.proj.batchEnd()
@@ -760,6 +774,12 @@ func (s *session) reproject() {
 // class, and the mirrored or unmirrored write it made. errBody is the ErrorResponse, if it failed.
 // Holds mu.
 func (s *session) completed(e *expected, errBody []byte) {
+	if e.refused && errBody == nil {
+		// A DISCARD ALL foreseen refused ran after all (an immediate-commit statement before
+		// it had ended the pipeline's transaction): the server dropped every statement.
+		s.dropStatements(router.SessionChanges{DeallocateAll: true}, &dropUndo{})
+		e.refused = false
+	}
 	if e.kind == reqQuery && errBody != nil && e.drops != nil && e.stmt <= e.drops.stmt {
 		s.undoDrops(e.drops) // the statement dropping them failed or was skipped
 	}
@@ -860,7 +880,7 @@ func (s *session) failedRequest(e *expected) {
 func (s *session) drain() {
 	s.mu.Lock()
 	s.draining = true
-	idle := s.ready && !s.closing && s.fifo.len() == 0 && s.txStatus == 'I'
+	idle := s.ready && !s.closing && s.fifo.len() == 0 && s.txStatus == 'I' && !s.discarding.Load()
 	preStartup := !s.ready && s.server == nil
 	if idle || preStartup {
 		s.closing = true

@@ -362,9 +362,10 @@ func diffCorners() []diffCorner {
 				rawStep("", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Name: "wz", Query: "UPDATE users SET full_name = $1 WHERE id = 17"}, &pgproto3.Sync{},
 				}, false),
-				afterErrorStep("a Close of the write and a SET", []pgproto3.FrontendMessage{
+				afterErrorStep("a Close of the write and a SET, then a Query", []pgproto3.FrontendMessage{
 					&pgproto3.Close{ObjectType: 'S', Name: "wz"},
 					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Query{String: "SET search_path TO app, public"},
 				}),
 				rawStep("the write, still prepared, under the path unchanged", []pgproto3.FrontendMessage{
 					textBind("", "wz", "After Discard"), &pgproto3.Execute{}, &pgproto3.Sync{},

@@ -183,11 +183,11 @@ func TestUnixSocketErrors(t *testing.T) {
 		defer srv.Close()
 		return srv.Listen()
 	}
-	plain := filepath.Join(dir, "not-a-socket")
+	plain := filepath.Join(dir, ".s.PGSQL.6501")
 	if err := os.WriteFile(plain, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	live := filepath.Join(dir, "live.sock")
+	live := filepath.Join(dir, ".s.PGSQL.6502")
 	ln, err := net.Listen("unix", live)
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +203,7 @@ func TestUnixSocketErrors(t *testing.T) {
 		{"relative socket", proxy.Config{Upstream: up, ListenUnix: "run/pgcanary"}, "want an absolute path"},
 		{"directory without port", proxy.Config{Upstream: up, Listen: "127.0.0.1:0", ListenUnix: dir}, "say which port's socket"},
 		{"bad port", proxy.Config{Upstream: up, ListenUnix: dir + ":99999"}, "port \"99999\""},
-		{"path too long", proxy.Config{Upstream: up, ListenUnix: "/" + strings.Repeat("x", 120)}, "over the system's limit"},
+		{"path too long", proxy.Config{Upstream: up, ListenUnix: "/" + strings.Repeat("x", 120) + ":6432"}, "over the system's limit"},
 		{"not a socket", proxy.Config{Upstream: up, ListenUnix: plain}, "is not a socket"},
 		{"socket in use", proxy.Config{Upstream: up, ListenUnix: live}, "another process is listening"},
 		{"TLS demanded on a socket", proxy.Config{Listen: "127.0.0.1:0",
