@@ -57,6 +57,7 @@ type expected struct {
 	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
 	parses  *stmtInfo  // Parse of a client statement touching a migration: ParseComplete confirms it
 	variant *variant   // Parse of a variant: marks it unsent if it fails
+	closes  *variant   // Close of a variant: marks it unsent when the server closes it
 	rec     *recorded  // the gated batch's record of this message
 	// newForm: a Bind of a routed read ("read") or of a passthrough write's mirrored form
 	// ("write"). Postgres checks privileges and plans at Bind, so the new form can fail there.

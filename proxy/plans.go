@@ -103,10 +103,10 @@ func (i *stmtInfo) variants() [3]*variant {
 	return [3]*variant{i.newVariant, i.origVariant, i.movedVariant}
 }
 
-// hasVariant reports whether name is one of the statement's variants.
-func (i *stmtInfo) hasVariant(name string) bool {
-	for _, v := range i.variants() {
-		if v != nil && v.name == name {
+// hasVariant reports whether v is one of the statement's variants.
+func (i *stmtInfo) hasVariant(v *variant) bool {
+	for _, w := range i.variants() {
+		if w != nil && w == v {
 			return true
 		}
 	}
@@ -629,7 +629,7 @@ type dropUndo struct {
 	stmts    map[string]*stmtInfo
 	changers map[string]router.SessionChanges
 	names    []string
-	orphans  []string // variants queued for closing that DEALLOCATE ALL took off the queue
+	orphans  []*variant // variants queued for closing that DEALLOCATE ALL took off the queue
 }
 
 // dropStatements removes the statements ch drops from the session's records, keeping them in u.
@@ -703,9 +703,10 @@ func (s *session) undoDrops(u *dropUndo) {
 			continue
 		}
 		s.stmts[name] = info
-		// Its variants stay prepared: their Closes, queued for the next Sync, are withdrawn, or
-		// were sent behind the failure and skipped with it.
-		s.orphans = slices.DeleteFunc(s.orphans, func(v string) bool { return info.hasVariant(v) })
+		// Its variants stay as they are: Closes still queued for the next Sync are withdrawn;
+		// one already sent marks its variant unsent when the server answers it (not when the
+		// server skips it behind the failure).
+		s.orphans = slices.DeleteFunc(s.orphans, info.hasVariant)
 	}
 	for name, c := range u.changers {
 		if _, ok := s.changers[name]; !ok {
@@ -728,7 +729,7 @@ func (s *session) undoDrops(u *dropUndo) {
 func (s *session) orphanVariants(info *stmtInfo) {
 	for _, v := range info.variants() {
 		if v != nil && v.sent {
-			s.orphans = append(s.orphans, v.name)
+			s.orphans = append(s.orphans, v)
 		}
 	}
 }
@@ -740,11 +741,11 @@ func (s *session) closeOrphans() {
 		s.mu.Unlock()
 		return // the server would discard the Closes: they wait for the Sync after this one
 	}
-	names := s.orphans
+	orphans := s.orphans
 	s.orphans = nil
 	s.mu.Unlock()
-	for _, name := range names {
-		_ = s.emit('C', closeStatementBody(name), expected{kind: reqClose, suppress: true}, nil)
+	for _, v := range orphans {
+		_ = s.emit('C', closeStatementBody(v.name), expected{kind: reqClose, suppress: true, closes: v}, nil)
 	}
 }
 
@@ -972,7 +973,7 @@ func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *s
 	v := info.movedVariant
 	if v == nil || info.movedSQL != st.Write.SQL {
 		if v != nil && v.sent {
-			s.orphans = append(s.orphans, v.name)
+			s.orphans = append(s.orphans, v)
 		}
 		s.variantSeq++
 		v = &variant{name: "pgcanary_m" + strconv.FormatUint(s.variantSeq, 10)}
@@ -1059,7 +1060,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 	name, _, _ := cstring(body[1:])
 	rec := &recorded{typ: typ, body: body}
 	s.mu.Lock()
-	var closeVariants []string
+	var closeVariants []*variant
 	if body[0] == 'P' {
 		p := s.portals[string(name)]
 		if typ == 'D' && p != nil {
@@ -1083,7 +1084,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 				if info := s.dropRecord(string(name), e.drops); info != nil {
 					for _, v := range info.variants() {
 						if v != nil && v.sent {
-							closeVariants = append(closeVariants, v.name)
+							closeVariants = append(closeVariants, v)
 						}
 					}
 				}
@@ -1095,7 +1096,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		return err
 	}
 	for _, v := range closeVariants {
-		if err := s.emit('C', closeStatementBody(v), expected{kind: reqClose, suppress: true}, nil); err != nil {
+		if err := s.emit('C', closeStatementBody(v.name), expected{kind: reqClose, suppress: true, closes: v}, nil); err != nil {
 			return err
 		}
 	}

@@ -103,7 +103,7 @@ type session struct {
 	// run. Allocated on first need.
 	changers   map[string]router.SessionChanges
 	variantSeq uint64
-	orphans    []string          // variants of dropped statements, closed at the next Sync
+	orphans    []*variant        // variants of dropped statements, closed at the next Sync
 	settings   map[string]string // reported settings that change how values print (shadow.go)
 
 	key       backendKey // the key this client knows us by
@@ -634,6 +634,10 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	case 'Z':
 		if len(body) == 1 {
 			s.txStatus = body[0]
+		}
+	case '3':
+		if head.closes != nil {
+			head.closes.sent = false // gone from the server: prepared again if its statement returns
 		}
 	case '1':
 		if head.rec != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -26,10 +28,34 @@ func TestProtocolCorners(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			env.session.setFlags(map[string]float64{usersMigration: 100, "orders-cents": 100})
 			replay := "go test -race -count=1 -run 'TestProtocolCorners/" + c.name + "$' -v ./test/e2e/"
+			before := fallbacks(t, env.session.proxy.reg)
 			env.run(t, replay, c.name, env.session, c.prog, c.mode)
 			env.compareDatabases(t, c.name, c.prog)
+			// A fallback re-runs a routed read whose new form failed: the answer is right, but
+			// the proxy sent something that could not run (a variant the server had closed).
+			if n := fallbacks(t, env.session.proxy.reg) - before; n != 0 {
+				t.Fatalf("%s: %v routed reads fell back to the old form; none should", c.name, n)
+			}
 		})
 	}
+}
+
+// fallbacks sums pgcanary_read_fallbacks_total over the migrations.
+func fallbacks(t *testing.T, reg prometheus.Gatherer) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "pgcanary_read_fallbacks_total" {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // textBind binds portal to stmt with text parameters.
@@ -389,6 +415,27 @@ func diffCorners() []diffCorner {
 				simpleStep("SET search_path TO public"),
 				simpleStep("COMMIT; INSERT INTO users (full_name, email) VALUES (' Leading', 'lead@example.com') RETURNING id, full_name"),
 				simpleStep("SELECT u.* FROM users u WHERE u.email = 'lead@example.com'"),
+			},
+		},
+		{
+			// A DEALLOCATE skipped in a failing Query leaves the statement; a Sync pipelined
+			// behind the Query closes the variant the DEALLOCATE orphaned, so the next routed
+			// Bind prepares it again.
+			name: "variant_closed_behind_skipped_deallocate",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sr", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("routed: its variant is prepared", []pgproto3.FrontendMessage{
+					textBind("", "sr", "1"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				rawStep("DEALLOCATE behind an error, a Sync pipelined behind it", []pgproto3.FrontendMessage{
+					&pgproto3.Query{String: "SELECT 1/0; DEALLOCATE sr"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("the statement, routed again", []pgproto3.FrontendMessage{
+					textBind("", "sr", "2"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
 			},
 		},
 	}
