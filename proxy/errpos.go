@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // rewriteText is a statement text the proxy sent in place of the client's (a mirrored write, a
@@ -115,133 +117,38 @@ func encodeFields(fields []responseField, sizeHint int) []byte {
 }
 
 // sqlToken is one lexical token: where it starts (in characters, as Postgres counts positions),
-// how many characters it spans, and the form two tokens are compared in (unquoted names folded to
-// lower case, as Postgres folds them).
+// how many characters it spans, and the form two tokens are compared in (names and keywords
+// folded to lower case unless quoted, as Postgres folds them).
 type sqlToken struct {
 	start, runes int
 	norm         string
 }
 
-// sqlTokens splits SQL into tokens, skipping spaces and comments. It knows just enough of the
-// lexer to keep string literals, quoted names and dollar quotes whole; an unterminated one runs
-// to the end of the text.
+// sqlTokens splits SQL into tokens with Postgres's own scanner, comments left out. It runs only
+// for an error that carries a position, so the scanner's cost (a cgo call) does not matter.
 func sqlTokens(sql string) []sqlToken {
-	var toks []sqlToken
-	chars := 0 // characters before i
-	for i := 0; i < len(sql); {
-		c := sql[i]
-		start := i
-		switch {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
-			i++
-		case c == '-' && strings.HasPrefix(sql[i:], "--"):
-			if j := strings.IndexByte(sql[i:], '\n'); j >= 0 {
-				i += j + 1
-			} else {
-				i = len(sql)
-			}
-		case c == '/' && strings.HasPrefix(sql[i:], "/*"):
-			i = skipBlockComment(sql, i)
-		case c == '\'':
-			i = skipQuoted(sql, i, '\'', false)
-		case (c == 'e' || c == 'E') && i+1 < len(sql) && sql[i+1] == '\'':
-			i = skipQuoted(sql, i+1, '\'', true)
-		case c == '"':
-			i = skipQuoted(sql, i, '"', false)
-		case c == '$' && i+1 < len(sql) && isDigit(sql[i+1]):
-			i++
-			for i < len(sql) && isDigit(sql[i]) {
-				i++
-			}
-		case c == '$':
-			i = skipDollarQuoted(sql, i)
-		case isIdentStart(c):
-			for i < len(sql) && isIdentPart(sql[i]) {
-				i++
-			}
-		case isDigit(c) || (c == '.' && i+1 < len(sql) && isDigit(sql[i+1])):
-			for i < len(sql) && (isIdentPart(sql[i]) || sql[i] == '.') {
-				i++
-			}
-		case strings.IndexByte(opChars, c) >= 0:
-			for i < len(sql) && strings.IndexByte(opChars, sql[i]) >= 0 &&
-				!strings.HasPrefix(sql[i:], "--") && !strings.HasPrefix(sql[i:], "/*") {
-				i++
-			}
-		default:
-			_, size := utf8.DecodeRuneInString(sql[i:])
-			i += size
+	res, err := pg_query.Scan(sql)
+	if err != nil {
+		return nil
+	}
+	toks := make([]sqlToken, 0, len(res.Tokens))
+	chars, at := 0, 0 // characters before byte offset at
+	for _, t := range res.Tokens {
+		if t.Token == pg_query.Token_SQL_COMMENT || t.Token == pg_query.Token_C_COMMENT {
+			continue
 		}
-		n := utf8.RuneCountInString(sql[start:i])
-		if c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\f' &&
-			!strings.HasPrefix(sql[start:], "--") && !strings.HasPrefix(sql[start:], "/*") {
-			text := sql[start:i]
-			if isIdentStart(c) && !(i > start+1 && (c == 'e' || c == 'E') && sql[start+1] == '\'') {
-				text = strings.ToLower(text)
-			}
-			toks = append(toks, sqlToken{start: chars, runes: n, norm: text})
+		start, end := int(t.Start), int(t.End)
+		if start < at || end > len(sql) || start > end {
+			return nil
 		}
-		chars += n
+		chars += utf8.RuneCountInString(sql[at:start])
+		text := sql[start:end]
+		if t.Token == pg_query.Token_IDENT && !strings.HasPrefix(text, `"`) || t.KeywordKind != pg_query.KeywordKind_NO_KEYWORD {
+			text = strings.ToLower(text)
+		}
+		n := utf8.RuneCountInString(text)
+		toks = append(toks, sqlToken{start: chars, runes: n, norm: text})
+		chars, at = chars+n, end
 	}
 	return toks
-}
-
-const opChars = "+-*/<>=~!@#%^&|`?"
-
-func isDigit(c byte) bool      { return c >= '0' && c <= '9' }
-func isIdentStart(c byte) bool { return c == '_' || c >= 0x80 || (c|0x20 >= 'a' && c|0x20 <= 'z') }
-func isIdentPart(c byte) bool  { return isIdentStart(c) || isDigit(c) || c == '$' }
-
-// skipQuoted returns the index after a quoted token opened at i; a doubled quote stays inside,
-// and with backslashes (E'...') so does an escaped one.
-func skipQuoted(sql string, i int, q byte, backslashes bool) int {
-	for i++; i < len(sql); i++ {
-		switch {
-		case backslashes && sql[i] == '\\':
-			i++
-		case sql[i] == q:
-			if i+1 < len(sql) && sql[i+1] == q {
-				i++
-				continue
-			}
-			return i + 1
-		}
-	}
-	return len(sql)
-}
-
-func skipBlockComment(sql string, i int) int {
-	depth := 0
-	for i < len(sql) {
-		switch {
-		case strings.HasPrefix(sql[i:], "/*"):
-			depth++
-			i += 2
-		case strings.HasPrefix(sql[i:], "*/"):
-			depth--
-			i += 2
-			if depth == 0 {
-				return i
-			}
-		default:
-			i++
-		}
-	}
-	return len(sql)
-}
-
-// skipDollarQuoted returns the index after $tag$...$tag$ opened at i, or after a lone '$'.
-func skipDollarQuoted(sql string, i int) int {
-	j := i + 1
-	for j < len(sql) && isIdentPart(sql[j]) && sql[j] != '$' {
-		j++
-	}
-	if j >= len(sql) || sql[j] != '$' {
-		return i + 1
-	}
-	tag := sql[i : j+1]
-	if k := strings.Index(sql[j+1:], tag); k >= 0 {
-		return j + 1 + k + len(tag)
-	}
-	return len(sql)
 }
