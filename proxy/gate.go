@@ -188,6 +188,9 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	hasEntry := e.kind != 0
 	releasedOnFlush := false
 	s.mu.Lock()
+	if typ == 'S' || typ == 'Q' {
+		s.batch++ // what follows is planned in the next batch, held by a gate or not
+	}
 	if !e.suppress {
 		switch typ {
 		case 'S':

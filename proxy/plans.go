@@ -84,9 +84,29 @@ func (i *stmtInfo) variantParamTypes() []uint32 {
 
 // variant is a form of a client statement prepared under a name the proxy derives.
 type variant struct {
-	name     string
-	sent     bool // its Parse went out (reset when it fails)
-	newShape bool // the read's new-shape form (not the client's own text)
+	name      string
+	sent      bool   // its Parse went out (reset when it fails or the variant is closed)
+	confirmed bool   // the server answered that Parse with ParseComplete
+	batch     uint64 // the session's batch (session.batch) its Parse went out in
+	newShape  bool   // the read's new-shape form (not the client's own text)
+}
+
+// unsettled reports whether v's Parse went out in an earlier batch (before a Sync) and is not
+// answered yet: that batch may still fail and skip it, so a Bind in this batch cannot count on
+// it, nor send its Parse again (42P05 if it succeeds). Holds mu.
+func (s *session) unsettled(v *variant) bool {
+	return v != nil && v.sent && !v.confirmed && v.batch != s.batch
+}
+
+// replaceUnsettled gives the statement a new variant of the same kind in place of an unsettled
+// one; the old one, if its Parse succeeds, is closed at the next Sync. Holds mu.
+func (s *session) replaceUnsettled(v *variant, prefix string) *variant {
+	if !s.unsettled(v) {
+		return v
+	}
+	s.orphans = append(s.orphans, v)
+	s.variantSeq++
+	return &variant{name: prefix + strconv.FormatUint(s.variantSeq, 10), newShape: v.newShape}
 }
 
 // portalInfo is what the session knows of a portal bound from a statement that touches a
@@ -970,7 +990,8 @@ func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtIn
 // variant (pgcanary_mN; made again when the form changes).
 func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *stmtInfo, portal string, st *router.StatementPlan) error {
 	s.mu.Lock()
-	v := info.movedVariant
+	v := s.replaceUnsettled(info.movedVariant, "pgcanary_m")
+	info.movedVariant = v
 	if v == nil || info.movedSQL != st.Write.SQL {
 		if v != nil && v.sent {
 			s.orphans = append(s.orphans, v)
@@ -1002,6 +1023,7 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 		s.variantSeq++
 		info.newVariant = &variant{name: "pgcanary_r" + strconv.FormatUint(s.variantSeq, 10), newShape: true}
 	}
+	info.newVariant = s.replaceUnsettled(info.newVariant, "pgcanary_r")
 	v := info.newVariant
 	types := info.variantParamTypes()
 	s.mu.Unlock()
@@ -1019,7 +1041,10 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 func (s *session) ensureVariant(v *variant, query, client string, oids []uint32) error {
 	s.mu.Lock()
 	sent := v.sent
-	v.sent = true
+	v.sent, v.batch = true, s.batch
+	if !sent {
+		v.confirmed = false
+	}
 	s.mu.Unlock()
 	if sent {
 		return nil

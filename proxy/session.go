@@ -88,6 +88,9 @@ type session struct {
 	// server loop, cleared by the client loop as it sends the Sync, so the client loop may read
 	// it without mu: a true it reads stays true until it sends that Sync itself.
 	discarding atomic.Bool
+	// batch counts the batches sent (each Sync or Query ends one): whether a variant's Parse
+	// went out in the batch being sent now.
+	batch uint64
 	// pipelining: a statement other than transaction control ran in the current implicit
 	// transaction, which Postgres then treats as a pipeline (DISCARD ALL is refused there).
 	pipelining bool
@@ -640,6 +643,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			head.closes.sent = false // gone from the server: prepared again if its statement returns
 		}
 	case '1':
+		if head.variant != nil {
+			head.variant.confirmed = true
+		}
 		if head.rec != nil {
 			head.rec.parsed = true
 		}

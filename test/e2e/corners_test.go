@@ -438,6 +438,22 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// A variant prepared in a batch that then fails is skipped with it; a routed Bind of
+			// the next batch, pipelined behind, must not count on it.
+			name: "variant_prepared_in_failing_batch",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sv", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("a failing batch that routes sv, and one behind it", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sv", Query: "SELECT 1"},
+					textBind("", "sv", "1"), &pgproto3.Execute{}, &pgproto3.Sync{},
+					textBind("", "sv", "2"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+			},
+		},
 	}
 }
 
