@@ -871,7 +871,8 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil && len(s.portals) > 0 {
 		delete(s.portals, string(portal))
 	}
-	pathChanged := info != nil && info.name != "" && (s.proj.path.current() != info.path || s.proj.role.current() != info.role)
+	// In a failed transaction the Bind cannot run (below): its names are not looked at again.
+	pathChanged := info != nil && info.name != "" && s.txStatus != 'E' && (s.proj.path.current() != info.path || s.proj.role.current() != info.role)
 	// In a failed transaction the statement cannot run, but Postgres checks the Bind against it
 	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
 	// a variant's Parse would fail with 25P02 before it.

@@ -454,6 +454,26 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// In a failed transaction, a Bind of a statement whose names moved (another
+			// search_path) still goes to the client's name: Postgres checks it against its
+			// statement (08P01) before it refuses it for the transaction (25P02).
+			name: "moved_statement_bound_in_failed_transaction",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "pm", Query: "UPDATE users SET full_name = $1 WHERE id = $2"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SET search_path TO app, public"),
+				simpleStep("BEGIN"),
+				simpleStep("SELECT 1/0"),
+				rawStep("a Bind with too few parameters", []pgproto3.FrontendMessage{
+					textBind("", "pm", "Too Few"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("ROLLBACK"),
+				simpleStep("RESET search_path"),
+			},
+		},
 	}
 }
 
