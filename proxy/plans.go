@@ -137,7 +137,7 @@ func (i *stmtInfo) hasVariant(v *variant) bool {
 func (s *session) knowsStatement(name string) bool {
 	_, changer := s.changers[name]
 	_, named := s.names[name]
-	return s.stmts[name] != nil || changer || named
+	return s.stmts[name] != nil || changer || named || s.dropping[name] != nil
 }
 
 // controlsTransaction reports whether a statement's changes say it is BEGIN, COMMIT or ROLLBACK
@@ -639,17 +639,29 @@ func (s *session) applyChanges(ch router.SessionChanges, u *dropUndo) {
 	}
 }
 
-// dropUndo is what a DEALLOCATE or DISCARD ALL removed from the session's records when it was
-// sent, to bring back if the server does not run it (an error before or at it skips it, and a
+// dropUndo is what a Close, DEALLOCATE or DISCARD ALL removed from the session's records when it
+// was sent, to bring back if the server does not run it (an error before or at it skips it, and a
 // prepared statement outlives the transaction's rollback).
 type dropUndo struct {
 	stmt     int  // in a Query: the index of the statement dropping them
 	applied  bool // dropStatements ran
 	void     bool // the request failed before dropStatements ran: it must not
-	stmts    map[string]*stmtInfo
-	changers map[string]router.SessionChanges
-	names    []string
+	resolved bool // the server answered: dropsDone or undoDrops ran
+	records  []*droppedRecord
 	orphans  []*variant // variants queued for closing that DEALLOCATE ALL took off the queue
+}
+
+// droppedRecord is what the session knew of one statement name that requests not yet answered
+// dropped. Several may drop the same name (a Close pipelined behind another that the server may
+// skip): the name is gone once one of them runs, and back only if every one of them fails.
+type droppedRecord struct {
+	name       string
+	info       *stmtInfo
+	changes    router.SessionChanges
+	hadChanges bool
+	named      bool
+	pending    int  // requests dropping it still unanswered
+	gone       bool // one of them ran
 }
 
 // dropStatements removes the statements ch drops from the session's records, keeping them in u.
@@ -666,83 +678,122 @@ func (s *session) dropStatements(ch router.SessionChanges, u *dropUndo) {
 	}
 	if ch.DeallocateAll {
 		// The server drops every prepared statement, variants included: none is left to close.
-		if u.stmts == nil {
-			u.stmts = map[string]*stmtInfo{}
-		}
-		if u.changers == nil {
-			u.changers = map[string]router.SessionChanges{}
-		}
 		u.orphans = slices.Clone(s.orphans)
-		maps.Copy(u.stmts, s.stmts)
-		maps.Copy(u.changers, s.changers)
-		for name := range s.names {
-			u.names = append(u.names, name)
-		}
-		clear(s.stmts)
-		clear(s.changers)
-		clear(s.names)
 		s.orphans = s.orphans[:0]
+		names := maps.Clone(s.names)
+		if names == nil {
+			names = map[string]struct{}{}
+		}
+		for name := range s.stmts {
+			names[name] = struct{}{}
+		}
+		for name := range s.changers {
+			names[name] = struct{}{}
+		}
+		for name := range s.dropping {
+			names[name] = struct{}{}
+		}
+		for name := range names {
+			s.dropRecord(name, u)
+		}
 	}
 }
 
-// dropRecord removes what the session knows of statement name, keeping it in u; it returns the
-// statement's record, whose variants the caller closes. Holds mu.
+// dropRecord removes what the session knows of statement name, keeping it for u; it returns the
+// statement's record, whose variants the caller closes (nil when it was dropped already, by a
+// request not yet answered, which u then joins). Holds mu.
 func (s *session) dropRecord(name string, u *dropUndo) *stmtInfo {
 	info := s.stmts[name]
-	if info != nil {
-		if u.stmts == nil {
-			u.stmts = map[string]*stmtInfo{}
+	c, hadChanges := s.changers[name]
+	_, named := s.names[name]
+	if info == nil && !hadChanges && !named {
+		if r := s.dropping[name]; r != nil {
+			r.pending++
+			u.records = append(u.records, r)
 		}
-		u.stmts[name] = info
-		delete(s.stmts, name)
+		return nil
 	}
-	if c, ok := s.changers[name]; ok {
-		if u.changers == nil {
-			u.changers = map[string]router.SessionChanges{}
-		}
-		u.changers[name] = c
-		delete(s.changers, name)
+	r := &droppedRecord{name: name, info: info, changes: c, hadChanges: hadChanges, named: named, pending: 1}
+	delete(s.stmts, name)
+	delete(s.changers, name)
+	delete(s.names, name)
+	if s.dropping == nil {
+		s.dropping = map[string]*droppedRecord{}
 	}
-	if _, ok := s.names[name]; ok {
-		u.names = append(u.names, name)
-		delete(s.names, name)
-	}
+	s.dropping[name] = r
+	u.records = append(u.records, r)
 	return info
 }
 
-// undoDrops brings back what a DEALLOCATE or DISCARD ALL the server did not run removed. Records
-// made since (a Parse of a freed name) stand. Holds mu.
+// dropsDone takes the server's answer to a request that dropped statements: they are gone.
+// Holds mu.
+func (s *session) dropsDone(u *dropUndo) {
+	if !u.applied || u.resolved {
+		return
+	}
+	u.resolved = true
+	for _, r := range u.records {
+		r.gone = true
+		s.settleDrop(r)
+	}
+}
+
+// undoDrops brings back what a request the server did not run dropped, unless another request
+// dropping the same name ran or may still run. Records made since (a Parse of a freed name)
+// stand. Holds mu.
 func (s *session) undoDrops(u *dropUndo) {
 	if !u.applied {
 		u.void = true
 		return
 	}
-	u.applied = false
-	for name, info := range u.stmts {
-		if s.stmts[name] != nil {
-			continue
+	if u.resolved {
+		return
+	}
+	u.resolved = true
+	for _, r := range u.records {
+		if s.settleDrop(r) && !r.gone {
+			s.restoreRecord(r)
 		}
-		s.stmts[name] = info
+	}
+	s.orphans = append(u.orphans, s.orphans...)
+}
+
+// settleDrop counts one answered request dropping r; it reports whether none is left. Holds mu.
+func (s *session) settleDrop(r *droppedRecord) bool {
+	r.pending--
+	if r.pending > 0 {
+		return false
+	}
+	if s.dropping[r.name] == r {
+		delete(s.dropping, r.name)
+	}
+	return true
+}
+
+// restoreRecord puts back what the session knew of a statement whose drops all failed. Holds mu.
+func (s *session) restoreRecord(r *droppedRecord) {
+	if s.stmts[r.name] != nil || s.dropping[r.name] != nil {
+		return // a record made since stands
+	}
+	if r.info != nil {
+		s.stmts[r.name] = r.info
 		// Its variants stay as they are: Closes still queued for the next Sync are withdrawn;
 		// one already sent marks its variant unsent when the server answers it (not when the
 		// server skips it behind the failure).
-		s.orphans = slices.DeleteFunc(s.orphans, info.hasVariant)
+		s.orphans = slices.DeleteFunc(s.orphans, r.info.hasVariant)
 	}
-	for name, c := range u.changers {
-		if _, ok := s.changers[name]; !ok {
-			if s.changers == nil {
-				s.changers = map[string]router.SessionChanges{}
-			}
-			s.changers[name] = c
+	if r.hadChanges {
+		if s.changers == nil {
+			s.changers = map[string]router.SessionChanges{}
 		}
+		s.changers[r.name] = r.changes
 	}
-	for _, name := range u.names {
+	if r.named {
 		if s.names == nil {
 			s.names = map[string]struct{}{}
 		}
-		s.names[name] = struct{}{}
+		s.names[r.name] = struct{}{}
 	}
-	s.orphans = append(u.orphans, s.orphans...)
 }
 
 // orphanVariants queues a dropped statement's variants for closing at the next Sync. Holds mu.

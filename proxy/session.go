@@ -98,6 +98,8 @@ type session struct {
 	// the client's prepared statements and portals that touch a migration, with their variants
 	stmts   map[string]*stmtInfo
 	portals map[string]*portalInfo
+	// dropping: statement records dropped by requests the server has not answered (dropUndo).
+	dropping map[string]*droppedRecord
 	// names: the client's named prepared statements, as far as the session knows (protocol
 	// Parse, Close, DEALLOCATE), to foresee a Parse of a name that exists failing.
 	names map[string]struct{}
@@ -669,6 +671,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	switch effect {
 	case effPop:
 		batchEnded = head.batchEnd
+		if head.drops != nil {
+			s.dropsDone(head.drops) // answered, unless an error in its Query undid them already
+		}
 		s.fifo.pop()
 	case effPopToSync:
 		// The failed head, and what it makes the server skip; without a Sync sent yet, the server
@@ -787,7 +792,9 @@ func (s *session) completed(e *expected, errBody []byte) {
 	if e.refused && errBody == nil {
 		// A DISCARD ALL foreseen refused ran after all (an immediate-commit statement before
 		// it had ended the pipeline's transaction): the server dropped every statement.
-		s.dropStatements(router.SessionChanges{DeallocateAll: true}, &dropUndo{})
+		u := &dropUndo{}
+		s.dropStatements(router.SessionChanges{DeallocateAll: true}, u)
+		s.dropsDone(u)
 		e.refused = false
 	}
 	if e.kind == reqQuery && errBody != nil && e.drops != nil && e.stmt <= e.drops.stmt {

@@ -474,6 +474,26 @@ func diffCorners() []diffCorner {
 				simpleStep("RESET search_path"),
 			},
 		},
+		{
+			// A Close skipped behind an error, and the same Close in the next batch, which runs:
+			// the statement is gone, and a Parse of its name makes a new one.
+			name: "close_skipped_then_close_again",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sx", Query: "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("two Closes, the first behind an error", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Close{ObjectType: 'S', Name: "sx"}, &pgproto3.Sync{},
+					&pgproto3.Close{ObjectType: 'S', Name: "sx"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("the name made anew", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sx", Query: "SELECT full_name FROM users WHERE id = $1"},
+					textBind("", "sx", "3"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+			},
+		},
 	}
 }
 
