@@ -66,6 +66,7 @@ type recorded struct {
 	info   *stmtInfo // Parse, Bind, Describe/Close of a statement
 	portal string    // Bind
 	parsed bool      // Parse: its ParseComplete arrived (a named statement then exists)
+	closed bool      // Close: its CloseComplete arrived (prepared statements outlive the rollback)
 }
 
 // maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
@@ -507,11 +508,25 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		e := expected{kind: kind, name: name}
 		body := r.body
 		switch r.typ {
+		case 'C':
+			if r.closed && len(body) > 0 && body[0] == 'S' {
+				// The statement is closed already, and a Parse after it in the batch may have
+				// made its name anew: closing it again would drop that one. A Close of a name
+				// that holds nothing still answers CloseComplete, as the client expects.
+				body = closeStatementBody(noStatement)
+			}
 		case 'Q':
 			e.obsList = []*observation{{migrations: g.migrations, route: "old", start: time.Now()}}
 		case 'P':
 			if r.parsed && name != "" {
-				continue // the named statement exists; its form stands
+				// The named statement exists (prepared statements outlive the rollback); its
+				// form stands. The client still expects a ParseComplete here: a Parse of an
+				// empty statement under a name of the proxy's own gives one, and is closed.
+				s.variantSeq++
+				own := "pgcanary_noop_" + strconv.FormatUint(s.variantSeq, 10)
+				add('P', parseBody(own, "", nil), e)
+				add('C', closeStatementBody(own), expected{kind: reqClose, suppress: true})
+				continue
 			}
 			if r.info != nil {
 				r.info.routed = false

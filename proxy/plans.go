@@ -278,6 +278,10 @@ func (s *session) planExecute(body []byte, e expected) error {
 // noPortal names a portal the proxy never binds: executing it fails (see planExecute).
 const noPortal = "pgcanary_no_portal"
 
+// noStatement names a statement the proxy never prepares: closing it answers CloseComplete and
+// changes nothing (buildReplay).
+const noStatement = "pgcanary_no_statement"
+
 // executeBody builds an Execute message body.
 func executeBody(portal string, limit uint32) []byte {
 	out := make([]byte, 0, len(portal)+5)

@@ -641,6 +641,9 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			s.txStatus = body[0]
 		}
 	case '3':
+		if head.rec != nil {
+			head.rec.closed = true
+		}
 		if head.closes != nil {
 			head.closes.sent = false // gone from the server: prepared again if its statement returns
 		}

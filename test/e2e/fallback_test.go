@@ -403,6 +403,48 @@ func TestReadFallbackInBatches(t *testing.T) {
 	if fallbacks()-before != 1 {
 		t.Fatalf("pipeline: %v fallbacks, want 1", fallbacks()-before)
 	}
+	// A named statement closed and prepared again inside the re-run batch: the client gets every
+	// answer, and the statement it prepared stands afterwards (prepared statements outlive the
+	// batch's rollback, so the re-run must neither close it again nor parse it twice).
+	if _, err := conn.PgConn().Prepare(ctx, "fb", "SELECT 0 AS zero", nil); err != nil {
+		t.Fatal(err)
+	}
+	before = fallbacks()
+	pipe := conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("2"), nil, nil, nil)
+	pipe.SendDeallocate("fb")
+	pipe.SendPrepare("fb", "SELECT 1 AS one", nil)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	if err := pipe.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var answers []string
+	for {
+		res, err := pipe.GetResults()
+		if err != nil {
+			t.Fatalf("pipeline with a Close and a Parse: %v", err)
+		}
+		if res == nil {
+			break
+		}
+		switch r := res.(type) {
+		case *pgconn.ResultReader:
+			answers = append(answers, string(r.Read().Rows[0][0]))
+		case *pgconn.StatementDescription:
+			answers = append(answers, r.Fields[0].Name)
+		case *pgconn.CloseComplete:
+			answers = append(answers, "closed")
+		}
+	}
+	if err := pipe.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(answers, "|") != "21.00|closed|one|73.50" || fallbacks()-before != 1 {
+		t.Fatalf("pipeline with a Close and a Parse answered %q with %v fallbacks; want 21.00|closed|one|73.50 and 1", answers, fallbacks()-before)
+	}
+	if r := conn.PgConn().ExecPrepared(ctx, "fb", nil, nil, nil).Read(); r.Err != nil || string(r.Rows[0][0]) != "1" {
+		t.Fatalf("the statement prepared in the re-run batch: %v %q", r.Err, r.Rows)
+	}
 	// Simple protocol: one Query of three reads.
 	before = fallbacks()
 	results, err := conn.PgConn().Exec(ctx, "SELECT balance::text FROM accounts WHERE id = 3; SELECT owner FROM accounts WHERE id = 4; SELECT balance::text FROM accounts WHERE id = 7").ReadAll()
