@@ -93,6 +93,8 @@ type parseUndo struct {
 	name string
 	prev *stmtInfo
 	had  bool
+	made *stmtInfo // the record the Parse made (nil for a statement the session does not plan)
+	seq  uint64    // session.recordSeq when it was made
 	// the statement's earlier session changes (session.changers), restored with it
 	prevChanges router.SessionChanges
 	hadChanges  bool

@@ -664,8 +664,9 @@ type droppedRecord struct {
 	changes    router.SessionChanges
 	hadChanges bool
 	named      bool
-	pending    int  // requests dropping it still unanswered
-	gone       bool // one of them ran
+	pending    int    // requests dropping it still unanswered
+	gone       bool   // one of them ran
+	seq        uint64 // session.recordSeq when it was dropped
 }
 
 // dropStatements removes the statements ch drops from the session's records, keeping them in u.
@@ -717,7 +718,8 @@ func (s *session) dropRecord(name string, u *dropUndo) *stmtInfo {
 		}
 		return nil
 	}
-	r := &droppedRecord{name: name, info: info, changes: c, hadChanges: hadChanges, named: named, pending: 1}
+	s.recordSeq++
+	r := &droppedRecord{name: name, info: info, changes: c, hadChanges: hadChanges, named: named, pending: 1, seq: s.recordSeq}
 	delete(s.stmts, name)
 	delete(s.changers, name)
 	delete(s.names, name)
@@ -853,7 +855,8 @@ func (s *session) planParse(body []byte, e expected) error {
 		s.mu.Unlock()
 		return s.emit('P', body, e, &recorded{typ: 'P', body: body})
 	}
-	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil}
+	s.recordSeq++
+	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil, made: info, seq: s.recordSeq}
 	e.undo.prevChanges, e.undo.hadChanges = s.changers[msg.Name]
 	if msg.Name != "" {
 		if s.names == nil {

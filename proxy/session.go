@@ -100,6 +100,8 @@ type session struct {
 	portals map[string]*portalInfo
 	// dropping: statement records dropped by requests the server has not answered (dropUndo).
 	dropping map[string]*droppedRecord
+	// recordSeq orders the Parses and drops of statement records (parseUndo, droppedRecord).
+	recordSeq uint64
 	// names: the client's named prepared statements, as far as the session knows (protocol
 	// Parse, Close, DEALLOCATE), to foresee a Parse of a name that exists failing.
 	names map[string]struct{}
@@ -885,6 +887,14 @@ func (s *session) failedRequest(e *expected) {
 			delete(s.changers, u.name)
 		}
 		delete(s.names, u.name) // the Parse created nothing (the name was free: planParse)
+		if r := s.dropping[u.name]; r != nil && r.seq > u.seq && r.info == u.made {
+			// A Close or DEALLOCATE not yet answered dropped the record this Parse made: if it
+			// is undone too, the name holds what it held before the Parse.
+			r.info, r.changes, r.hadChanges, r.named = nil, u.prevChanges, u.hadChanges, false
+			if u.had {
+				r.info = u.prev
+			}
+		}
 	}
 	if e.variant != nil {
 		e.variant.sent = false

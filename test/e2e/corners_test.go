@@ -494,6 +494,31 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// In a failed transaction a Close runs and the Parse after it fails; a second Close,
+			// skipped in the next batch, must not bring back the refused Parse's statement: the
+			// name is free, and a write prepared under it later is mirrored.
+			name: "close_after_refused_parse_skipped",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sd", Query: "SELECT 1"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("BEGIN"),
+				simpleStep("SELECT 1/0"),
+				rawStep("Close, a refused Parse; then a skipped Close", []pgproto3.FrontendMessage{
+					&pgproto3.Close{ObjectType: 'S', Name: "sd"}, &pgproto3.Parse{Name: "sd", Query: "SELECT 2"}, &pgproto3.Sync{},
+					&pgproto3.Parse{Query: "ROLLBACK TO SAVEPOINT nope"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Close{ObjectType: 'S', Name: "sd"}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("ROLLBACK"),
+				rawStep("a write prepared under the free name", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sd", Query: "UPDATE users SET full_name = $1 WHERE id = 19"},
+					textBind("", "sd", "Freed Again"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 19"),
+			},
+		},
 	}
 }
 
