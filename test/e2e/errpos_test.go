@@ -22,9 +22,11 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 	proxied := connectDSN(t, dsn(pgtest.SuperUser, ""))
 	direct := connectDSN(t, strings.Replace(dsn(pgtest.SuperUser, ""), p.addr, cluster.Addr(), 1))
 
-	fail := func(conn *pgx.Conn, sql string, mode pgx.QueryExecMode) *pgconn.PgError {
+	// failIn runs sql in a transaction, rolled back (a statement that unexpectedly succeeds
+	// changes nothing), and returns the server's error.
+	failIn := func(conn *pgx.Conn, opts pgx.TxOptions, sql string, mode pgx.QueryExecMode) *pgconn.PgError {
 		t.Helper()
-		tx, err := conn.Begin(ctx) // rolled back: a statement that unexpectedly succeeds changes nothing
+		tx, err := conn.BeginTx(ctx, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,9 +34,13 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 		_, err = tx.Exec(ctx, sql, mode)
 		var pe *pgconn.PgError
 		if !errors.As(err, &pe) {
-			t.Fatalf("%s (%v): error %v, want a server error", sql, mode, err)
+			t.Fatalf("%s (%v, %v): error %v, want a server error", sql, mode, opts.AccessMode, err)
 		}
 		return pe
+	}
+	fail := func(conn *pgx.Conn, sql string, mode pgx.QueryExecMode) *pgconn.PgError {
+		t.Helper()
+		return failIn(conn, pgx.TxOptions{}, sql, mode)
 	}
 	for _, sql := range []string{
 		"UPDATE users SET active = 'maybe' WHERE id = 1",                              // mirrored write
@@ -64,20 +70,8 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 		"DELETE FROM users WHERE id = 1",
 	} {
 		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
-			refused := func(conn *pgx.Conn) *pgconn.PgError {
-				tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer tx.Rollback(context.Background())
-				_, err = tx.Exec(ctx, sql, mode)
-				var pe *pgconn.PgError
-				if !errors.As(err, &pe) {
-					t.Fatalf("%s in a read-only transaction: %v", sql, err)
-				}
-				return pe
-			}
-			want, got := refused(direct), refused(proxied)
+			readOnly := pgx.TxOptions{AccessMode: pgx.ReadOnly}
+			want, got := failIn(direct, readOnly, sql, mode), failIn(proxied, readOnly, sql, mode)
 			if got.Code != want.Code || got.Message != want.Message {
 				t.Errorf("%s (%v) read-only: pgcanary %s %q, Postgres %s %q", sql, mode, got.Code, got.Message, want.Code, want.Message)
 			}
