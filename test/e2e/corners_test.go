@@ -58,6 +58,11 @@ func fallbacks(t *testing.T, reg prometheus.Gatherer) float64 {
 	return sum
 }
 
+// prepareStep prepares a named statement, alone in its batch, before a program's corner.
+func prepareStep(name, query string) diffStep {
+	return rawStep("", []pgproto3.FrontendMessage{&pgproto3.Parse{Name: name, Query: query}, &pgproto3.Sync{}}, false)
+}
+
 // textBind binds portal to stmt with text parameters.
 func textBind(portal, stmt string, params ...string) *pgproto3.Bind {
 	values := make([][]byte, len(params))
@@ -142,9 +147,7 @@ func diffCorners() []diffCorner {
 			name: "bind_behind_failed_parse",
 			mode: pgx.QueryExecModeCacheStatement,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "s0", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("s0", "SELECT full_name FROM users WHERE id = $1"),
 				rawStep("Parse of an existing name, then Bind of it", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Name: "s0", Query: "SELECT email, 1 AS one FROM users WHERE id = $1 AND $2::int = 1"},
 					&pgproto3.Sync{},
@@ -215,9 +218,7 @@ func diffCorners() []diffCorner {
 			name: "bind_in_failed_transaction",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "rd", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("rd", "SELECT full_name FROM users WHERE id = $1"),
 				simpleStep("BEGIN"),
 				simpleStep("SELECT 1/0"),
 				rawStep("", []pgproto3.FrontendMessage{textBind("", "rd", "1", "2"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
@@ -335,9 +336,7 @@ func diffCorners() []diffCorner {
 			name: "discard_all_refused_in_pipeline",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "wn", Query: "UPDATE users SET full_name = $1 WHERE id = 15"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("wn", "UPDATE users SET full_name = $1 WHERE id = 15"),
 				simpleStep("SET search_path TO app, public"),
 				rawStep("a statement, then DISCARD ALL, then a read pipelined behind the Sync", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Query: "SELECT 1"}, textBind("", ""), &pgproto3.Execute{},
@@ -363,9 +362,7 @@ func diffCorners() []diffCorner {
 			name: "deallocate_skipped_after_error",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "wd", Query: "UPDATE users SET full_name = $1 WHERE id = 16"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("wd", "UPDATE users SET full_name = $1 WHERE id = 16"),
 				simpleStep("SELECT 1/0; DEALLOCATE wd"),
 				rawStep("DEALLOCATE behind a failing statement of a pipeline", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
@@ -385,9 +382,7 @@ func diffCorners() []diffCorner {
 			name: "requests_between_error_and_sync",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "wz", Query: "UPDATE users SET full_name = $1 WHERE id = 17"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("wz", "UPDATE users SET full_name = $1 WHERE id = 17"),
 				afterErrorStep("a Close of the write and a SET, then a Query", []pgproto3.FrontendMessage{
 					&pgproto3.Close{ObjectType: 'S', Name: "wz"},
 					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
@@ -424,9 +419,7 @@ func diffCorners() []diffCorner {
 			name: "variant_closed_behind_skipped_deallocate",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "sr", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("sr", "SELECT full_name FROM users WHERE id = $1"),
 				rawStep("routed: its variant is prepared", []pgproto3.FrontendMessage{
 					textBind("", "sr", "1"), &pgproto3.Execute{}, &pgproto3.Sync{},
 				}, false),
@@ -444,9 +437,7 @@ func diffCorners() []diffCorner {
 			name: "variant_prepared_in_failing_batch",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "sv", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("sv", "SELECT full_name FROM users WHERE id = $1"),
 				rawStep("a failing batch that routes sv, and one behind it", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Name: "sv", Query: "SELECT 1"},
 					textBind("", "sv", "1"), &pgproto3.Execute{}, &pgproto3.Sync{},
@@ -461,9 +452,7 @@ func diffCorners() []diffCorner {
 			name: "moved_statement_bound_in_failed_transaction",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "pm", Query: "UPDATE users SET full_name = $1 WHERE id = $2"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("pm", "UPDATE users SET full_name = $1 WHERE id = $2"),
 				simpleStep("SET search_path TO app, public"),
 				simpleStep("BEGIN"),
 				simpleStep("SELECT 1/0"),
@@ -480,9 +469,7 @@ func diffCorners() []diffCorner {
 			name: "close_skipped_then_close_again",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "sx", Query: "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("sx", "INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id"),
 				rawStep("two Closes, the first behind an error", []pgproto3.FrontendMessage{
 					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
 					&pgproto3.Close{ObjectType: 'S', Name: "sx"}, &pgproto3.Sync{},
@@ -501,9 +488,7 @@ func diffCorners() []diffCorner {
 			name: "close_after_refused_parse_skipped",
 			mode: pgx.QueryExecModeExec,
 			prog: []diffStep{
-				rawStep("", []pgproto3.FrontendMessage{
-					&pgproto3.Parse{Name: "sd", Query: "SELECT 1"}, &pgproto3.Sync{},
-				}, false),
+				prepareStep("sd", "SELECT 1"),
 				simpleStep("BEGIN"),
 				simpleStep("SELECT 1/0"),
 				rawStep("Close, a refused Parse; then a skipped Close", []pgproto3.FrontendMessage{
