@@ -84,7 +84,7 @@ type expected struct {
 	// the server completes each PREPARE.
 	created []router.PreparedName
 	// drops: what the request's DEALLOCATE or DISCARD ALL removed from the session's records,
-	// brought back if the server does not run it.
+	// brought back if the server does not run it; a Query's, one per statement (queryDrops).
 	drops *dropUndo
 }
 

@@ -239,9 +239,9 @@ func (s *session) planExecute(body []byte, e expected) error {
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
-	if dropsStatements(ch) {
-		e.drops = &dropUndo{}
-		s.dropStatements(ch, e.drops)
+	if len(ch.Drops) > 0 {
+		e.drops = &dropUndo{drops: ch.Drops}
+		s.dropStatements(e.drops)
 	}
 	// Postgres marks the implicit transaction a pipeline once a statement other than transaction
 	// control completes in it (XACT_FLAGS_PIPELINING); DISCARD ALL commits at once.
@@ -325,9 +325,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 		s.mu.Unlock()
 	}
 	e.ops, e.created = ops, changes.Prepared
-	if dropsStatements(changes) {
-		e.drops = &dropUndo{stmt: changes.DropsAt}
-	}
+	e.drops = queryDrops(changes.Drops)
 	defer func() { // after planning: the text's own statements are planned in sequence
 		s.applyChanges(changes, e.drops)
 		s.mu.Lock()
@@ -620,16 +618,12 @@ func applySetting(path *settingState, role *userState, c router.SettingChange) {
 
 // changesNothing reports whether ch leaves the session's settings and statements alone.
 func changesNothing(ch router.SessionChanges) bool {
-	return len(ch.Settings) == 0 && !dropsStatements(ch)
-}
-
-func dropsStatements(ch router.SessionChanges) bool {
-	return len(ch.Deallocate) > 0 || ch.DeallocateAll
+	return len(ch.Settings) == 0 && len(ch.Drops) == 0
 }
 
 // applyChanges keeps the session's projected search_path and its statement records in step with
-// what a Query sent now does to them; u keeps what it drops, for undoDrops.
-func (s *session) applyChanges(ch router.SessionChanges, u *dropUndo) {
+// what a Query sent now does to them; drops (queryDrops) keeps what it drops, for undoDrops.
+func (s *session) applyChanges(ch router.SessionChanges, drops *dropUndo) {
 	if changesNothing(ch) {
 		return
 	}
@@ -638,8 +632,8 @@ func (s *session) applyChanges(ch router.SessionChanges, u *dropUndo) {
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
-	if u != nil {
-		s.dropStatements(ch, u)
+	for u := drops; u != nil; u = u.next {
+		s.dropStatements(u)
 	}
 }
 
@@ -647,10 +641,12 @@ func (s *session) applyChanges(ch router.SessionChanges, u *dropUndo) {
 // was sent, to bring back if the server does not run it (an error before or at it skips it, and a
 // prepared statement outlives the transaction's rollback).
 type dropUndo struct {
-	stmt     int  // in a Query: the index of the statement dropping them
-	applied  bool // dropStatements ran
-	void     bool // the request failed before dropStatements ran: it must not
-	resolved bool // the server answered: dropsDone or undoDrops ran
+	drops    []router.Drop // what the request drops (one statement's)
+	stmt     int           // in a Query: the index of the statement dropping them
+	next     *dropUndo     // in a Query: the next statement's (queryDrops)
+	applied  bool          // dropStatements ran
+	void     bool          // the request failed before dropStatements ran: it must not
+	resolved bool          // the server answered: dropsDone or undoDrops ran
 	records  []*droppedRecord
 	orphans  []*variant // variants queued for closing that DEALLOCATE ALL took off the queue
 }
@@ -669,19 +665,46 @@ type droppedRecord struct {
 	seq        uint64 // session.recordSeq when it was dropped
 }
 
-// dropStatements removes the statements ch drops from the session's records, keeping them in u.
+// queryDrops makes one dropUndo per statement of a Query that drops prepared statements, chained
+// in statement order: an error undoes only the drops at and after the failed statement, since
+// prepared statements outlive the implicit transaction's rollback.
+func queryDrops(drops []router.Drop) *dropUndo {
+	var first, last *dropUndo
+	for i, d := range drops {
+		if last != nil && last.stmt == d.Statement {
+			continue
+		}
+		j := i + 1
+		for j < len(drops) && drops[j].Statement == d.Statement {
+			j++
+		}
+		u := &dropUndo{drops: drops[i:j], stmt: d.Statement}
+		if last == nil {
+			first = u
+		} else {
+			last.next = u
+		}
+		last = u
+	}
+	return first
+}
+
+// dropStatements removes the statements u drops from the session's records, keeping them in u.
 // Holds mu.
-func (s *session) dropStatements(ch router.SessionChanges, u *dropUndo) {
+func (s *session) dropStatements(u *dropUndo) {
 	if u.void {
 		return
 	}
 	u.applied = true
-	for _, name := range ch.Deallocate {
-		if info := s.dropRecord(name, u); info != nil {
+	all := false
+	for _, d := range u.drops {
+		if d.All {
+			all = true
+		} else if info := s.dropRecord(d.Name, u); info != nil {
 			s.orphanVariants(info)
 		}
 	}
-	if ch.DeallocateAll {
+	if all {
 		// The server drops every prepared statement, variants included: none is left to close.
 		u.orphans = slices.Clone(s.orphans)
 		s.orphans = s.orphans[:0]

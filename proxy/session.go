@@ -676,8 +676,8 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	switch effect {
 	case effPop:
 		batchEnded = head.batchEnd
-		if head.drops != nil {
-			s.dropsDone(head.drops) // answered, unless an error in its Query undid them already
+		for u := head.drops; u != nil; u = u.next {
+			s.dropsDone(u) // answered, unless an error in its Query undid them already
 		}
 		s.fifo.pop()
 	case effPopToSync:
@@ -797,13 +797,17 @@ func (s *session) completed(e *expected, errBody []byte) {
 	if e.refused && errBody == nil {
 		// A DISCARD ALL foreseen refused ran after all (an immediate-commit statement before
 		// it had ended the pipeline's transaction): the server dropped every statement.
-		u := &dropUndo{}
-		s.dropStatements(router.SessionChanges{DeallocateAll: true}, u)
+		u := &dropUndo{drops: []router.Drop{{All: true}}}
+		s.dropStatements(u)
 		s.dropsDone(u)
 		e.refused = false
 	}
-	if e.kind == reqQuery && errBody != nil && e.drops != nil && e.stmt <= e.drops.stmt {
-		s.undoDrops(e.drops) // the statement dropping them failed or was skipped
+	if e.kind == reqQuery && errBody != nil {
+		for u := e.drops; u != nil; u = u.next {
+			if e.stmt <= u.stmt {
+				s.undoDrops(u) // the statement dropping them failed or was skipped
+			}
+		}
 	}
 	if e.kind == reqQuery && errBody == nil {
 		for _, p := range e.created {
@@ -899,8 +903,8 @@ func (s *session) failedRequest(e *expected) {
 	if e.variant != nil {
 		e.variant.sent = false
 	}
-	if e.drops != nil {
-		s.undoDrops(e.drops)
+	for u := e.drops; u != nil; u = u.next {
+		s.undoDrops(u)
 	}
 }
 

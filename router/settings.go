@@ -55,19 +55,24 @@ type SettingChange struct {
 // SessionChanges are a query's effects on session state the proxy keeps in step with the server.
 type SessionChanges struct {
 	Settings []SettingChange // in statement order; read-only (may be shared)
-	// Deallocate names prepared statements dropped by DEALLOCATE; DeallocateAll: DEALLOCATE ALL
-	// or DISCARD ALL dropped every one.
-	Deallocate    []string
-	DeallocateAll bool
-	// DropsAt is the index of the last statement that drops prepared statements: an error in the
-	// text at or before it means they were not dropped.
-	DropsAt int
+	// Drops: the prepared statements the text's DEALLOCATE and DISCARD ALL statements drop, in
+	// statement order. Dropping a prepared statement is not transactional: an error in a text of
+	// several statements undoes only the drops at and after the failed statement.
+	Drops []Drop
 	// DiscardAll: the text is DISCARD ALL, which Postgres refuses inside a transaction block and
 	// after another statement of a pipeline (25001); then it changes nothing.
 	DiscardAll bool
 	// Prepared: the names SQL PREPARE creates, with their statements' indexes. They share the
 	// namespace of the protocol's named statements: a Parse of one fails (42P05).
 	Prepared []PreparedName
+}
+
+// Drop is what one statement of a text drops: the prepared statement Name, or All of them
+// (DEALLOCATE ALL, DISCARD ALL).
+type Drop struct {
+	Statement int
+	Name      string
+	All       bool
 }
 
 // PreparedName is a statement name a PREPARE in a text creates.
@@ -103,22 +108,18 @@ func SessionChangesOf(sql string) SessionChanges {
 			// In a text of several statements, DISCARD ALL runs in an implicit transaction
 			// block, where Postgres refuses it: it changes nothing.
 			if n.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL && len(res.Stmts) == 1 {
-				out.DiscardAll, out.DropsAt = true, i
+				out.DiscardAll = true
 				// DISCARD ALL is RESET ALL plus SET SESSION AUTHORIZATION DEFAULT, among others, which
 				// brings back the default role too (checked against PostgreSQL 15).
 				out.Settings = append(out.Settings, SettingChange{Setting: SettingSearchPath, Reset: true},
 					SettingChange{Setting: SettingSessionAuthorization, Reset: true}, SettingChange{Setting: SettingRole, Reset: true})
-				out.DeallocateAll = true
+				out.Drops = append(out.Drops, Drop{Statement: i, All: true})
 			}
 		case *pg_query.Node_PrepareStmt:
 			out.Prepared = append(out.Prepared, PreparedName{Name: n.PrepareStmt.Name, Statement: i})
 		case *pg_query.Node_DeallocateStmt:
-			if n.DeallocateStmt.Name == "" || n.DeallocateStmt.Isall {
-				out.DeallocateAll = true
-			} else {
-				out.Deallocate = append(out.Deallocate, n.DeallocateStmt.Name)
-			}
-			out.DropsAt = i
+			d := n.DeallocateStmt
+			out.Drops = append(out.Drops, Drop{Statement: i, Name: d.Name, All: d.Name == "" || d.Isall})
 		case *pg_query.Node_TransactionStmt:
 			t := n.TransactionStmt
 			switch t.Kind {

@@ -432,6 +432,27 @@ func diffCorners() []diffCorner {
 			},
 		},
 		{
+			// Dropping a prepared statement is not rolled back: in a Query whose middle statement
+			// fails, the DEALLOCATE before the error ran and the one after it did not. A Bind of
+			// the first must fail as it does on Postgres, not reach its routed variant.
+			name: "deallocate_before_error_in_query_stays",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				prepareStep("da", "SELECT full_name FROM users WHERE id = $1"),
+				prepareStep("db", "SELECT full_name FROM users WHERE id = $1"),
+				rawStep("both routed: their variants are prepared", []pgproto3.FrontendMessage{
+					textBind("", "da", "1"), &pgproto3.Execute{}, textBind("", "db", "2"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("DEALLOCATE da; SELECT 1/0; DEALLOCATE db"),
+				rawStep("the first is gone", []pgproto3.FrontendMessage{
+					textBind("", "da", "3"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				rawStep("the second stays", []pgproto3.FrontendMessage{
+					textBind("", "db", "4"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+			},
+		},
+		{
 			// A variant prepared in a batch that then fails is skipped with it; a routed Bind of
 			// the next batch, pipelined behind, must not count on it.
 			name: "variant_prepared_in_failing_batch",
