@@ -305,6 +305,10 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		g.noFallback = true
 		return
 	}
+	if typ == 'P' && len(body) > 1 && body[0] != 0 && describesUnknownBeforeParse(g.recorded, parseName(body)) {
+		g.noFallback = true
+		return
+	}
 	g.recorded = append(g.recorded, rec)
 	e.rec = rec
 }
@@ -503,7 +507,7 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		out, ents = ownStatement(out, ents, "RELEASE SAVEPOINT "+savepointName, g.extended, false)
 	}
 	reparsed := false // the unnamed statement holds the client's text again
-	for _, r := range g.recorded {
+	for i, r := range g.recorded {
 		kind, name, _ := classifyFrontend(r.typ, r.body)
 		e := expected{kind: kind, name: name}
 		body := r.body
@@ -560,7 +564,20 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 			}
 			s.portals[r.portal] = &portalInfo{info: info, route: route}
 		case 'D':
-			if r.body[0] == 'S' && r.info != nil {
+			if r.body[0] != 'S' {
+				break
+			}
+			if query, oids, ok := describedBeforeRedefinition(g.recorded, i); ok {
+				// The name held another statement at this point of the first run than the one
+				// it holds now: describe that one's text through a statement of the proxy's own.
+				s.variantSeq++
+				own := "pgcanary_noop_" + strconv.FormatUint(s.variantSeq, 10)
+				add('P', parseBody(own, query, oids), expected{kind: reqParse, suppress: true})
+				add('D', describeStatementBody(own), e)
+				add('C', closeStatementBody(own), expected{kind: reqClose, suppress: true})
+				continue
+			}
+			if r.info != nil {
 				e.write = captureOf(r.info.writeForm())
 			}
 		case 'E':
@@ -572,6 +589,66 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		add(r.typ, body, e)
 	}
 	return out, ents
+}
+
+// describedBeforeRedefinition reports whether the recorded Describe of a statement at index i
+// precedes a Parse of the same name later in the batch, and if so the text and declared parameter
+// types the name held at i: the batch's last Parse of it before i, or the statement the session
+// knew before the batch. recordInGate refuses a fallback to a batch where that is unknown.
+func describedBeforeRedefinition(recs []*recorded, i int) (query string, oids []uint32, ok bool) {
+	name := parseName(recs[i].body[1:]) // 'S', then the name
+	redefined := false
+	for _, r := range recs[i+1:] {
+		if r.typ == 'P' && r.parsed && parseName(r.body) == name {
+			redefined = true
+			break
+		}
+	}
+	if !redefined {
+		return "", nil, false
+	}
+	for j := i - 1; j >= 0; j-- {
+		if r := recs[j]; r.typ == 'P' && r.parsed && parseName(r.body) == name {
+			var msg pgproto3.Parse
+			if err := msg.Decode(r.body); err != nil {
+				return "", nil, false
+			}
+			return msg.Query, msg.ParameterOIDs, true
+		}
+	}
+	if info := recs[i].info; info != nil {
+		return info.query, info.paramOIDs, true
+	}
+	return "", nil, false
+}
+
+// describesUnknownBeforeParse reports whether the batch described statement name, as the session
+// knew it before the batch without knowing its text, before this Parse of the name: a replay could
+// not describe it again once the Parse has replaced it.
+func describesUnknownBeforeParse(recs []*recorded, name string) bool {
+	for _, r := range recs {
+		switch {
+		case r.typ == 'P' && parseName(r.body) == name:
+			return false
+		case r.typ == 'D' && len(r.body) > 1 && r.body[0] == 'S' && r.info == nil:
+			if parseName(r.body[1:]) == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// parseName reads the statement name at the start of a Parse message, or after the 'S' of a
+// Describe or Close.
+func parseName(body []byte) string {
+	name, _, _ := cstring(body)
+	return string(name)
+}
+
+// describeStatementBody is the body of a Describe of a statement.
+func describeStatementBody(name string) []byte {
+	return append(append([]byte{'S'}, name...), 0)
 }
 
 // appendMessage appends one protocol message.
