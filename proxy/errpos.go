@@ -26,8 +26,11 @@ func newRewriteText(sent, client string) *rewriteText {
 // query) moved into the client's text. The proxy's forms keep the client's tokens in their order
 // (a deparse of its statement, wrapped), so the position follows the token it names: the n-th
 // occurrence of that token in the sent text becomes the n-th in the client's. When the client's
-// text has no such occurrence (the token is the proxy's own, a column of the new shape), the
-// field is dropped: no caret is better than one under the wrong word.
+// text has no such occurrence, the token may be a copy the proxy made: a mirrored write's
+// augment computes the new columns from the client's values, and Postgres, checking a cast of a
+// literal there first, reports the copy. A literal or parameter the client's text holds exactly
+// once is that one. Otherwise (the token is the proxy's own, a column of the new shape) the field
+// is dropped: no caret is better than one under the wrong word.
 func (r *rewriteText) mapErrorPosition(body []byte) []byte {
 	fields, ok := responseFields(body)
 	if !ok {
@@ -68,13 +71,15 @@ func (r *rewriteText) mapPosition(pos int) (int, bool) {
 		return 0, false
 	}
 	want := sent[target].norm
+	client := sqlTokens(r.client)
 	nth := 0
 	for _, t := range sent[:target] {
 		if t.norm == want {
 			nth++
 		}
 	}
-	for _, t := range sqlTokens(r.client) {
+	only, count := 0, 0
+	for _, t := range client {
 		if t.norm != want {
 			continue
 		}
@@ -82,6 +87,11 @@ func (r *rewriteText) mapPosition(pos int) (int, bool) {
 			return t.start + 1, true
 		}
 		nth--
+		only = t.start + 1
+		count++
+	}
+	if sent[target].literal && count == 1 {
+		return only, true
 	}
 	return 0, false
 }
@@ -116,12 +126,23 @@ func encodeFields(fields []responseField, sizeHint int) []byte {
 	return append(out, 0)
 }
 
+// isLiteral says whether a scanner token is a constant or a parameter.
+func isLiteral(t pg_query.Token) bool {
+	switch t {
+	case pg_query.Token_SCONST, pg_query.Token_USCONST, pg_query.Token_ICONST, pg_query.Token_FCONST,
+		pg_query.Token_BCONST, pg_query.Token_XCONST, pg_query.Token_PARAM:
+		return true
+	}
+	return false
+}
+
 // sqlToken is one lexical token: where it starts (in characters, as Postgres counts positions),
 // how many characters it spans, and the form two tokens are compared in (names and keywords
 // folded to lower case unless quoted, as Postgres folds them).
 type sqlToken struct {
 	start, runes int
 	norm         string
+	literal      bool // a constant or a parameter ($n)
 }
 
 // sqlTokens splits SQL into tokens with Postgres's own scanner, comments left out. It runs only
@@ -147,7 +168,7 @@ func sqlTokens(sql string) []sqlToken {
 			text = strings.ToLower(text)
 		}
 		n := utf8.RuneCountInString(text)
-		toks = append(toks, sqlToken{start: chars, runes: n, norm: text})
+		toks = append(toks, sqlToken{start: chars, runes: n, norm: text, literal: isLiteral(t.Token)})
 		chars, at = chars+n, end
 	}
 	return toks

@@ -45,6 +45,21 @@ func TestMapErrorPosition(t *testing.T) {
 	if string(out) != "SERROR\x00C22P02\x00Mbad\x00P9\x00\x00" {
 		t.Fatalf("mapped body %q", out)
 	}
+	// A copy the augment made of a literal the client wrote once maps to it; a column of the
+	// proxy's own still maps nowhere.
+	r = newRewriteText(
+		"UPDATE orders SET amount = 'x1', amount_cents = ('x1'::numeric(12, 2) * 100)::bigint WHERE id = 3",
+		"UPDATE orders SET amount = 'x1' WHERE id = 3")
+	if got, ok := r.mapPosition(strings.LastIndex(r.sent, "'x1'") + 1); !ok || got != strings.Index(r.client, "'x1'")+1 {
+		t.Fatalf("copied literal: %d %v", got, ok)
+	}
+	if got, ok := r.mapPosition(strings.Index(r.sent, "amount_cents") + 1); ok {
+		t.Fatalf("the proxy's own column mapped to %d", got)
+	}
+	r = newRewriteText("SELECT 'a', 'a' || x", "SELECT 'a', 'b'")
+	if got, ok := r.mapPosition(strings.LastIndex(r.sent, "'a'") + 1); !ok || got != 8 {
+		t.Fatalf("second copy of a literal the client wrote once: %d %v", got, ok)
+	}
 	if newRewriteText("same", "same") != nil {
 		t.Fatal("a text sent as written needs no mapping")
 	}

@@ -47,6 +47,10 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 		"UPDATE users SET full_name = 'Zoë Ünal', active = 'maybe' WHERE id = 1",      // characters, not bytes
 		"/* app */ UPDATE users SET tier = 'platinum' WHERE id = 1 AND active = 'no'", // two literals, the first fails
 		"INSERT INTO users (email, full_name, active) VALUES ('a@b', 'A B', 'maybe')",
+		// The augment casts a copy of the literal, and Postgres reports the copy: the position
+		// of the client's one such literal.
+		"UPDATE orders SET amount = 'x1' WHERE id = 3",
+		"INSERT INTO orders (user_id, amount, status, note) VALUES (8, 'abc', 'cancelled', 'Alan  Turing') RETURNING id, amount",
 		"SELECT full_name FROM users WHERE id = 'abc'",            // read routed to the new shape
 		"SELECT email FROM users WHERE id = 1 AND tier = 'gold '", // an enum literal of the read
 	} {
