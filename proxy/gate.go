@@ -315,7 +315,7 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 
 // gateOnServer decides what happens to one server message while a gate is open. It returns the
 // type to forward now (0: held or dropped). Holds mu.
-func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head expected, effect responseEffect, batchEnded bool) byte {
+func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *expected, effect responseEffect, batchEnded bool) byte {
 	if g.failed {
 		if origTyp == 'A' || origTyp == 'S' {
 			return typ
@@ -396,7 +396,7 @@ func (g *gate) failure() []byte {
 // passthrough write's mirrored form), with the migrations it serves; "" for the client's own
 // form. Only a new form's failure is re-run; an error of the client's own statement is the
 // client's.
-func newFormOf(e expected, g *gate) (kind string, migrations []string) {
+func newFormOf(e *expected, g *gate) (kind string, migrations []string) {
 	of := func(o *observation) (string, []string) {
 		switch {
 		case o == nil:

@@ -599,10 +599,6 @@ var errClientWrite = errors.New("write to client failed")
 func (s *session) onServerMessage(typ byte, body []byte) error {
 	s.mu.Lock()
 	ref := s.fifo.headRef()
-	var head expected
-	if ref != nil {
-		head = *ref
-	}
 	origTyp, origBody := typ, body
 	if ref != nil {
 		if origTyp == 't' && ref.describes != nil {
@@ -643,21 +639,24 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			s.txStatus = body[0]
 		}
 	case '3':
-		if head.rec != nil {
-			head.rec.closed = true
+		if ref != nil && ref.rec != nil {
+			ref.rec.closed = true
 		}
-		if head.closes != nil {
-			head.closes.sent = false // gone from the server: prepared again if its statement returns
+		if ref != nil && ref.closes != nil {
+			ref.closes.sent = false // gone from the server: prepared again if its statement returns
 		}
 	case '1':
-		if head.variant != nil {
-			head.variant.confirmed = true
+		if ref == nil {
+			break
 		}
-		if head.rec != nil {
-			head.rec.parsed = true
+		if ref.variant != nil {
+			ref.variant.confirmed = true
 		}
-		if head.parses != nil {
-			head.parses.confirmed = true
+		if ref.rec != nil {
+			ref.rec.parsed = true
+		}
+		if ref.parses != nil {
+			ref.parses.confirmed = true
 		}
 	case 'C', 'I', 's':
 		if ref != nil {
@@ -671,8 +670,18 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 			s.completed(ref, origBody)
 		}
 	}
+	// head is the FIFO's head entry; one this message completes is copied before it leaves the
+	// FIFO (the gate still looks at it). Most messages (rows) complete nothing: no copy.
+	head := ref
+	if head == nil {
+		head = &expected{}
+	}
 	batchEnded := false
 	effect := effectOf(origTyp, head.kind)
+	if effect != effNone && ref != nil {
+		popped := *ref
+		head = &popped
+	}
 	switch effect {
 	case effPop:
 		batchEnded = head.batchEnd
