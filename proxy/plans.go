@@ -48,6 +48,9 @@ type stmtInfo struct {
 	// exists (a passthrough write that was re-run).
 	routed, original bool
 	sqlPrepared      bool // created by a SQL PREPARE of a mirrored write (executed by EXECUTE)
+	// executes: the text is an EXECUTE of this SQL-prepared statement, which the session
+	// resolves at each Bind (executedWrite): it answers as that statement's form does.
+	executes string
 	// confirmed: the server answered its Parse with ParseComplete. Until then a pipelined Bind
 	// cannot know whether the server holds this text under the name (the Parse may yet fail
 	// or be skipped), so it binds the client's own name (planBind). Guarded by session.mu.
@@ -246,8 +249,13 @@ func (s *session) planExecute(body []byte, e expected) error {
 	// Postgres marks the implicit transaction a pipeline once a statement other than transaction
 	// control completes in it (XACT_FLAGS_PIPELINING); DISCARD ALL commits at once.
 	s.pipelining = !ch.DiscardAll && !controlsTransaction(ch.Settings)
+	e.created = ch.Prepared
 	p := s.portals[string(portal)]
 	ranBefore := false
+	if p != nil && p.info != nil && p.info.plan != nil && p.info.plan.Prepare != nil {
+		pw := p.info.plan.Prepare
+		e.prepares = []*stmtInfo{{name: pw.Name, plan: pw.Statement, query: pw.Statement.SQL, path: p.info.path, role: p.info.role, sqlPrepared: true}}
+	}
 	if p != nil {
 		e.write = captureOf(p.write)
 		if e.write != nil && e.write.CountOnly {
@@ -603,6 +611,55 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 	return out
 }
 
+// executedName returns the name of the SQL-prepared statement a protocol statement's text
+// EXECUTEs, when the session has prepared a mirrored write in SQL ("" otherwise, without parsing).
+func (s *session) executedName(sql string) string {
+	s.mu.Lock()
+	prepared := s.sqlPrepared
+	s.mu.Unlock()
+	if !prepared || !containsFold(sql, "execute") {
+		return ""
+	}
+	if names := router.ExecutedNames(sql); len(names) == 1 {
+		return names[0]
+	}
+	return ""
+}
+
+// executedWrite resolves an EXECUTE statement to the SQL-prepared mirrored write it runs now
+// (nil if it runs none: the name was deallocated, or prepares something else).
+func (s *session) executedWrite(info *stmtInfo) *stmtInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.executedWriteLocked(info)
+}
+
+// executedWriteLocked is executedWrite holding mu.
+func (s *session) executedWriteLocked(info *stmtInfo) *stmtInfo {
+	if info.executes == "" {
+		return nil
+	}
+	if x := s.stmts[info.executes]; x != nil && x.sqlPrepared && x.writeForm() != nil {
+		return x
+	}
+	return nil
+}
+
+// containsFold reports whether s contains the lower-case ASCII word w in any case, without
+// allocating.
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		j := 0
+		for j < len(w) && s[i+j]|0x20 == w[j] {
+			j++
+		}
+		if j == len(w) {
+			return true
+		}
+	}
+	return false
+}
+
 // applySetting applies one change to the search_path or the role; savepoints scope both.
 func applySetting(path *settingState, role *userState, c router.SettingChange) {
 	switch c.Setting {
@@ -870,6 +927,12 @@ func (s *session) planParse(body []byte, e expected) error {
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && (len(plan.Statements[0].Migrations) > 0 || msg.Name != "") {
 		st := plan.Statements[0]
 		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role}
+	} else if name := s.executedName(msg.Query); name != "" {
+		st := &router.StatementPlan{SQL: msg.Query}
+		if plan != nil && len(plan.Statements) == 1 {
+			st = plan.Statements[0]
+		}
+		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role, executes: name}
 	}
 	s.mu.Lock()
 	if _, exists := s.names[msg.Name]; exists && msg.Name != "" {
@@ -917,6 +980,11 @@ func (s *session) planParse(body []byte, e expected) error {
 		return out[headerLen:]
 	}
 	switch {
+	case st.Prepare != nil:
+		// A SQL PREPARE of a mirrored write, sent as a protocol statement: it prepares the
+		// mirrored form when executed (planExecute records it then).
+		e.rewrite = newRewriteText(st.Prepare.SQL, msg.Query)
+		return s.emit('P', sendAs(st.Prepare.SQL), e, rec)
 	case st.Write != nil:
 		e.write = captureOf(st.Write)
 		e.rewrite = newRewriteText(st.Write.SQL, msg.Query)
@@ -980,6 +1048,10 @@ func (s *session) planBind(body []byte, e expected) error {
 	st := info.plan
 	p := &portalInfo{info: info, route: "old"}
 	switch {
+	case info.executes != "":
+		if x := s.executedWrite(info); x != nil {
+			p.info, p.route, p.write = x, "write", x.writeForm()
+		}
 	case st.Write != nil:
 		p.route, p.write = "write", info.writeForm()
 	case st.Read != nil && info.name == "":
@@ -1181,6 +1253,9 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		rec.info = info
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
+			if x := s.executedWriteLocked(info); x != nil {
+				e.write = captureOf(x.writeForm())
+			}
 			e.describes = info
 		} else if typ == 'C' {
 			// A Close skipped after an earlier error leaves the statement prepared: its record

@@ -818,7 +818,7 @@ func (s *session) completed(e *expected, errBody []byte) {
 			}
 		}
 	}
-	if e.kind == reqQuery && errBody == nil {
+	if (e.kind == reqQuery || e.kind == reqExecute) && errBody == nil {
 		for _, p := range e.created {
 			if p.Statement == e.stmt {
 				if s.names == nil {
@@ -828,7 +828,7 @@ func (s *session) completed(e *expected, errBody []byte) {
 			}
 		}
 	}
-	if e.kind == reqQuery && errBody == nil && e.stmt < len(e.prepares) {
+	if (e.kind == reqQuery || e.kind == reqExecute) && errBody == nil && e.stmt < len(e.prepares) {
 		if info := e.prepares[e.stmt]; info != nil {
 			info.confirmed = true
 			s.stmts[info.name] = info

@@ -376,3 +376,64 @@ func TestDualWritesSQLPrepare(t *testing.T) {
 	}
 	assertShapesAgree(t, conn)
 }
+
+// TestDualWritesSQLPrepareExtended: PREPARE and EXECUTE sent as protocol statements (what JDBC
+// does with a plain Statement): the PREPARE prepares the mirrored form, and an EXECUTE, unnamed or
+// named, answers as the client's statement would (an update count, no rows), Describe included.
+func TestDualWritesSQLPrepareExtended(t *testing.T) {
+	p, dsn := migratedProxy(t, "dual_sql_prepare_ext")
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	pc := conn.PgConn()
+	execParams := func(sql string) *pgconn.Result {
+		t.Helper()
+		res := pc.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+		if res.Err != nil {
+			t.Fatalf("%s: %v", sql, res.Err)
+		}
+		return res
+	}
+	name := func(id int) string {
+		t.Helper()
+		var first, last string
+		if err := conn.QueryRow(ctx, "SELECT first_name, coalesce(last_name, '') FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil {
+			t.Fatal(err)
+		}
+		return first + "/" + last
+	}
+	mirroredBefore := max(gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}), 0)
+
+	if res := execParams("PREPARE ep (text, bigint) AS UPDATE users SET full_name = $1 WHERE id = $2"); res.CommandTag.String() != "PREPARE" {
+		t.Fatalf("prepare: %s", res.CommandTag)
+	}
+	res := execParams("EXECUTE ep('Ext Ended', 5)")
+	if res.CommandTag.String() != "UPDATE 1" || len(res.FieldDescriptions) != 0 || len(res.Rows) != 0 || name(5) != "Ext/Ended" {
+		t.Fatalf("unnamed EXECUTE: %s, fields %v, rows %v, users_v2 %s", res.CommandTag, res.FieldDescriptions, res.Rows, name(5))
+	}
+	sd, err := pc.Prepare(ctx, "exec_ep", "EXECUTE ep('Named Exec', 6)", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sd.Fields) != 0 {
+		t.Fatalf("Describe of a named EXECUTE of a write: fields %v, want none", sd.Fields)
+	}
+	if tag, err := pc.ExecPrepared(ctx, "exec_ep", nil, nil, nil).Close(); err != nil || tag.String() != "UPDATE 1" || name(6) != "Named/Exec" {
+		t.Fatalf("named EXECUTE: %v %v, users_v2 %s", tag, err, name(6))
+	}
+	// INSERT ... RETURNING, prepared and executed through the protocol, answers its own rows.
+	execParams("PREPARE ei AS INSERT INTO users (full_name, email) VALUES ($1, $2) RETURNING id, full_name")
+	res = execParams("EXECUTE ei('Ext Inserted', 'ext-ins@example.com')")
+	if res.CommandTag.String() != "INSERT 0 1" || len(res.Rows) != 1 || string(res.Rows[0][1]) != "Ext Inserted" || len(res.FieldDescriptions) != 2 {
+		t.Fatalf("EXECUTE of INSERT RETURNING: %s %v %v", res.CommandTag, res.FieldDescriptions, res.Rows)
+	}
+	// DEALLOCATE through the protocol drops it: the EXECUTE fails as on Postgres.
+	execParams("DEALLOCATE ep")
+	if err := pc.ExecParams(ctx, "EXECUTE ep('Gone', 5)", nil, nil, nil, nil).Read().Err; err == nil {
+		t.Fatal("EXECUTE after DEALLOCATE succeeded")
+	}
+	mirrored := gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}) - mirroredBefore
+	if mirrored != 3 {
+		t.Fatalf("%v mirrored writes counted, want 3", mirrored)
+	}
+	assertShapesAgree(t, conn)
+}
