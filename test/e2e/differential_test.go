@@ -669,7 +669,23 @@ func (o *diffObs) result(rr *pgconn.ResultReader) {
 		o.err("result", err)
 		return
 	}
+	o.writeRowsUnordered(tag.String())
 	o.line("tag %q", tag.String())
+}
+
+// writeRowsUnordered sorts the rows just recorded when tag ends a write: RETURNING rows come in
+// the order the write found them, which follows where rows sit in the table, and the proxied
+// database's tables may be laid out differently (a re-run batch's rolled-back rows take room).
+func (o *diffObs) writeRowsUnordered(tag string) {
+	verb, _, _ := strings.Cut(tag, " ")
+	if verb != "INSERT" && verb != "UPDATE" && verb != "DELETE" && verb != "MERGE" {
+		return
+	}
+	from := len(o.strict)
+	for from > 0 && strings.HasPrefix(o.strict[from-1], "row ") {
+		from--
+	}
+	slices.Sort(o.strict[from:]) // rows carry no soft text
 }
 
 func (o *diffObs) description(sd *pgconn.StatementDescription) {
@@ -693,6 +709,7 @@ func (o *diffObs) message(msg pgproto3.BackendMessage) {
 	case *pgproto3.DataRow:
 		o.row(m.Values)
 	case *pgproto3.CommandComplete:
+		o.writeRowsUnordered(string(m.CommandTag))
 		o.line("CommandComplete %q", m.CommandTag)
 	case *pgproto3.ErrorResponse:
 		o.err("ErrorResponse", pgconn.ErrorResponseToPgError(m))
@@ -1452,6 +1469,7 @@ func batchStep(sts []diffStmt, mode pgx.QueryExecMode) diffStep {
 			if err := rows.Err(); err != nil {
 				o.err("batch rows", err)
 			} else {
+				o.writeRowsUnordered(rows.CommandTag().String())
 				o.line("tag %q", rows.CommandTag().String())
 			}
 		}
