@@ -353,7 +353,11 @@ func substitute(expr *pg_query.Node, values map[string]*pg_query.Node) *pg_query
 	return out
 }
 
-// isVolatile reports whether an expression may change value when evaluated twice.
+// isVolatile reports whether an expression may change value when evaluated twice in one
+// statement. A subquery may: every subquery of a statement reads the same snapshot, which does not
+// show the statement's own changes, so it gives the same answer twice unless it calls a volatile
+// function or takes rows in no defined order (LIMIT without ORDER BY: a synchronized scan may
+// start elsewhere the second time).
 func isVolatile(expr *pg_query.Node) bool {
 	found := false
 	walkNodes(expr, func(n *pg_query.Node) bool {
@@ -361,12 +365,39 @@ func isVolatile(expr *pg_query.Node) bool {
 		case *pg_query.Node_FuncCall:
 			name := x.FuncCall.Funcname[len(x.FuncCall.Funcname)-1].GetString_().GetSval()
 			found = volatileFunctions[name]
-		case *pg_query.Node_SubLink:
-			found = true // a subquery may read what the statement changes
+		case *pg_query.Node_SelectStmt:
+			found = limitsUnordered(x.SelectStmt)
 		}
 		return !found
 	})
 	return found
+}
+
+// limitsUnordered reports whether a SELECT takes some of its rows (LIMIT, OFFSET, FETCH FIRST)
+// without ORDER BY: which rows is then up to the plan and where scans start.
+func limitsUnordered(sel *pg_query.SelectStmt) bool {
+	return (sel.LimitCount != nil || sel.LimitOffset != nil) && len(sel.SortClause) == 0
+}
+
+// unstable reports why a read's answer may differ between two runs over the same data: a volatile
+// function, or a LIMIT without ORDER BY anywhere in it. Comparing its old and new forms would
+// report mismatches that are not the migration's ("" when it is stable).
+func unstable(stmt *pg_query.Node) string {
+	reason := ""
+	walkNodes(stmt, func(n *pg_query.Node) bool {
+		switch x := n.Node.(type) {
+		case *pg_query.Node_FuncCall:
+			if volatileFunctions[x.FuncCall.Funcname[len(x.FuncCall.Funcname)-1].GetString_().GetSval()] {
+				reason = "volatile_function"
+			}
+		case *pg_query.Node_SelectStmt:
+			if limitsUnordered(x.SelectStmt) {
+				reason = "limit_without_order"
+			}
+		}
+		return reason == ""
+	})
+	return reason
 }
 
 // planTruncate adds the other shape of a new-table migration to a TRUNCATE of one shape.

@@ -73,6 +73,9 @@ type ReadForm struct {
 	Flags []string `json:"flags"`
 	// Ordered: the statement's top level has ORDER BY, so row order is part of its answer.
 	Ordered bool `json:"ordered"`
+	// Unstable says why the read's answer may differ between two runs over the same data (a
+	// volatile function, LIMIT without ORDER BY): it is not compared ("" when it is stable).
+	Unstable string `json:"unstable,omitempty"`
 	// OldSQL, when set, is the old form a comparison runs instead of the client's text.
 	OldSQL string `json:"old_sql,omitempty"`
 }

@@ -206,7 +206,7 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 	}
 	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstable(raw.Stmt)}
 	return st
 }
 
@@ -242,7 +242,7 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 		return nil
 	}
 	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0
-	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered}
+	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered, Unstable: unstable(clone)}
 }
 
 // planPrepare plans `PREPARE name AS <write>`: the write is planned as if sent alone, and when it

@@ -242,6 +242,28 @@ func TestLockingReadCompareForm(t *testing.T) {
 	}
 }
 
+// TestUnstableReadsAreNotCompared: a read whose answer may change between two runs over the same
+// data is routed, but marked so that no comparison reports its differences as the migration's.
+func TestUnstableReadsAreNotCompared(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	for sql, want := range map[string]string{
+		"SELECT * FROM users LIMIT 2":                                             "limit_without_order",
+		"SELECT * FROM users ORDER BY id LIMIT 2":                                 "",
+		"SELECT full_name FROM users WHERE id IN (SELECT id FROM users OFFSET 3)": "limit_without_order",
+		"SELECT full_name, random() FROM users WHERE id = 1":                      "volatile_function",
+		"SELECT full_name FROM users WHERE id = 1":                                "",
+	} {
+		st := p.Plan(cat, "public", "u", sql).Statements[0]
+		if st.Read == nil {
+			t.Fatalf("%s: not routed", sql)
+		}
+		if st.Read.Unstable != want {
+			t.Errorf("%s: unstable %q, want %q", sql, st.Read.Unstable, want)
+		}
+	}
+}
+
 // TestProjectionCastsOnlyWhatDiffers: a new column of exactly the old type and modifier is read
 // as it is; another modifier, another type or an expression gets the cast to the old type, unless
 // the expression ends in that very cast.

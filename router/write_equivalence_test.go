@@ -42,8 +42,9 @@ var unmirroredWrites = map[string]string{
 	"UPDATE users SET (email, active) = ('multi@example.com', false) WHERE id = 800002":            router.ReasonMultiAssignment,
 	"WITH pgcanary_w AS (SELECT 1) DELETE FROM users WHERE id = -1":                                router.ReasonNameClash,
 	// A derived column would evaluate the assigned expression a second time.
-	"UPDATE orders SET amount = random() * 100 WHERE id = 71":                   router.ReasonVolatile,
-	"UPDATE orders SET amount = (SELECT max(amount) FROM orders) WHERE id = 72": router.ReasonVolatile,
+	"UPDATE orders SET amount = random() * 100 WHERE id = 71":                                    router.ReasonVolatile,
+	"UPDATE orders SET amount = (SELECT amount FROM orders WHERE id > 72 LIMIT 1) WHERE id = 72": router.ReasonVolatile,
+	"UPDATE orders SET amount = (SELECT max(amount) * random() FROM orders) WHERE id = 72":       router.ReasonVolatile,
 	// RETURNING that the captured rows cannot answer: no system columns in a CTE, its whole row is
 	// a record, and a schema-qualified column cannot name it.
 	"INSERT INTO users (full_name, email) VALUES ('Upsert Idiom', 'user9@example.com'), ('Upsert New', 'w15@example.com') ON CONFLICT (email) DO UPDATE SET full_name = EXCLUDED.full_name RETURNING email, (xmax = 0) AS inserted": router.ReasonSystemColumn,

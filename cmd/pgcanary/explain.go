@@ -171,7 +171,10 @@ func writeExplain(w io.Writer, database string, plan *router.Plan) {
 		if r := st.Read; r != nil {
 			fmt.Fprintf(w, "  routed: by flag %s; old form: the statement as written\n", strings.Join(r.Flags, ", "))
 			fmt.Fprintf(w, "  new-shape form: %s\n", r.SQL)
-			if r.Ordered {
+			switch {
+			case r.Unstable != "":
+				fmt.Fprintf(w, "  comparisons: never (unstable: %s; its answer may differ between runs)\n", r.Unstable)
+			case r.Ordered:
 				fmt.Fprintln(w, "  comparisons: row order counts (top-level ORDER BY)")
 			}
 		}

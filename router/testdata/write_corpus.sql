@@ -146,6 +146,9 @@ INSERT INTO orders (id, user_id, amount, amount_cents) VALUES (4, 1, 1, 100) ON 
 -- ===== orders: unmirrored as expected, or needing no mirror =====
 UPDATE orders SET amount = random() * 100 WHERE id = 71
 UPDATE orders SET amount = (SELECT max(amount) FROM orders) WHERE id = 72
+UPDATE orders SET amount = (SELECT amount FROM orders WHERE id > 72 LIMIT 1) WHERE id = 72
+UPDATE orders SET amount = (SELECT max(amount) * random() FROM orders) WHERE id = 72
+INSERT INTO orders (user_id, amount) VALUES (1, (SELECT min(amount) FROM orders WHERE amount > 0))
 INSERT INTO orders VALUES (DEFAULT, 4, 3.21) RETURNING id, amount_cents
 WITH up AS (UPDATE orders SET amount = 1 WHERE id = 73 RETURNING id) SELECT count(*) FROM up
 UPDATE orders SET status = 'cancelled' WHERE id = 74
