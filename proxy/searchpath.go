@@ -184,11 +184,15 @@ type confirmedSettings struct {
 // command tag reports. It reports whether a transaction end changed the state (the projection,
 // which does not foresee transaction ends, must then be made again).
 func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte) (ended bool) {
-	rollbackTo := false
+	rollbackTo, ending, chain := false, false, false
 	for _, ch := range changes {
 		switch ch.Op {
-		case router.ChangeBegin, router.ChangeCommit, router.ChangeRollback:
+		case router.ChangeCommit, router.ChangeRollback:
+			ending = true
 			continue // the tag says how the transaction ended (COMMIT of a failed one rolls back)
+		case router.ChangeBegin:
+			chain = chain || ending // COMMIT or ROLLBACK AND CHAIN: a new transaction is open
+			continue
 		}
 		applySetting(&c.path, &c.role, ch)
 		rollbackTo = rollbackTo || ch.Op == router.ChangeRollbackTo
@@ -201,9 +205,13 @@ func (c *confirmedSettings) complete(changes []router.SettingChange, tag []byte)
 	case bytes.Equal(tag, tagBegin), bytes.Equal(tag, tagStart):
 		c.inTx = true
 	case bytes.Equal(tag, tagCommit), bytes.Equal(tag, tagPrepare):
-		return c.end(true) // COMMIT of a failed transaction answers ROLLBACK
+		ended = c.end(true) // COMMIT of a failed transaction answers ROLLBACK
+		c.inTx = chain
+		return ended
 	case bytes.Equal(tag, tagRollback) && !rollbackTo: // ROLLBACK TO answers ROLLBACK too
-		return c.end(false)
+		ended = c.end(false)
+		c.inTx = chain
+		return ended
 	case bytes.Equal(tag, tagDiscardAll):
 		return c.end(true)
 	}

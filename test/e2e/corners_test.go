@@ -506,6 +506,27 @@ func diffCorners() []diffCorner {
 			},
 		},
 		{
+			// COMMIT AND CHAIN of a failed transaction that had set search_path rolls it back
+			// and starts another, where SET LOCAL search_path holds: a read then means the
+			// relation the path finds.
+			name: "set_local_after_commit_and_chain_of_failed_transaction",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("BEGIN"),
+				simpleStep("SET LOCAL search_path TO public"),
+				simpleStep("SELECT 1/0"),
+				rawStep("COMMIT AND CHAIN", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "/* c */ COMMIT AND CHAIN"}, textBind("", ""), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SET LOCAL search_path TO app, public"),
+				rawStep("a read under the local path", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT count(*), max(full_name) FROM users WHERE id > $1"}, textBind("", "", "1"),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("COMMIT"),
+			},
+		},
+		{
 			// A variant prepared in a batch that then fails is skipped with it; a routed Bind of
 			// the next batch, pipelined behind, must not count on it.
 			name: "variant_prepared_in_failing_batch",
