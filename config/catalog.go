@@ -202,6 +202,10 @@ func LoadRelation(ctx context.Context, conn *pgx.Conn, name string) (*Relation, 
 // MigrationCatalog is the live catalog of one migration's relations.
 type MigrationCatalog struct {
 	Old, New *Relation
+	// Stale says how the live relations changed since this catalog was read, when the
+	// configuration does not validate against them (drift.go): the migration's reads are not
+	// routed then. "" when the catalog is current.
+	Stale string
 }
 
 // Catalog is the live catalog of every migration, by migration name.

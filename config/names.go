@@ -62,7 +62,7 @@ func RefreshNames(ctx context.Context, gen *Generation, connect Connector) (*Gen
 			}
 			next = &g
 		}
-		updated := &MigrationCatalog{Old: withNames(mc.Old, oldSchemas), New: withNames(mc.New, newSchemas)}
+		updated := &MigrationCatalog{Old: withNames(mc.Old, oldSchemas), New: withNames(mc.New, newSchemas), Stale: mc.Stale}
 		if mc.Old == mc.New { // a same-table migration: one relation
 			updated.New = updated.Old
 		}

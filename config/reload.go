@@ -139,10 +139,16 @@ type Reloader struct {
 	// OnSwap, when set, runs after each new generation is installed (live settings such as the
 	// log level).
 	OnSwap func(*Generation)
-	mu     sync.Mutex    // one reload at a time
-	poke   chan struct{} // DDL seen: read relation names again soon (names.go)
+	// RecheckEvery is how often Watch compares the file's content and reads relation names and
+	// columns again (0: every 5 s).
+	RecheckEvery time.Duration
+	mu           sync.Mutex    // one reload at a time
+	poke         chan struct{} // DDL seen: read relation names again soon (names.go)
 	// namesFailing: the last reading of relation names failed (Watch's goroutine only).
 	namesFailing bool
+	// drift: the schema change (drift.go) the last reload attempt answered, so that a change the
+	// file does not validate against is not loaded again every few seconds. Guarded by mu.
+	drift string
 }
 
 // NewReloader returns a reloader for store. Call Reload once to load the first generation.
@@ -202,6 +208,7 @@ func (r *Reloader) Reload(ctx context.Context, reason string) error {
 		gen.Number = cur.Number + 1
 		restartOnly(cur.Config, gen.Config, r.log)
 	}
+	r.drift = ""
 	r.install(gen)
 	for _, w := range gen.Warnings {
 		r.log.Warn(w.String())
@@ -253,10 +260,61 @@ const recheckEvery = 5 * time.Second
 // statement's transaction usually commits by then.
 const namesAfterDDL = 250 * time.Millisecond
 
+// CheckDrift loads the configuration again when the columns of the migrated relations changed
+// since the running generation loaded (drift.go). When it does not validate against them, the
+// drifted migrations are marked stale in a copy of the running generation: their reads stay on
+// the old shape (their writes are still mirrored as planned) until the configuration validates
+// again, or the columns are back as they were.
+func (r *Reloader) CheckDrift(ctx context.Context) error {
+	cur := r.store.Current()
+	if cur == nil || len(cur.Catalog) == 0 {
+		return nil
+	}
+	drift, err := DetectDrift(ctx, cur, r.loader.connector(cur.Config))
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	key := fmt.Sprint(drift) // fmt prints maps in key order
+	retry := len(drift) > 0 && key != r.drift
+	r.drift = key
+	r.mu.Unlock()
+	if retry {
+		r.log.Warn("the migrated relations' columns changed: loading the configuration again", "changes", key)
+		if r.Reload(ctx, "schema changed") == nil {
+			return nil
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur = r.store.Current()
+	want := map[string]string{}
+	for name := range cur.Catalog {
+		want[name] = drift[name]
+	}
+	next := WithStale(cur, want)
+	if next == nil {
+		return nil
+	}
+	next.Number = cur.Number + 1
+	r.install(next)
+	for _, name := range sortedKeys(want) {
+		if why := want[name]; why != "" {
+			r.log.Error("a migration's live schema changed and the configuration does not validate against it: its reads stay on the old shape until it does", "migration", name, "change", why)
+		} else if cur.Catalog[name].Stale != "" {
+			r.log.Info("a migration's live schema matches its catalog again: its reads are routed again", "migration", name)
+		}
+	}
+	return nil
+}
+
 // refreshNames runs RefreshNames, logging the first failure of a streak and the recovery (it runs
 // every few seconds: a side database that is down must not flood the log).
 func (r *Reloader) refreshNames(ctx context.Context) {
 	err := r.RefreshNames(ctx)
+	if err == nil {
+		err = r.CheckDrift(ctx)
+	}
 	switch {
 	case err != nil && ctx.Err() == nil && !r.namesFailing:
 		r.namesFailing = true
@@ -291,7 +349,11 @@ func (r *Reloader) Watch(ctx context.Context, signals <-chan os.Signal, debounce
 	// A change made between the first load and the watch went unseen; and inotify can drop events
 	// (queue overflow). Comparing the content now and then costs a read and a hash.
 	r.recheck(ctx)
-	recheck := time.NewTicker(recheckEvery)
+	every := r.RecheckEvery
+	if every <= 0 {
+		every = recheckEvery
+	}
+	recheck := time.NewTicker(every)
 	defer recheck.Stop()
 	var timer, names, namesAgain <-chan time.Time
 	for {

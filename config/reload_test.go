@@ -531,6 +531,7 @@ migrations:
 		path, lineOf(t, yaml, "extra:"))
 
 	rig := newReloadRig(t, path)
+	rig.r.RecheckEvery = time.Hour // only SIGHUP reloads here, not the schema drift check
 	err := rig.r.Reload(context.Background(), "start")
 	if err == nil || !strings.Contains(err.Error(), wantFinding) {
 		t.Fatalf("initial reload before the column exists: %v\nwant %q", err, wantFinding)
@@ -645,4 +646,73 @@ func TestReloadConcurrentReaders(t *testing.T) {
 	if got := rig.generation(t); got != 1+writers*each {
 		t.Fatalf("pgcanary_config_generation = %v, want %d", got, 1+writers*each)
 	}
+}
+
+// TestReloadSchemaDrift: a column added to a migrated relation behind the configuration's back
+// is noticed by Watch. When the file still validates, a fresh generation lists the column; when it
+// does not (an old column with no read mapping), the migration is marked stale, and unmarked when
+// the column goes away again.
+func TestReloadSchemaDrift(t *testing.T) {
+	db := createDB(t, "reload_drift")
+	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists reload_drift with (force)") })
+	run := func(sql string) {
+		t.Helper()
+		conn, err := config.DSNConnector(superDSN(db))(context.Background(), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	run(`create table notes (id int primary key, body text not null);
+	      create table notes_v2 (id int primary key, body text not null)`)
+	path := filepath.Join(t.TempDir(), "pgcanary.yaml")
+	writeFile(t, path, fmt.Sprintf(`side_dsn: %s
+migrations:
+  - name: notes-copy
+    database: %s
+    old: notes
+    new: notes_v2
+    key: [id]
+`, superDSN(db), db))
+	rig := newReloadRig(t, path)
+	rig.r.RecheckEvery = 100 * time.Millisecond
+	if err := rig.r.Reload(context.Background(), "start"); err != nil {
+		t.Fatal(err)
+	}
+	rig.watch(t)
+
+	// A column of the new table alone: the file still validates, and the catalog is read again.
+	run("alter table notes_v2 add column extra text")
+	waitFor(t, "a generation whose catalog lists notes_v2.extra", func() bool {
+		_, ok := rig.store.Current().Catalog["notes-copy"].New.Column("extra")
+		return ok
+	})
+	if s := rig.store.Current().Catalog["notes-copy"].Stale; s != "" {
+		t.Fatalf("a valid reload is marked stale: %s", s)
+	}
+
+	// A column of the old table that nothing maps: the file no longer validates.
+	run("alter table notes add column nickname text")
+	waitFor(t, "the migration marked stale", func() bool { return rig.store.Current().Catalog["notes-copy"].Stale != "" })
+	cur := rig.store.Current()
+	if want := "public.notes: column nickname added"; cur.Catalog["notes-copy"].Stale != want {
+		t.Fatalf("stale %q, want %q", cur.Catalog["notes-copy"].Stale, want)
+	}
+	waitFor(t, "the log names the migration and the change", func() bool {
+		return strings.Contains(rig.log.String(), "migration=notes-copy change=\"public.notes: column nickname added\"")
+	})
+	// The same drift is not loaded again every recheck.
+	time.Sleep(settle)
+	failures := rig.failures(t)
+	time.Sleep(settle)
+	if rig.failures(t) != failures || rig.store.Current() != cur {
+		t.Fatalf("the same drift was reloaded again: failures %v -> %v", failures, rig.failures(t))
+	}
+
+	// The column goes: the catalog matches again, and the mark is lifted.
+	run("alter table notes drop column nickname")
+	waitFor(t, "the stale mark lifted", func() bool { return rig.store.Current().Catalog["notes-copy"].Stale == "" })
 }

@@ -73,6 +73,11 @@ func newCatalog(gen *config.Generation, database string, all bool) *Catalog {
 			mig.oldCols[col.Name] = true
 		}
 		mig.projection, mig.projErr = buildProjection(m, mc)
+		if mc.Stale != "" {
+			// The live columns are not those the projection lists: reading through it would
+			// answer with the old column list. Reads keep the old shape.
+			mig.projection, mig.projErr = nil, fmt.Errorf("the live schema changed (%s) and the configuration does not validate against it", mc.Stale)
+		}
 		if mig.projection != nil {
 			newCols := make([]string, 0, len(mc.New.Columns))
 			for _, col := range mc.New.Columns {

@@ -524,6 +524,73 @@ func TestStatusCommand(t *testing.T) {
 	}
 }
 
+// TestServeSchemaDrift: a column added to a migrated table behind pgcanary's back, which the
+// configuration does not map, stops that migration's routing within seconds: SELECT * answers
+// with the new column, as Postgres does, instead of the new shape's old column list. Dropping the
+// column routes the reads again.
+func TestServeSchemaDrift(t *testing.T) {
+	inDB := loadExamples(t, "schema_drift")
+	dir := t.TempDir()
+	for _, f := range []string{"pgcanary.yaml", "flags.json"} {
+		raw, err := os.ReadFile(filepath.Join(cfgRepoRoot(t), "examples", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "flags.json" {
+			// Every read of users on the new shape, and no comparisons: their mismatches would
+			// drop the canary to 0 % on their own, and this test is about the catalog.
+			raw = []byte(strings.Replace(string(raw), `"defaultVariant": "off",
+      "targeting"`, `"defaultVariant": "all",
+      "targeting"`, 1))
+			raw = []byte(strings.ReplaceAll(string(raw), `"default": 0.1`, `"default": 0`))
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
+	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
+	t.Setenv("PGCANARY_DATABASE", "schema_drift")
+	p := startServeArgs(t, "--config", filepath.Join(dir, "pgcanary.yaml"), "--upstream-sslmode", "disable")
+	ctx := testCtx(t)
+	conn := connectDSN(t, inDB(p.dsn(pgtest.SuperUser, "")))
+	routedNew := func() float64 {
+		_, body := adminGet(t, "http://"+p.admin+"/metrics")
+		return parsePromText(t, body)[`pgcanary_statements_total{kind="read",migration="users-split-name",route="new"}`]
+	}
+	columns := func() int {
+		t.Helper()
+		rows, err := conn.Query(ctx, "SELECT * FROM users WHERE id = 1", pgx.QueryExecModeSimpleProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		return len(rows.FieldDescriptions())
+	}
+	if n := columns(); n != 10 || routedNew() != 1 {
+		t.Fatalf("before: %d columns, %v reads routed new; want 10 and 1", n, routedNew())
+	}
+	direct := connectDSN(t, inDB(cluster.DSN(pgtest.SuperUser, "")))
+	if _, err := direct.Exec(ctx, "ALTER TABLE users ADD COLUMN nickname text DEFAULT 'nick'"); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 15*time.Second, func() bool { return columns() == 11 },
+		func() string { return "SELECT * never showed the added column:\n" + p.log.String() })
+	before := routedNew()
+	columns()
+	if routedNew() != before {
+		t.Fatal("a read of the drifted migration was still routed to the new shape")
+	}
+	if log := p.log.String(); !strings.Contains(log, "public.users: column nickname added") {
+		t.Fatalf("the log does not name the change:\n%s", log)
+	}
+	if _, err := direct.Exec(ctx, "ALTER TABLE users DROP COLUMN nickname"); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 15*time.Second, func() bool { before := routedNew(); columns(); return routedNew() > before },
+		func() string { return "reads were not routed again after the column went:\n" + p.log.String() })
+}
+
 // TestServeSettingsFromEnvironment: each serve flag can come from PGCANARY_<FLAG> (how containers
 // are configured), and a flag on the command line wins over it.
 func TestServeSettingsFromEnvironment(t *testing.T) {
