@@ -872,9 +872,15 @@ func (s *session) completed(e *expected, errBody []byte) {
 	}
 }
 
-// readDone tells the judge how a read ended on its route.
+// readDone tells the judge how a read ended on its route, outside explicit transactions. Holds mu.
+//
+// Inside one, a routed read that fails cannot be re-run in its old form, so nothing tells the new
+// shape's failures from the statement's own: at 100 % an application's own errors would count
+// against the new shape alone (there is no old route to compare with) and drop the canary to 0 %.
+// Such reads count for neither route; a new shape that fails on some rows still shows in the
+// comparisons (error_new mismatches), which sample reads in transactions too.
 func (s *session) readDone(o *observation, failed bool) {
-	if s.srv.shadow == nil || o.route != "old" && o.route != "new" {
+	if s.srv.shadow == nil || o.route != "old" && o.route != "new" || s.conf.inTx {
 		return
 	}
 	for _, m := range o.migrations {

@@ -375,3 +375,62 @@ func TestCanaryComparesLockingReads(t *testing.T) {
 		t.Fatalf("locking reads: %v mismatches, %v errors", comparisons(t, p, "mismatch"), comparisons(t, p, "error"))
 	}
 }
+
+// TestCanaryApplicationErrorsInTransactions: at 100 %, reads that fail on their own (a division
+// by zero the application wrote) inside transactions cannot be re-run in the old form, so they
+// cannot be told from the new shape's failures: they must not count against it, or the canary
+// would fail on the application's bugs. The same errors outside transactions are re-run in the
+// old form, fail there too, and count on both routes.
+func TestCanaryApplicationErrorsInTransactions(t *testing.T) {
+	ff := newFlagFile(t)
+	p, dsn := migratedProxyWith(t, "canary_app_errors", proxyOpts{flags: ff.src, canary: true})
+	ff.set(100)
+	ctx := testCtx(t)
+	conn := connectDSN(t, dsn(pgtest.SuperUser, ""))
+	appErrors := 0
+	for i := range 300 {
+		sql := "SELECT full_name FROM users WHERE id = $1"
+		if i%10 == 0 {
+			sql = "SELECT full_name, 1 / (id - id) FROM users WHERE id = $1"
+		}
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := tx.Query(ctx, sql, 1+i)
+		if err == nil {
+			for rows.Next() {
+			}
+			rows.Close()
+			err = rows.Err()
+		}
+		if err != nil {
+			appErrors++
+			_ = tx.Rollback(ctx)
+			continue
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if appErrors != 30 {
+		t.Fatalf("%d reads failed in transactions, want 30", appErrors)
+	}
+	if v := p.canary.Judge().Verdict(usersMigration); v.Status == "fail" || v.NewReads != 0 {
+		t.Fatalf("reads in transactions were judged: %s, new %d (%d failed), old %d: %v",
+			v.Status, v.NewReads, v.NewErrors, v.OldReads, v.Reasons)
+	}
+	for i := range 60 {
+		if _, err := conn.Exec(ctx, "SELECT full_name, 1 / (id - id) FROM users WHERE id = $1", 1+i); err == nil {
+			t.Fatal("a division by zero succeeded")
+		}
+	}
+	v := p.canary.Judge().Verdict(usersMigration)
+	if v.Status == "fail" || p.canary.Killed(usersMigration) {
+		t.Fatalf("the application's own errors failed the canary: %s %v", v.Status, v.Reasons)
+	}
+	if v.NewReads != 60 || v.NewErrors != 60 || v.OldErrors != 60 {
+		t.Fatalf("judged reads: new %d (%d failed), old %d (%d failed); want the 60 outside transactions on both routes",
+			v.NewReads, v.NewErrors, v.OldReads, v.OldErrors)
+	}
+}
