@@ -407,6 +407,12 @@ func (s *session) planQuery(body []byte, e expected) error {
 			if routed {
 				texts[i], changed = st.Read.SQL, true
 				gateKind, gateMigs = "read", st.Read.Migrations
+				if st.Read.Origins != nil {
+					if e.origins == nil {
+						e.origins = make([][]router.ColumnOrigin, len(plan.Statements))
+					}
+					e.origins[i] = st.Read.Origins
+				}
 			}
 		default:
 			if st.Compare != nil && compare {
@@ -609,6 +615,37 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 		}
 	}
 	return out
+}
+
+// readOrigins returns the origins of a routed read's columns, as a Describe's entry holds them.
+func readOrigins(info *stmtInfo) [][]router.ColumnOrigin {
+	if info.plan == nil || info.plan.Read == nil || info.plan.Read.Origins == nil {
+		return nil
+	}
+	return [][]router.ColumnOrigin{info.plan.Read.Origins}
+}
+
+// setOrigins gives a RowDescription's fields, in place, the table OID and column number the
+// client's text would report for them (router.ReadForm.Origins); an unknown origin keeps the
+// field as it is.
+func setOrigins(body []byte, origins []router.ColumnOrigin) {
+	if len(body) < 2 {
+		return
+	}
+	n := int(binary.BigEndian.Uint16(body))
+	pos := 2
+	for i := 0; i < n; i++ {
+		end := bytes.IndexByte(body[pos:], 0)
+		if end < 0 || pos+end+1+18 > len(body) {
+			return
+		}
+		pos += end + 1
+		if i < len(origins) && origins[i].TableOID != 0 {
+			binary.BigEndian.PutUint32(body[pos:], origins[i].TableOID)
+			binary.BigEndian.PutUint16(body[pos+4:], uint16(origins[i].AttNum))
+		}
+		pos += 18 // table OID, column number, type OID, size, modifier, format
+	}
 }
 
 // executedName returns the name of the SQL-prepared statement a protocol statement's text
@@ -1244,6 +1281,9 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		p := s.portals[string(name)]
 		if typ == 'D' && p != nil {
 			e.write = captureOf(p.write)
+			if p.route == "new" && p.info != nil {
+				e.origins = readOrigins(p.info)
+			}
 		} else if typ == 'C' {
 			delete(s.portals, string(name))
 			delete(s.portalChanges, string(name))
@@ -1253,6 +1293,9 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		rec.info = info
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
+			if info.routed { // an unnamed statement the server holds in its new form
+				e.origins = readOrigins(info)
+			}
 			if x := s.executedWriteLocked(info); x != nil {
 				e.write = captureOf(x.writeForm())
 			}

@@ -607,6 +607,15 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}
+		if origTyp == 'T' && ref.origins != nil {
+			i := 0
+			if ref.kind == reqQuery {
+				i = ref.stmt
+			}
+			if i < len(ref.origins) && ref.origins[i] != nil {
+				setOrigins(body, ref.origins[i])
+			}
+		}
 		if origTyp == 'E' && ref.reword != nil {
 			body = ref.reword
 		} else if origTyp == 'E' && ref.rewrite != nil {

@@ -76,6 +76,10 @@ type ReadForm struct {
 	// Unstable says why the read's answer may differ between two runs over the same data (a
 	// volatile function, LIMIT without ORDER BY): it is not compared ("" when it is stable).
 	Unstable string `json:"unstable,omitempty"`
+	// Origins are the table and column numbers the client's text reports for its output columns
+	// (readOrigins), which the new form's RowDescription gets in place of its own; nil when
+	// none is known.
+	Origins []ColumnOrigin `json:"origins,omitempty"`
 	// OldSQL, when set, is the old form a comparison runs instead of the client's text.
 	OldSQL string `json:"old_sql,omitempty"`
 }

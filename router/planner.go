@@ -190,6 +190,8 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 		return unrewritten(reason)
 	}
+	// Of the client's statement, before the rewrite changes it in place:
+	origins, unstableWhy := readOrigins(raw.Stmt, refs), unstable(raw.Stmt)
 	if !flattenRead(raw.Stmt, refs) {
 		rewriteRead(raw.Stmt, refs)
 	}
@@ -206,7 +208,7 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 	}
 	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstable(raw.Stmt)}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstableWhy, Origins: origins}
 	return st
 }
 
@@ -234,6 +236,7 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 	if err != nil {
 		return nil
 	}
+	unstableWhy := unstable(clone) // before the rewrite changes it in place
 	if !flattenRead(clone, refs) {
 		rewriteRead(clone, refs)
 	}
@@ -242,7 +245,7 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 		return nil
 	}
 	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0
-	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered, Unstable: unstable(clone)}
+	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered, Unstable: unstableWhy}
 }
 
 // planPrepare plans `PREPARE name AS <write>`: the write is planned as if sent alone, and when it

@@ -342,3 +342,35 @@ func TestDoBlockDoesNotHideStatements(t *testing.T) {
 		t.Fatalf("plan of %q: %d statements, the INSERT not mirrored", sql, len(plan.Statements))
 	}
 }
+
+// TestReadOrigins: the origins of a routed read's columns are told for plain references to the
+// old relation's columns (stars of migrated relations expanded), and left unknown (0) for
+// expressions, for other relations' columns, and after a star that cannot be expanded.
+func TestReadOrigins(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	tables := func(os []ColumnOrigin) string {
+		var b strings.Builder
+		for _, o := range os {
+			fmt.Fprint(&b, o.TableOID)
+		}
+		return b.String()
+	}
+	for sql, want := range map[string]string{
+		"SELECT * FROM users WHERE id = 1":                                                    "111111",
+		"SELECT full_name AS n, upper(full_name), u.tier FROM users u":                        "101",
+		"SELECT u.*, o.amount, x.y FROM users u JOIN orders o ON o.user_id = u.id, other.t x": "11111130",
+		"SELECT *, full_name FROM users u JOIN other.t x ON true":                             "111111", // then x's columns: unknown
+		"SELECT id, * FROM users JOIN orders USING (id)":                                      "",
+		"SELECT amount, status FROM orders":                                                   "33",
+		"SELECT 1 FROM users":                                                                 "",
+	} {
+		st := p.Plan(cat, "public", "u", sql).Statements[0]
+		if st.Read == nil {
+			t.Fatalf("%s: not routed", sql)
+		}
+		if got := tables(st.Read.Origins); got != want {
+			t.Errorf("%s: origins %q, want %q", sql, got, want)
+		}
+	}
+}
