@@ -24,13 +24,13 @@ func newRewriteText(sent, client string) *rewriteText {
 
 // mapErrorPosition returns body with its position field ('P', a 1-based character index into the
 // query) moved into the client's text. The proxy's forms keep the client's tokens in their order
-// (a deparse of its statement, wrapped), so the position follows the token it names: the n-th
-// occurrence of that token in the sent text becomes the n-th in the client's. When the client's
-// text has no such occurrence, the token may be a copy the proxy made: a mirrored write's
-// augment computes the new columns from the client's values, and Postgres, checking a cast of a
-// literal there first, reports the copy. A literal or parameter the client's text holds exactly
-// once is that one. Otherwise (the token is the proxy's own, a column of the new shape) the field
-// is dropped: no caret is better than one under the wrong word.
+// (a deparse of its statement, wrapped), so the position follows the token it names: the client
+// token the sent one is paired with when the two token lists are aligned (alignedToken). A token
+// the client's text does not have may be a copy the proxy made: a mirrored write's augment
+// computes the new columns from the client's values, and Postgres, checking a cast of a literal
+// there first, reports the copy; a literal or parameter the client's text holds exactly once is
+// that one. Otherwise (the token is the proxy's own, a column of the new shape) the field is
+// dropped: no caret is better than one under the wrong word.
 func (r *rewriteText) mapErrorPosition(body []byte) []byte {
 	fields, ok := responseFields(body)
 	if !ok {
@@ -70,28 +70,83 @@ func (r *rewriteText) mapPosition(pos int) (int, bool) {
 	if target < 0 {
 		return 0, false
 	}
-	want := sent[target].norm
 	client := sqlTokens(r.client)
-	nth := 0
-	for _, t := range sent[:target] {
-		if t.norm == want {
-			nth++
-		}
+	if j, ok := alignedToken(sent, client, target); ok {
+		return client[j].start + 1, true
 	}
+	want := sent[target].norm
 	only, count := 0, 0
 	for _, t := range client {
-		if t.norm != want {
-			continue
+		if t.norm == want {
+			only = t.start + 1
+			count++
 		}
-		if nth == 0 {
-			return t.start + 1, true
-		}
-		nth--
-		only = t.start + 1
-		count++
 	}
 	if sent[target].literal && count == 1 {
 		return only, true
+	}
+	return 0, false
+}
+
+// maxAlignCells bounds the alignment's table (sent tokens times client tokens, 4 bytes each):
+// beyond it, the n-th occurrence of the token stands in for the alignment.
+const maxAlignCells = 1 << 20
+
+// alignedToken returns the client token that sent token target is, when it is one of the
+// client's. The proxy's forms keep the client's tokens in their order and insert their own
+// (a projection subquery, a mirrored write's CTE) among them, so the longest common subsequence
+// of the two token lists pairs each kept token with its original: unlike the n-th occurrence of
+// the same word, it is not misled by a copy the form inserted before it (a projection listing
+// created_at ahead of the client's created_at).
+func alignedToken(sent, client []sqlToken, target int) (int, bool) {
+	n, m := len(sent), len(client)
+	if n*m > maxAlignCells {
+		nth := 0
+		for _, t := range sent[:target] {
+			if t.norm == sent[target].norm {
+				nth++
+			}
+		}
+		for j, t := range client {
+			if t.norm == sent[target].norm {
+				if nth == 0 {
+					return j, true
+				}
+				nth--
+			}
+		}
+		return 0, false
+	}
+	// lcs[i*(m+1)+j] is the length of the longest common subsequence of sent[i:] and client[j:].
+	lcs := make([]int32, (n+1)*(m+1))
+	at := func(i, j int) int32 { return lcs[i*(m+1)+j] }
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			switch {
+			case sent[i].norm == client[j].norm:
+				lcs[i*(m+1)+j] = at(i+1, j+1) + 1
+			case at(i+1, j) >= at(i, j+1):
+				lcs[i*(m+1)+j] = at(i+1, j)
+			default:
+				lcs[i*(m+1)+j] = at(i, j+1)
+			}
+		}
+	}
+	for i, j := 0, 0; i < n && j < m; {
+		switch {
+		case sent[i].norm == client[j].norm && at(i, j) == at(i+1, j+1)+1:
+			if i == target {
+				return j, true
+			}
+			i, j = i+1, j+1
+		case at(i+1, j) >= at(i, j+1):
+			if i == target {
+				return 0, false // a token of the proxy's own, or a copy
+			}
+			i++
+		default:
+			j++
+		}
 	}
 	return 0, false
 }

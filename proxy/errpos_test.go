@@ -60,6 +60,17 @@ func TestMapErrorPosition(t *testing.T) {
 	if got, ok := r.mapPosition(strings.LastIndex(r.sent, "'a'") + 1); !ok || got != 8 {
 		t.Fatalf("second copy of a literal the client wrote once: %d %v", got, ok)
 	}
+	// A projection that lists the column before the client's own use of it: the alignment of
+	// the two token lists, not the n-th occurrence, finds the client's.
+	r = newRewriteText(
+		"SELECT amount FROM orders o, (SELECT id, concat_ws(' ', first_name, last_name) AS full_name, created_at FROM public.users_v2) u WHERE o.user_id = u.id AND created_at > now()",
+		"select amount from orders o, users u where o.user_id = u.id and created_at > now()")
+	if got, ok := r.mapPosition(strings.LastIndex(r.sent, "created_at") + 1); !ok || got != strings.Index(r.client, "created_at")+1 {
+		t.Fatalf("created_at after a projection listing it: %d %v", got, ok)
+	}
+	if got, ok := r.mapPosition(strings.Index(r.sent, "created_at") + 1); ok {
+		t.Fatalf("the projection's own created_at mapped to %d", got)
+	}
 	if newRewriteText("same", "same") != nil {
 		t.Fatal("a text sent as written needs no mapping")
 	}

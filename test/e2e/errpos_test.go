@@ -53,6 +53,8 @@ func TestErrorPositionsOfRewrittenStatements(t *testing.T) {
 		"INSERT INTO orders (user_id, amount, status, note) VALUES (8, 'abc', 'cancelled', 'Alan  Turing') RETURNING id, amount",
 		"SELECT full_name FROM users WHERE id = 'abc'",            // read routed to the new shape
 		"SELECT email FROM users WHERE id = 1 AND tier = 'gold '", // an enum literal of the read
+		// Ambiguous: the projections list created_at before the client's own created_at.
+		"SELECT u.id FROM users u, users x WHERE x.id = u.id AND created_at > now()",
 	} {
 		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
 			want := fail(direct, sql, mode)
