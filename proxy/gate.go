@@ -7,15 +7,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgcanary/pgcanary/router"
 )
 
 // A gate keeps a routed read (or a passthrough write's mirrored form) undecided until its answer
 // is known, so that when the new form fails before anything reached the client, the batch can be
 // re-run in its old form and the client sees only the old form's answer.
 //
-// A gate opens on the first message of a batch sent while the session is idle (nothing in flight,
-// outside an explicit transaction; a passthrough write may also start one inside a transaction,
-// wrapped in a savepoint). From then on:
+// A gate opens on the first message of a batch sent while the session is idle: nothing in flight,
+// and outside an explicit transaction, or inside one, where the batch is wrapped in a savepoint
+// that a failure rolls back to. From then on:
 //   - the client loop records the batch's messages (to replay them) up to its Sync, or the Query
 //     itself, and holds any later message back, so that nothing overtakes a replay;
 //   - the server loop holds the batch's output back until the gated statement completes (then
@@ -28,24 +30,29 @@ import (
 type gate struct {
 	kind       string // "read" or "write"
 	migrations []string
-	savepoint  bool // a passthrough write inside a transaction: SAVEPOINT before, RELEASE after
-	extended   bool // the batch uses the extended protocol
-	sealed     bool // the batch is complete: later client messages wait in held
-	noFallback bool // the batch cannot be replayed: release at the next server message
-	gatedSet   bool // an entry of the batch carries gated
-	// executes counts the batch's statements; notRead says one of them is not a read of a
-	// migration. A batch of several statements is re-run only when all are such reads: a write
-	// would run again with the effects a rollback does not undo (its serial values, say), and a
-	// mirrored one would run in the client's own text.
-	executes int
-	notRead  bool
-	recorded []*recorded
-	recSize  int
-	held     []byte // client messages after the batch
-	heldEnts []expected
-	out      []byte // the batch's output, held back
-	failed   bool   // the gated statement failed: drop output until the batch ends, then replay
-	done     chan struct{}
+	savepoint  bool // inside a transaction: SAVEPOINT before, RELEASE after
+	// keepSavepoint: the client's batch ends the transaction (the proxy's savepoint with it;
+	// a RELEASE would then fail, in the next transaction if the batch began one) or takes,
+	// releases or rolls back to savepoints of its own, nested in the proxy's, which releasing
+	// the proxy's would release too. The proxy does not release its savepoint then: it ends
+	// with its transaction.
+	keepSavepoint bool
+	extended      bool // the batch uses the extended protocol
+	sealed        bool // the batch is complete: later client messages wait in held
+	noFallback    bool // the batch cannot be replayed: release at the next server message
+	gatedSet      bool // an entry of the batch carries gated
+	// ranNotRead: a statement of the batch that is not a read of a migration completed. A failure
+	// after it is not re-run: that statement would run again with the effects a rollback does
+	// not undo (its serial values, say), a mirrored write in the client's own text. Statements
+	// after the failure never ran (the server skips them), so they do not count.
+	ranNotRead bool
+	recorded   []*recorded
+	recSize    int
+	held       []byte // client messages after the batch
+	heldEnts   []expected
+	out        []byte // the batch's output, held back
+	failed     bool   // the gated statement failed: drop output until the batch ends, then replay
+	done       chan struct{}
 }
 
 const (
@@ -55,7 +62,7 @@ const (
 	maxGateBatch = 1 << 20
 	// maxGateHeld bounds client messages held behind a gate before the client loop waits.
 	maxGateHeld = 256 << 10
-	// savepointName wraps a passthrough write's mirrored form inside a transaction.
+	// savepointName wraps a gated batch inside a transaction.
 	savepointName = "pgcanary_mirror"
 )
 
@@ -69,20 +76,21 @@ type recorded struct {
 	closed bool      // Close: its CloseComplete arrived (prepared statements outlive the rollback)
 }
 
-// maybeStartGate opens a gate when the session is idle: nothing in flight, and outside a
-// transaction (a write with passthrough may open one inside a transaction, with a savepoint).
+// maybeStartGate opens a gate when the session is idle: nothing in flight, outside a transaction,
+// or, when inTx allows (the new form may fail where the old would not: router.ReadForm.MayFail,
+// a passthrough write), inside one that has not failed, with a savepoint.
 // extended says which protocol the batch uses, and so how to send the savepoint.
 // It returns the gate it opened, or nil.
-func (s *session) maybeStartGate(kind string, migrations []string, extended bool) (*gate, error) {
+func (s *session) maybeStartGate(kind string, migrations []string, extended, inTxToo bool) (*gate, error) {
 	s.mu.Lock()
 	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready || s.inBatch {
 		s.mu.Unlock()
 		return nil, nil
 	}
 	inTx := s.txStatus == 'T'
-	if s.txStatus != 'I' && !(inTx && kind == "write") {
+	if s.txStatus != 'I' && !(inTx && inTxToo) {
 		s.mu.Unlock()
-		return nil, nil
+		return nil, nil // in a failed transaction everything fails anyway
 	}
 	g := &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, done: make(chan struct{})}
 	s.gate = g
@@ -150,9 +158,25 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 	return out, ents
 }
 
+// noteClientSavepoints marks a savepoint gate whose batch controls the transaction or
+// savepoints of the client's own (gate.keepSavepoint). Holds mu.
+func (s *session) noteClientSavepoints(ops []router.SettingChange) {
+	g := s.gate
+	if g == nil || !g.savepoint {
+		return
+	}
+	for _, c := range ops {
+		switch c.Op {
+		case router.ChangeSavepoint, router.ChangeRelease, router.ChangeRollbackTo,
+			router.ChangeBegin, router.ChangeCommit, router.ChangeRollback:
+			g.keepSavepoint = true
+		}
+	}
+}
+
 // emitGatable sends the first message of a routed or passthrough batch, opening a gate if it can.
-func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string) error {
-	if _, err := s.maybeStartGate(kind, migrations, true); err != nil {
+func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, kind string, migrations []string, inTxToo bool) error {
+	if _, err := s.maybeStartGate(kind, migrations, true, inTxToo); err != nil {
 		return err
 	}
 	return s.emit(typ, body, e, rec)
@@ -161,8 +185,8 @@ func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, 
 // emitGatedQuery sends a Query whose new (or mirrored) forms may fail; orig is the client's own
 // Query body, replayed on failure. A Query of several statements comes here only when all of them
 // are reads (planQuery), so only a single write can open a savepoint.
-func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string) error {
-	g, err := s.maybeStartGate(kind, migrations, false)
+func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string, inTxToo bool) error {
+	g, err := s.maybeStartGate(kind, migrations, false, inTxToo)
 	if err != nil {
 		return err
 	}
@@ -277,7 +301,7 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		if !g.gatedSet {
 			e.gated, g.gatedSet = true, true
 		}
-		if g.savepoint {
+		if g.savepoint && !g.keepSavepoint {
 			// RELEASE SAVEPOINT follows the Sync and ends the batch (planAndEmit sends it).
 			break
 		}
@@ -285,10 +309,6 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 	case e.suppress || e.gated:
 	case typ == 'Q', typ == 'F', typ == 'd', typ == 'c', typ == 'f':
 		g.noFallback = true // another protocol flow inside the batch: no replay
-	}
-	if typ == 'E' && !e.suppress {
-		g.executes++
-		g.notRead = g.notRead || e.obs == nil || e.obs.route == "write"
 	}
 	if e.suppress || g.noFallback {
 		return
@@ -339,7 +359,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		return typ
 	}
 	if origTyp == 'E' {
-		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.notRead) {
+		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !g.ranNotRead {
 			g.failed, g.kind, g.migrations = true, kind, migrations
 			if typ != 0 {
 				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
@@ -348,6 +368,10 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		}
 		s.release(g)
 		return typ
+	}
+	if head.kind == reqExecute && !head.suppress && (origTyp == 'C' || origTyp == 'I' || origTyp == 's') &&
+		(head.obs == nil || head.obs.route == "write") {
+		g.ranNotRead = true
 	}
 	if typ != 0 {
 		g.out = appendMessage(g.out, typ, body)

@@ -236,6 +236,7 @@ func (s *session) planExecute(body []byte, e expected) error {
 	// The confirmed view takes the changes if the server completes the statement, whatever
 	// planning foresees.
 	e.ops = ch.Settings
+	s.noteClientSavepoints(ch.Settings)
 	if ch.DiscardAll && (s.proj.inTx || s.pipelining) {
 		ch, e.refused = router.SessionChanges{}, true // Postgres refuses it there (25001)
 	}
@@ -372,6 +373,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	var prepares []*stmtInfo
 	var gateKind string
 	var gateMigs []string
+	gateInTx := false // a savepoint can buy a fallback inside a transaction
 	onlyReads := true // a re-run of reads repeats nothing a rollback does not undo
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
@@ -395,7 +397,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 			forms[i] = captureOf(st.Write)
 			obs[i] = s.observe(st, "write", st.Write)
 			if st.Write.Passthrough {
-				gateKind, gateMigs = "write", st.Migrations
+				gateKind, gateMigs, gateInTx = "write", st.Migrations, true
 			}
 		case st.Read != nil:
 			routed := s.routeNew(st.Read, st.SQL)
@@ -407,6 +409,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 			if routed {
 				texts[i], changed = st.Read.SQL, true
 				gateKind, gateMigs = "read", st.Read.Migrations
+				gateInTx = gateInTx || st.Read.MayFail
 				if st.Read.Origins != nil {
 					if e.origins == nil {
 						e.origins = make([][]router.ColumnOrigin, len(plan.Statements))
@@ -440,7 +443,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 	// again with effects a rollback does not undo (serial values), a mirrored one in the client's
 	// own text, and PREPARE and the like would collide with themselves.
 	if gateKind != "" && (len(plan.Statements) == 1 || onlyReads) {
-		return s.emitGatedQuery(out, body, e, gateKind, gateMigs)
+		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, gateInTx)
 	}
 	return s.emit('Q', out, e, nil)
 }
@@ -723,6 +726,7 @@ func (s *session) applyChanges(ch router.SessionChanges, drops *dropUndo) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.noteClientSavepoints(ch.Settings)
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
@@ -1027,7 +1031,7 @@ func (s *session) planParse(body []byte, e expected) error {
 		e.rewrite = newRewriteText(st.Write.SQL, msg.Query)
 		out := sendAs(st.Write.SQL)
 		if msg.Name == "" && st.Write.Passthrough {
-			return s.emitGatable('P', out, e, rec, "write", st.Migrations)
+			return s.emitGatable('P', out, e, rec, "write", st.Migrations, true)
 		}
 		return s.emit('P', out, e, rec)
 	case st.Read != nil && msg.Name == "":
@@ -1038,7 +1042,7 @@ func (s *session) planParse(body []byte, e expected) error {
 			return s.emit('P', body, e, rec)
 		}
 		e.rewrite = newRewriteText(st.Read.SQL, msg.Query)
-		return s.emitGatable('P', sendAs(st.Read.SQL), e, rec, "read", st.Read.Migrations)
+		return s.emitGatable('P', sendAs(st.Read.SQL), e, rec, "read", st.Read.Migrations, st.Read.MayFail)
 	}
 	return s.emit('P', body, e, rec)
 }
@@ -1115,10 +1119,10 @@ func (s *session) planBind(body []byte, e expected) error {
 		return s.emitRoutedBind(body, e, rec, info, string(portal))
 	case st.Read != nil && info.name == "" && info.routed:
 		e.newForm = "read"
-		return s.emitGatable('B', body, e, rec, "read", st.Read.Migrations)
+		return s.emitGatable('B', body, e, rec, "read", st.Read.Migrations, st.Read.MayFail)
 	case p.write != nil && p.write.Passthrough:
 		e.newForm = "write"
-		return s.emitGatable('B', body, e, rec, "write", st.Migrations)
+		return s.emitGatable('B', body, e, rec, "write", st.Migrations, true)
 	}
 	return s.emit('B', body, e, rec)
 }
@@ -1201,7 +1205,7 @@ func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *s
 	out := rebindStatement(body, portal, v.name)
 	if st.Write.Passthrough {
 		e.newForm = "write" // a failure re-runs the client's own Bind: its text, unmirrored
-		return s.emitGatable('B', out, e, rec, "write", st.Migrations)
+		return s.emitGatable('B', out, e, rec, "write", st.Migrations, true)
 	}
 	return s.emit('B', out, e, rec)
 }
@@ -1218,7 +1222,7 @@ func (s *session) emitRoutedBind(body []byte, e expected, rec *recorded, info *s
 	v := info.newVariant
 	types := info.variantParamTypes()
 	s.mu.Unlock()
-	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true); err != nil {
+	if _, err := s.maybeStartGate("read", info.plan.Read.Migrations, true, info.plan.Read.MayFail); err != nil {
 		return err
 	}
 	if err := s.ensureVariant(v, info.plan.Read.SQL, info.query, types); err != nil {

@@ -40,6 +40,8 @@ type Migration struct {
 	projErr    error
 	// flat holds the projection's expressions that a single-relation read can inline (flatten.go).
 	flat *flatColumns
+	// readMayFail: a projection expression may raise an error for some rows (mayfail.go).
+	readMayFail bool
 	// writeExprs and readExprs are the maps' expressions (implied same-named copies included),
 	// parsed once: target column → expression node over the source row.
 	writeExprs, readExprs map[string]*pg_query.Node
@@ -79,6 +81,7 @@ func newCatalog(gen *config.Generation, database string, all bool) *Catalog {
 			mig.projection, mig.projErr = nil, fmt.Errorf("the live schema changed (%s) and the configuration does not validate against it", mc.Stale)
 		}
 		if mig.projection != nil {
+			mig.readMayFail = projectionMayFail(mig.projection)
 			newCols := make([]string, 0, len(mc.New.Columns))
 			for _, col := range mc.New.Columns {
 				newCols = append(newCols, col.Name)

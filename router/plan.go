@@ -76,6 +76,10 @@ type ReadForm struct {
 	// Unstable says why the read's answer may differ between two runs over the same data (a
 	// volatile function, LIMIT without ORDER BY): it is not compared ("" when it is stable).
 	Unstable string `json:"unstable,omitempty"`
+	// MayFail: a read expression of one of its migrations may raise an error for some rows, so
+	// the new form may fail where the old would not. Inside a transaction the proxy then wraps it
+	// in a savepoint to fall back to.
+	MayFail bool `json:"may_fail,omitempty"`
 	// Origins are the table and column numbers the client's text reports for its output columns
 	// (readOrigins), which the new form's RowDescription gets in place of its own; nil when
 	// none is known.

@@ -208,7 +208,11 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 		}
 	}
 	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstableWhy, Origins: origins}
+	mayFail := false
+	for _, r := range refs {
+		mayFail = mayFail || r.mig.readMayFail
+	}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstableWhy, Origins: origins, MayFail: mayFail}
 	return st
 }
 

@@ -374,3 +374,36 @@ func TestReadOrigins(t *testing.T) {
 		}
 	}
 }
+
+// TestReadMayFail: a read over a projection whose expressions raise for no value (concat_ws,
+// a cast to text) cannot fail where the old form would not; a cast to numeric can.
+func TestReadMayFail(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	for sql, want := range map[string]bool{
+		"SELECT full_name FROM users WHERE id = 1":                                false,
+		"SELECT amount FROM orders WHERE id = 1":                                  true,
+		"SELECT u.full_name, o.id FROM users u JOIN orders o ON o.user_id = u.id": true,
+	} {
+		st := p.Plan(cat, "public", "u", sql).Statements[0]
+		if st.Read == nil || st.Read.MayFail != want {
+			t.Errorf("%s: read %+v, want MayFail %v", sql, st.Read, want)
+		}
+	}
+	for expr, want := range map[string]bool{
+		"concat_ws(' ', a, b)::text":  false,
+		"coalesce(nullif(a, ''), b)":  false,
+		"upper(a) || b":               true,
+		"a::numeric":                  true,
+		"(a / 100.0)::numeric(12, 2)": true,
+		"count(*)":                    true,
+	} {
+		tree, err := pg_query.Parse("SELECT " + expr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := mayRaise(tree.Stmts[0].Stmt.GetSelectStmt().TargetList[0].GetResTarget().Val); got != want {
+			t.Errorf("%s: may raise %v, want %v", expr, got, want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -41,7 +42,8 @@ func accountsMigration(onMirrorError string) string {
 
 // TestReadFallback: at 100 %, reads whose new form fails on some rows still answer with the old
 // form's rows, through every protocol path (simple, unnamed, named variants, lib/pq, psql), and
-// each re-run is counted; inside an explicit transaction the error reaches the client.
+// each re-run is counted; inside an explicit transaction too, where the proxy wraps the read in a
+// savepoint that the failure rolls back to, and the transaction goes on.
 func TestReadFallback(t *testing.T) {
 	cs := customProxy(t, "fallback_reads", accountsSchema, accountsMigration("fail"), proxyOpts{})
 	cs.setFlags(map[string]float64{"accounts-text": 100})
@@ -96,18 +98,62 @@ func TestReadFallback(t *testing.T) {
 		}
 	}
 
-	// Inside an explicit transaction there is no fallback: the error is the client's.
+	// Inside an explicit transaction, in every mode: the read falls back, and the transaction,
+	// with what it wrote before the read, goes on and commits.
+	var balance string
+	for i, mode := range modes {
+		before := fallbacks()
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		note := fmt.Sprintf("in tx %d", i)
+		if _, err := tx.Exec(ctx, "UPDATE accounts SET owner = $1 WHERE id = 2", mode, note); err != nil {
+			t.Fatalf("%v: write before the read: %v", mode, err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = $1", mode, 7).Scan(&balance); err != nil || balance != "73.50" {
+			t.Fatalf("%v: in a transaction: %q %v, want the old shape's 73.50", mode, balance, err)
+		}
+		var got string
+		if err := tx.QueryRow(ctx, "SELECT owner FROM accounts WHERE id = 2", mode).Scan(&got); err != nil || got != note {
+			t.Fatalf("%v: after the fallback, in the same transaction: %q %v", mode, got, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("%v: commit after the fallback: %v", mode, err)
+		}
+		if got := fallbacks() - before; got != 1 {
+			t.Fatalf("%v: %v fallbacks counted in a transaction, want 1", mode, got)
+		}
+	}
+	// A batch that also ends the transaction and starts another: the proxy's savepoint ends with
+	// the first, and the second is not touched.
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var balance string
-	err = tx.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = $1", 7).Scan(&balance)
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "22P02" {
-		t.Fatalf("in a transaction: got %v, want the new form's 22P02", err)
+	b := &pgx.Batch{}
+	b.Queue("SELECT balance::text FROM accounts WHERE id = $1", 7)
+	b.Queue("COMMIT")
+	b.Queue("BEGIN")
+	b.Queue("SELECT balance::text FROM accounts WHERE id = $1", 2)
+	br := tx.SendBatch(ctx, b)
+	if err := br.QueryRow().Scan(&balance); err != nil || balance != "73.50" {
+		t.Fatalf("batch ending the transaction: %q %v", balance, err)
 	}
-	_ = tx.Rollback(ctx)
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := br.QueryRow().Scan(&balance); err != nil || balance != "21.00" {
+		t.Fatalf("batch ending the transaction, then a read: %q %v", balance, err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit of the transaction the batch began: %v", err)
+	}
 
 	// lib/pq (unnamed statement parsed, described and executed in two batches) and psql.
 	before := fallbacks()
