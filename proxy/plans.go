@@ -20,6 +20,8 @@ type Planner interface {
 	// skip planning (and the text conversion it needs) entirely.
 	Active(database string) bool
 	Plan(database, searchPath, user, sql string) *router.Plan
+	// Generation is the configuration generation plans are made with now (0 before the first).
+	Generation() int64
 }
 
 // searchPathOf finds a search_path given at startup, directly or in options (-c search_path=...):
@@ -62,6 +64,9 @@ type stmtInfo struct {
 	// path and role it was planned under: Postgres resolves a prepared statement's names again
 	// when they change, so the proxy plans it again (see bindMoved).
 	path, role string
+	// gen is the configuration generation it was planned with (0: unknown). A later one may have
+	// another catalog (columns added, a migration marked stale): planned again at its next Bind.
+	gen int64
 	// paramTypes are the parameter types Postgres inferred, from a Describe's ParameterDescription:
 	// a variant parsed with them accepts the client's binary parameters whatever its names
 	// resolve to now. Guarded by session.mu.
@@ -967,7 +972,7 @@ func (s *session) planParse(body []byte, e expected) error {
 	// another search_path at a later Bind it may mean the migrated relation (bindMoved).
 	if plan != nil && !plan.Untouched && len(plan.Statements) == 1 && (len(plan.Statements[0].Migrations) > 0 || msg.Name != "") {
 		st := plan.Statements[0]
-		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role}
+		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role, gen: plan.Generation}
 	} else if name := s.executedName(msg.Query); name != "" {
 		st := &router.StatementPlan{SQL: msg.Query}
 		if plan != nil && len(plan.Statements) == 1 {
@@ -1063,6 +1068,7 @@ func (s *session) planBind(body []byte, e expected) error {
 	}
 	// In a failed transaction the Bind cannot run (below): its names are not looked at again.
 	pathChanged := info != nil && info.name != "" && s.txStatus != 'E' && (s.proj.path.current() != info.path || s.proj.role.current() != info.role)
+	genChanged := info != nil && info.name != "" && s.txStatus != 'E' && info.gen != 0 && info.gen != s.srv.planner.Generation()
 	// In a failed transaction the statement cannot run, but Postgres checks the Bind against it
 	// first (08P01 for a wrong parameter count): the client's own name must get that Bind, since
 	// a variant's Parse would fail with 25P02 before it.
@@ -1081,9 +1087,15 @@ func (s *session) planBind(body []byte, e expected) error {
 	if info == nil {
 		return s.emit('B', body, e, rec)
 	}
-	if pathChanged {
-		if now := s.plan(info.query); namesMoved(info, now) {
+	if pathChanged || genChanged {
+		now := s.plan(info.query)
+		if namesMoved(info, now) {
 			return s.bindMoved(body, e, rec, info, string(portal), now)
+		}
+		if genChanged && now != nil {
+			s.mu.Lock()
+			info.gen = now.Generation // the same forms: no need to plan it again at every Bind
+			s.mu.Unlock()
 		}
 	}
 	st := info.plan

@@ -38,6 +38,14 @@ func (l *Live) Plan(database, searchPath, user, sql string) *Plan {
 	return l.planner.Plan(cat, searchPath, user, sql)
 }
 
+// Generation returns the current generation's number (0 before the first).
+func (l *Live) Generation() int64 {
+	if g := l.store.Current(); g != nil {
+		return g.Number
+	}
+	return 0
+}
+
 // Active reports whether the current generation configures a migration in database.
 func (l *Live) Active(database string) bool { return l.catalog(database) != nil }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"net/http"
 	"os"
 	"os/exec"
@@ -571,11 +572,33 @@ func TestServeSchemaDrift(t *testing.T) {
 		t.Fatalf("before: %d columns, %v reads routed new; want 10 and 1", n, routedNew())
 	}
 	direct := connectDSN(t, inDB(cluster.DSN(pgtest.SuperUser, "")))
+	// A statement prepared before the change, on both sides: Postgres refuses to run it once its
+	// result changed (0A000), and so must pgcanary, not answer from the new shape's old columns.
+	const prepared = "SELECT * FROM users WHERE id = $1"
+	for _, c := range []*pgx.Conn{conn, direct} {
+		if _, err := c.PgConn().Prepare(ctx, "drift_s", prepared, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PgConn().ExecPrepared(ctx, "drift_s", [][]byte{[]byte("1")}, nil, nil).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := direct.Exec(ctx, "ALTER TABLE users ADD COLUMN nickname text DEFAULT 'nick'"); err != nil {
 		t.Fatal(err)
 	}
 	pollUntil(t, 15*time.Second, func() bool { return columns() == 11 },
 		func() string { return "SELECT * never showed the added column:\n" + p.log.String() })
+	execPrepared := func(c *pgx.Conn) string {
+		res := c.PgConn().ExecPrepared(ctx, "drift_s", [][]byte{[]byte("1")}, nil, nil).Read()
+		var pgErr *pgconn.PgError
+		if errors.As(res.Err, &pgErr) {
+			return pgErr.Code
+		}
+		return fmt.Sprintf("%d columns, err %v", len(res.FieldDescriptions), res.Err)
+	}
+	if got, want := execPrepared(conn), execPrepared(direct); got != want {
+		t.Fatalf("a statement prepared before the change: %s through pgcanary, %s from Postgres", got, want)
+	}
 	before := routedNew()
 	columns()
 	if routedNew() != before {
