@@ -2,6 +2,8 @@ package router
 
 import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/pgcanary/pgcanary/config"
 )
 
 // ColumnOrigin is where a column of a read's answer comes from, as a RowDescription field
@@ -148,4 +150,61 @@ func finish(origins []ColumnOrigin, known bool) []ColumnOrigin {
 		return nil
 	}
 	return origins
+}
+
+// partialOrder returns why a read that takes some of its rows (LIMIT, OFFSET, DISTINCT ON) may
+// take others on another run although it has an ORDER BY: the order does not tell every row
+// apart, so ties fall as the plan puts them. "" when the read takes all its rows, or orders a
+// single migrated relation by all of its key columns.
+func partialOrder(stmt *pg_query.Node, refs []reference) string {
+	sel := stmt.GetSelectStmt()
+	if sel == nil || len(sel.SortClause) == 0 {
+		return ""
+	}
+	distinctOn := len(sel.DistinctClause) > 0 && sel.DistinctClause[0].GetNode() != nil // not plain DISTINCT
+	if sel.LimitCount == nil && sel.LimitOffset == nil && !distinctOn {
+		return ""
+	}
+	if orderIsTotal(sel, refs) {
+		return ""
+	}
+	return "limit_with_partial_order"
+}
+
+// orderIsTotal reports whether a SELECT's ORDER BY tells every row apart: its FROM is one
+// migrated relation and the ORDER BY names all of that migration's key columns.
+func orderIsTotal(sel *pg_query.SelectStmt, refs []reference) bool {
+	if sel == nil || len(sel.FromClause) != 1 {
+		return false
+	}
+	rv := sel.FromClause[0].GetRangeVar()
+	var ref *reference
+	for i := range refs {
+		if refs[i].rv == rv {
+			ref = &refs[i]
+		}
+	}
+	if rv == nil || ref == nil {
+		return false
+	}
+	ordered := map[string]bool{}
+	for _, s := range sel.SortClause {
+		cr := s.GetSortBy().GetNode().GetColumnRef()
+		if cr == nil {
+			continue
+		}
+		f := cr.Fields
+		switch {
+		case len(f) == 1:
+			ordered[f[0].GetString_().GetSval()] = true
+		case len(f) == 2 && f[0].GetString_().GetSval() == ref.alias:
+			ordered[f[1].GetString_().GetSval()] = true
+		}
+	}
+	for _, k := range ref.mig.Config.Key {
+		if !ordered[config.UnquoteIdent(k)] {
+			return false
+		}
+	}
+	return len(ref.mig.Config.Key) > 0
 }

@@ -192,6 +192,12 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	}
 	// Of the client's statement, before the rewrite changes it in place:
 	origins, unstableWhy := readOrigins(raw.Stmt, refs), unstable(raw.Stmt)
+	if unstableWhy == "" {
+		unstableWhy = partialOrder(raw.Stmt, refs)
+	}
+	// Row order is part of the answer when the ORDER BY tells every row apart; otherwise ties
+	// fall as the plan puts them, and the comparison takes the rows as a multiset.
+	totalOrder := orderIsTotal(raw.Stmt.GetSelectStmt(), refs)
 	if !flattenRead(raw.Stmt, refs) {
 		rewriteRead(raw.Stmt, refs)
 	}
@@ -207,7 +213,7 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 			}
 		}
 	}
-	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0
+	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0 && totalOrder
 	mayFail := false
 	for _, r := range refs {
 		mayFail = mayFail || r.mig.readMayFail
@@ -241,6 +247,10 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 		return nil
 	}
 	unstableWhy := unstable(clone) // before the rewrite changes it in place
+	if unstableWhy == "" {
+		unstableWhy = partialOrder(clone, refs)
+	}
+	totalOrder := orderIsTotal(clone.GetSelectStmt(), refs)
 	if !flattenRead(clone, refs) {
 		rewriteRead(clone, refs)
 	}
@@ -248,7 +258,7 @@ func compareWithoutLocks(cat *Catalog, searchPath []string, version int32, stmt 
 	if err != nil {
 		return nil
 	}
-	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0
+	ordered := len(clone.GetSelectStmt().GetSortClause()) > 0 && totalOrder
 	return &ReadForm{SQL: out, OldSQL: old, Migrations: migrations, Ordered: ordered, Unstable: unstableWhy}
 }
 

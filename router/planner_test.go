@@ -253,6 +253,11 @@ func TestUnstableReadsAreNotCompared(t *testing.T) {
 		"SELECT full_name FROM users WHERE id IN (SELECT id FROM users OFFSET 3)": "limit_without_order",
 		"SELECT full_name, random() FROM users WHERE id = 1":                      "volatile_function",
 		"SELECT full_name FROM users WHERE id = 1":                                "",
+		// Ties of an ORDER BY that does not tell rows apart fall as the plan puts them.
+		"SELECT id, full_name FROM users ORDER BY tier LIMIT 5":                      "limit_with_partial_order",
+		"SELECT DISTINCT ON (tier) tier, full_name FROM users ORDER BY tier":         "limit_with_partial_order",
+		"SELECT DISTINCT ON (tier) tier, full_name FROM users u ORDER BY tier, u.id": "",
+		"SELECT DISTINCT tier FROM users ORDER BY tier":                              "",
 	} {
 		st := p.Plan(cat, "public", "u", sql).Statements[0]
 		if st.Read == nil {
@@ -260,6 +265,24 @@ func TestUnstableReadsAreNotCompared(t *testing.T) {
 		}
 		if st.Read.Unstable != want {
 			t.Errorf("%s: unstable %q, want %q", sql, st.Read.Unstable, want)
+		}
+	}
+}
+
+// TestRowOrderCountsOnlyWhenTotal: comparisons take row order as part of the answer only when
+// the ORDER BY tells every row apart (the migration's key); otherwise they compare multisets.
+func TestRowOrderCountsOnlyWhenTotal(t *testing.T) {
+	p, _ := NewPlanner(100, nil)
+	cat := testCatalog()
+	for sql, want := range map[string]bool{
+		"SELECT * FROM users ORDER BY id":                  true,
+		"SELECT * FROM users u ORDER BY u.tier, u.id":      true,
+		"SELECT * FROM users ORDER BY tier":                false,
+		"SELECT * FROM users":                              false,
+		"SELECT u.id FROM users u, orders o ORDER BY u.id": false,
+	} {
+		if st := p.Plan(cat, "public", "u", sql).Statements[0]; st.Read == nil || st.Read.Ordered != want {
+			t.Errorf("%s: read %+v, want Ordered %v", sql, st.Read, want)
 		}
 	}
 }

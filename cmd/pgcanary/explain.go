@@ -175,7 +175,7 @@ func writeExplain(w io.Writer, database string, plan *router.Plan) {
 			case r.Unstable != "":
 				fmt.Fprintf(w, "  comparisons: never (unstable: %s; its answer may differ between runs)\n", r.Unstable)
 			case r.Ordered:
-				fmt.Fprintln(w, "  comparisons: row order counts (top-level ORDER BY)")
+				fmt.Fprintln(w, "  comparisons: row order counts (an ORDER BY of the key)")
 			}
 		}
 		if c := st.Compare; c != nil {
