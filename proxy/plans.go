@@ -415,11 +415,11 @@ func (s *session) planQuery(body []byte, e expected) error {
 				texts[i], changed = st.Read.SQL, true
 				gateKind, gateMigs = "read", st.Read.Migrations
 				gateInTx = gateInTx || st.Read.MayFail
-				if st.Read.Origins != nil {
-					if e.origins == nil {
-						e.origins = make([][]router.ColumnOrigin, len(plan.Statements))
+				if st.Read.Origins != nil || st.Read.Moves != nil {
+					if e.routedReads == nil {
+						e.routedReads = make([]*router.ReadForm, len(plan.Statements))
 					}
-					e.origins[i] = st.Read.Origins
+					e.routedReads[i] = st.Read
 				}
 			}
 		default:
@@ -625,18 +625,20 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 	return out
 }
 
-// readOrigins returns the origins of a routed read's columns, as a Describe's entry holds them.
-func readOrigins(info *stmtInfo) [][]router.ColumnOrigin {
-	if info.plan == nil || info.plan.Read == nil || info.plan.Read.Origins == nil {
+// routedRead returns a routed read's form, as a Describe's entry holds it for setOrigins (nil when
+// its RowDescription needs nothing).
+func routedRead(info *stmtInfo) []*router.ReadForm {
+	if info.plan == nil || info.plan.Read == nil || info.plan.Read.Origins == nil && info.plan.Read.Moves == nil {
 		return nil
 	}
-	return [][]router.ColumnOrigin{info.plan.Read.Origins}
+	return []*router.ReadForm{info.plan.Read}
 }
 
-// setOrigins gives a RowDescription's fields, in place, the table OID and column number the
-// client's text would report for them (router.ReadForm.Origins); an unknown origin keeps the
-// field as it is.
-func setOrigins(body []byte, origins []router.ColumnOrigin) {
+// setOrigins gives a routed read's RowDescription fields, in place, the table OID and column
+// number the client's text would report for them: the origin the planner found for the column
+// (router.ReadForm.Origins), or, for a field the new form reports as a column the projection
+// copies unchanged, that column's old one (router.ReadForm.Moves). Other fields stay as they are.
+func setOrigins(body []byte, rf *router.ReadForm) {
 	if len(body) < 2 {
 		return
 	}
@@ -648,9 +650,21 @@ func setOrigins(body []byte, origins []router.ColumnOrigin) {
 			return
 		}
 		pos += end + 1
-		if i < len(origins) && origins[i].TableOID != 0 {
-			binary.BigEndian.PutUint32(body[pos:], origins[i].TableOID)
-			binary.BigEndian.PutUint16(body[pos+4:], uint16(origins[i].AttNum))
+		o := router.ColumnOrigin{}
+		if i < len(rf.Origins) {
+			o = rf.Origins[i]
+		}
+		if o.TableOID == 0 {
+			at := router.ColumnOrigin{TableOID: binary.BigEndian.Uint32(body[pos:]), AttNum: int16(binary.BigEndian.Uint16(body[pos+4:]))}
+			for _, m := range rf.Moves {
+				if m.New == at {
+					o = m.Old
+				}
+			}
+		}
+		if o.TableOID != 0 {
+			binary.BigEndian.PutUint32(body[pos:], o.TableOID)
+			binary.BigEndian.PutUint16(body[pos+4:], uint16(o.AttNum))
 		}
 		pos += 18 // table OID, column number, type OID, size, modifier, format
 	}
@@ -1298,7 +1312,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		if typ == 'D' && p != nil {
 			e.write = captureOf(p.write)
 			if p.route == "new" && p.info != nil {
-				e.origins = readOrigins(p.info)
+				e.routedReads = routedRead(p.info)
 			}
 		} else if typ == 'C' {
 			delete(s.portals, string(name))
@@ -1310,7 +1324,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
 			if info.routed { // an unnamed statement the server holds in its new form
-				e.origins = readOrigins(info)
+				e.routedReads = routedRead(info)
 			}
 			if x := s.executedWriteLocked(info); x != nil {
 				e.write = captureOf(x.writeForm())

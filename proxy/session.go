@@ -607,13 +607,13 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}
-		if origTyp == 'T' && ref.origins != nil {
+		if origTyp == 'T' && ref.routedReads != nil {
 			i := 0
 			if ref.kind == reqQuery {
 				i = ref.stmt
 			}
-			if i < len(ref.origins) && ref.origins[i] != nil {
-				setOrigins(body, ref.origins[i])
+			if i < len(ref.routedReads) && ref.routedReads[i] != nil {
+				setOrigins(body, ref.routedReads[i])
 			}
 		}
 		if origTyp == 'E' && ref.reword != nil {

@@ -42,6 +42,8 @@ type Migration struct {
 	flat *flatColumns
 	// readMayFail: a projection expression may raise an error for some rows (mayfail.go).
 	readMayFail bool
+	// moves: the columns the projection copies unchanged from the new relation (origins.go).
+	moves []ColumnMove
 	// writeExprs and readExprs are the maps' expressions (implied same-named copies included),
 	// parsed once: target column → expression node over the source row.
 	writeExprs, readExprs map[string]*pg_query.Node
@@ -89,6 +91,7 @@ func newCatalog(gen *config.Generation, database string, all bool) *Catalog {
 			mig.flat = buildFlatColumns(mig.projection, newCols)
 		}
 		mig.writeExprs, mig.readExprs, mig.exprErr = parseMaps(m, mc)
+		mig.moves = columnMoves(mig)
 		c.byOld[relName{mc.Old.Schema, mc.Old.Name}] = mig
 		c.schemasOf[mc.Old.Name] = mc.Old.NameSchemas
 		if !mig.SameTable() {

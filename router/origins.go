@@ -13,6 +13,37 @@ type ColumnOrigin struct {
 	AttNum   int16
 }
 
+// ColumnMove is a column a new-table migration copies unchanged: its new relation's column (where
+// the new form finds it) and the old relation's (where the client's text does).
+type ColumnMove struct {
+	New, Old ColumnOrigin
+}
+
+// columnMoves lists the columns of a new-table migration that its projection reads unchanged from
+// a same-named column of the new relation.
+func columnMoves(m *Migration) []ColumnMove {
+	mc := m.Catalog
+	if m.SameTable() {
+		return nil // the same table: its columns are reported as they are
+	}
+	var out []ColumnMove
+	for _, c := range mc.Old.Columns {
+		if _, mapped := m.readExprs[c.Name]; mapped && !isPlainCopy(m.readExprs[c.Name], c.Name) {
+			continue
+		}
+		if nc, ok := mc.New.Column(c.Name); ok {
+			out = append(out, ColumnMove{New: ColumnOrigin{mc.New.OID, nc.Num}, Old: ColumnOrigin{mc.Old.OID, c.Num}})
+		}
+	}
+	return out
+}
+
+// isPlainCopy reports whether a read expression is only the column name itself.
+func isPlainCopy(expr *pg_query.Node, name string) bool {
+	f := expr.GetColumnRef().GetFields()
+	return len(f) == 1 && f[0].GetString_().GetSval() == name
+}
+
 // readOrigins returns, for each top-level output column of a read, the old relation's column it
 // is a plain reference to: the origin Postgres reports for the client's text. The new form
 // reports the new relation's column instead, or none for a read-mapped one, and drivers use the

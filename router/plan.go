@@ -84,6 +84,10 @@ type ReadForm struct {
 	// (readOrigins), which the new form's RowDescription gets in place of its own; nil when
 	// none is known.
 	Origins []ColumnOrigin `json:"origins,omitempty"`
+	// Moves say, for the columns its migrations copy unchanged, which old column a new one
+	// stands for: a RowDescription field the new form reports as a new relation's column, whose
+	// origin Origins does not give, is one of these (a plain reference, through the projection).
+	Moves []ColumnMove `json:"moves,omitempty"`
 	// OldSQL, when set, is the old form a comparison runs instead of the client's text.
 	OldSQL string `json:"old_sql,omitempty"`
 }

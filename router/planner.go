@@ -215,10 +215,17 @@ func planStatement(cat *Catalog, searchPath []string, version int32, raw *pg_que
 	}
 	ordered := len(raw.Stmt.GetSelectStmt().GetSortClause()) > 0 && totalOrder
 	mayFail := false
+	var moves []ColumnMove
+	seen := map[*Migration]bool{}
 	for _, r := range refs {
 		mayFail = mayFail || r.mig.readMayFail
+		if !seen[r.mig] {
+			seen[r.mig] = true
+			moves = append(moves, r.mig.moves...)
+		}
 	}
-	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstableWhy, Origins: origins, MayFail: mayFail}
+	st.Read = &ReadForm{SQL: out, Migrations: st.Migrations, Flags: flags, Ordered: ordered, Unstable: unstableWhy,
+		Origins: origins, MayFail: mayFail, Moves: moves}
 	return st
 }
 

@@ -34,7 +34,8 @@ func TestRoutedReadColumnOrigins(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	p, dsn := migratedProxyWith(t, "column_origins", proxyOpts{flags: src})
+	p, dsn := migratedProxyWith(t, "column_origins", proxyOpts{flags: src,
+		setupSQL: "CREATE TABLE notes (nid int PRIMARY KEY, user_id bigint); INSERT INTO notes VALUES (1, 1)"})
 	ctx := testCtx(t)
 	proxied := connectDSN(t, dsn(pgtest.SuperUser, ""))
 	direct := connectDSN(t, strings.Replace(dsn(pgtest.SuperUser, ""), p.addr, cluster.Addr(), 1))
@@ -80,6 +81,23 @@ func TestRoutedReadColumnOrigins(t *testing.T) {
 					t.Errorf("%s (%v): column %d is %s of table %d column %d through pgcanary, %s of table %d column %d from Postgres",
 						sql, mode, i, got[i].Name, got[i].TableOID, got[i].TableAttributeNumber, want[i].Name, want[i].TableOID, want[i].TableAttributeNumber)
 				}
+			}
+		}
+	}
+	// A star over a relation pgcanary has no column list of, before users: where users' columns
+	// start is unknown, but those the projection copies unchanged (the new form reports them as
+	// users_v2's) still name users'. Only the computed full_name keeps no origin.
+	const notesFirst = "SELECT * FROM notes n JOIN users u ON u.id = n.user_id"
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		want, got := fields(direct, notesFirst, mode), fields(proxied, notesFirst, mode)
+		reads++
+		for i := range want {
+			if want[i].Name == "full_name" {
+				continue
+			}
+			if got[i].TableOID != want[i].TableOID || got[i].TableAttributeNumber != want[i].TableAttributeNumber {
+				t.Errorf("%s (%v): column %s is table %d column %d through pgcanary, table %d column %d from Postgres",
+					notesFirst, mode, want[i].Name, got[i].TableOID, got[i].TableAttributeNumber, want[i].TableOID, want[i].TableAttributeNumber)
 			}
 		}
 	}
