@@ -520,7 +520,8 @@ func relayedAsWritten(p *router.Plan) *router.Plan {
 }
 
 // noteDDL tells the server when a plan holds DDL that names a migrated relation's name (only
-// such texts are parsed): the schemas holding those names may change.
+// such texts are parsed): the schemas holding those names, or the relations' columns, may change.
+// The session's own reads stay on the old shape meanwhile (routing.ddlHoldUntil).
 func (s *session) noteDDL(plan *router.Plan) {
 	if plan == nil || plan.Untouched || s.srv.namesChanged == nil {
 		return
@@ -528,6 +529,7 @@ func (s *session) noteDDL(plan *router.Plan) {
 	for _, st := range plan.Statements {
 		if st.Kind == router.KindDDL {
 			s.srv.namesChanged()
+			s.route.ddlHoldGen, s.route.ddlHoldUntil = s.srv.planner.Generation(), time.Now().Add(ddlHold)
 			return
 		}
 	}

@@ -30,7 +30,17 @@ type routing struct {
 	// and the flags' version stay the same (a session-wide key evaluates once per flag change).
 	pct      map[string]cachedPercent
 	attrsGen uint64 // bumped whenever evalAttributes rebuilds an attribute map
+	// After the session sends DDL naming a migrated relation, its reads stay on the old shape
+	// until the configuration generation changes (the reloader read the columns again: a stale
+	// mark, or a fresh catalog) or ddlHold passes: its next statement must not read the new shape
+	// through a column list the DDL just changed.
+	ddlHoldGen   int64
+	ddlHoldUntil time.Time
 }
+
+// ddlHold bounds how long a session's reads stay on the old shape after its DDL when no new
+// generation comes (the DDL changed no column): the reloader reads columns 250 ms and 1 s after.
+const ddlHold = 3 * time.Second
 
 type cachedPercent struct {
 	version, attrsGen uint64
@@ -108,6 +118,12 @@ func commentValue(sql, key string) string {
 func (s *session) routeNew(rf *router.ReadForm, sql string) bool {
 	if s.srv.flags == nil {
 		return false
+	}
+	if r := &s.route; !r.ddlHoldUntil.IsZero() {
+		if time.Now().Before(r.ddlHoldUntil) && s.srv.planner.Generation() == r.ddlHoldGen {
+			return false
+		}
+		r.ddlHoldUntil = time.Time{}
 	}
 	key := s.routingKey(sql)
 	for i, m := range rf.Migrations {

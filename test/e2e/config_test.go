@@ -612,6 +612,19 @@ func TestServeSchemaDrift(t *testing.T) {
 	}
 	pollUntil(t, 15*time.Second, func() bool { before := routedNew(); columns(); return routedNew() > before },
 		func() string { return "reads were not routed again after the column went:\n" + p.log.String() })
+
+	// DDL through pgcanary: the same session's very next read already has the column.
+	if _, err := conn.Exec(ctx, "ALTER TABLE users ADD COLUMN nick2 text"); err != nil {
+		t.Fatal(err)
+	}
+	if n := columns(); n != 11 {
+		t.Fatalf("the read right after the session's own ALTER TABLE: %d columns, want 11", n)
+	}
+	pollUntil(t, 15*time.Second, func() bool { return strings.Contains(p.log.String(), "column nick2 added") },
+		func() string { return "the change made through pgcanary was not noticed:\n" + p.log.String() })
+	if n := columns(); n != 11 {
+		t.Fatalf("a read once the migration is marked stale: %d columns, want 11", n)
+	}
 }
 
 // TestServeSettingsFromEnvironment: each serve flag can come from PGCANARY_<FLAG> (how containers
