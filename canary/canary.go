@@ -217,9 +217,13 @@ type Status struct {
 	EffectivePercent float64 `json:"effective_percent"`
 	CompareRatio     float64 `json:"compare_ratio"`
 
-	KillSwitch KillSwitchStatus   `json:"kill_switch"`
-	Verdict    shadow.Verdict     `json:"verdict"`
-	Counters   map[string]float64 `json:"counters"` // this migration's pgcanary_* series, by name{labels}
+	KillSwitch KillSwitchStatus `json:"kill_switch"`
+	// Stale says how the live schema of the migration's relations changed since the running
+	// configuration was checked against it, when it no longer validates: reads stay on the old
+	// shape (config/drift.go). Empty when the catalog is current.
+	Stale    string             `json:"stale,omitempty"`
+	Verdict  shadow.Verdict     `json:"verdict"`
+	Counters map[string]float64 `json:"counters"` // this migration's pgcanary_* series, by name{labels}
 }
 
 // KillSwitchStatus says whether reads are held on the old shape, since when and why.
@@ -271,6 +275,11 @@ func (s *Service) status(m *config.Migration) Status {
 	if engaged, reason, since := s.kill.Engaged(m.Name); engaged {
 		st.KillSwitch = KillSwitchStatus{Engaged: true, Reason: reason, Since: &since}
 		st.EffectivePercent = 0
+	}
+	if gen := s.store.Current(); gen != nil {
+		if mc := gen.Catalog[m.Name]; mc != nil && mc.Stale != "" {
+			st.Stale, st.EffectivePercent = mc.Stale, 0
+		}
 	}
 	return st
 }

@@ -130,6 +130,11 @@ func migrationsTable(out io.Writer, list []canary.Status) error {
 				return err
 			}
 		}
+		if st.Stale != "" {
+			if _, err := fmt.Fprintf(out, "%s: reads held on the old shape: the live schema changed (%s) and the configuration does not validate against it\n", st.Name, st.Stale); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

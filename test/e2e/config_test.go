@@ -625,6 +625,10 @@ func TestServeSchemaDrift(t *testing.T) {
 	if n := columns(); n != 11 {
 		t.Fatalf("a read once the migration is marked stale: %d columns, want 11", n)
 	}
+	out, stderr, code := runPgcanary(t, dir, nil, "status", "--config", "pgcanary.yaml", "--admin", p.admin)
+	if code != 0 || !strings.Contains(out, "users-split-name: reads held on the old shape: the live schema changed (public.users: column nick2 added)") {
+		t.Fatalf("status while stale: exit %d\n%s\n%s", code, out, stderr)
+	}
 }
 
 // TestServeSettingsFromEnvironment: each serve flag can come from PGCANARY_<FLAG> (how containers
