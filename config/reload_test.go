@@ -496,23 +496,26 @@ func TestReloadInvalidKeepsRunning(t *testing.T) {
 	}
 }
 
+// execIn runs sql in database db as the superuser.
+func execIn(t *testing.T, db, sql string) {
+	t.Helper()
+	conn, err := config.DSNConnector(superDSN(db))(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
 // TestReloadSIGHUPRevalidatesLiveCatalog: the same file is valid or not depending on the
 // database; SIGHUP re-checks it against the live catalog although the file did not change,
 // while a file event on unchanged content does not.
 func TestReloadSIGHUPRevalidatesLiveCatalog(t *testing.T) {
 	db := createDB(t, "reload_sighup")
 	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists reload_sighup with (force)") })
-	run := func(sql string) {
-		t.Helper()
-		conn, err := config.DSNConnector(superDSN(db))(context.Background(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(context.Background())
-		if _, err := conn.Exec(context.Background(), sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	run := func(sql string) { t.Helper(); execIn(t, db, sql) }
 	run(`create table notes (id int primary key, body text not null);
 	      create table notes_v2 (id int primary key, body text not null)`)
 	yaml := fmt.Sprintf(`side_dsn: %s
@@ -655,17 +658,7 @@ func TestReloadConcurrentReaders(t *testing.T) {
 func TestReloadSchemaDrift(t *testing.T) {
 	db := createDB(t, "reload_drift")
 	t.Cleanup(func() { _ = cluster.Exec(context.Background(), "drop database if exists reload_drift with (force)") })
-	run := func(sql string) {
-		t.Helper()
-		conn, err := config.DSNConnector(superDSN(db))(context.Background(), db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(context.Background())
-		if _, err := conn.Exec(context.Background(), sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	run := func(sql string) { t.Helper(); execIn(t, db, sql) }
 	run(`create table notes (id int primary key, body text not null);
 	      create table notes_v2 (id int primary key, body text not null)`)
 	path := filepath.Join(t.TempDir(), "pgcanary.yaml")

@@ -469,20 +469,31 @@ func TestRampCommand(t *testing.T) {
 	}
 }
 
-// TestStatusCommand: `pgcanary status` shows each migration's mirror state, flag value, effective
-// percentage and counters of a running pgcanary.
-func TestStatusCommand(t *testing.T) {
-	inDB := loadExamples(t, "status_cmd")
+// copyExamples copies examples/pgcanary.yaml and flags.json into a new directory, the flag file
+// edited by editFlags when given, and returns the directory.
+func copyExamples(t *testing.T, editFlags func(string) string) string {
+	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"pgcanary.yaml", "flags.json"} {
 		raw, err := os.ReadFile(filepath.Join(cfgRepoRoot(t), "examples", f))
 		if err != nil {
 			t.Fatal(err)
 		}
+		if f == "flags.json" && editFlags != nil {
+			raw = []byte(editFlags(string(raw)))
+		}
 		if err := os.WriteFile(filepath.Join(dir, f), raw, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dir
+}
+
+// TestStatusCommand: `pgcanary status` shows each migration's mirror state, flag value, effective
+// percentage and counters of a running pgcanary.
+func TestStatusCommand(t *testing.T) {
+	inDB := loadExamples(t, "status_cmd")
+	dir := copyExamples(t, nil)
 	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
 	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
 	t.Setenv("PGCANARY_DATABASE", "status_cmd")
@@ -531,24 +542,14 @@ func TestStatusCommand(t *testing.T) {
 // column routes the reads again.
 func TestServeSchemaDrift(t *testing.T) {
 	inDB := loadExamples(t, "schema_drift")
-	dir := t.TempDir()
-	for _, f := range []string{"pgcanary.yaml", "flags.json"} {
-		raw, err := os.ReadFile(filepath.Join(cfgRepoRoot(t), "examples", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f == "flags.json" {
-			// Every read of users on the new shape, and no comparisons: their mismatches would
-			// drop the canary to 0 % on their own, and this test is about the catalog.
-			raw = []byte(strings.Replace(string(raw), `"defaultVariant": "off",
+	// Every read of users on the new shape, and no comparisons: their mismatches would drop the
+	// canary to 0 % on their own, and this test is about the catalog.
+	dir := copyExamples(t, func(raw string) string {
+		raw = strings.Replace(raw, `"defaultVariant": "off",
       "targeting"`, `"defaultVariant": "all",
-      "targeting"`, 1))
-			raw = []byte(strings.ReplaceAll(string(raw), `"default": 0.1`, `"default": 0`))
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), raw, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+      "targeting"`, 1)
+		return strings.ReplaceAll(raw, `"default": 0.1`, `"default": 0`)
+	})
 	t.Setenv("PGCANARY_UPSTREAM", cluster.Addr())
 	t.Setenv("PGCANARY_SIDE_DSN", inDB(cluster.DSN(pgtest.SuperUser, "")))
 	t.Setenv("PGCANARY_DATABASE", "schema_drift")

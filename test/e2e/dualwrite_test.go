@@ -299,6 +299,16 @@ func TestDualWritesLibPQAndPsql(t *testing.T) {
 	assertShapesAgree(t, conn)
 }
 
+// v2Name returns users_v2's first and last name of row id, as "first/last".
+func v2Name(t *testing.T, conn *pgx.Conn, id int) string {
+	t.Helper()
+	var first, last string
+	if err := conn.QueryRow(testCtx(t), "SELECT first_name, coalesce(last_name, '') FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil {
+		t.Fatal(err)
+	}
+	return first + "/" + last
+}
+
 // TestDualWritesSQLPrepare: writes prepared in SQL (PREPARE ... AS UPDATE, EXECUTE) mirror on every
 // EXECUTE and answer as the client's statement would, also when PREPARE and EXECUTE share a query
 // string, through DEALLOCATE, and when a PREPARE fails because the name is taken (the EXECUTE then
@@ -323,14 +333,7 @@ func TestDualWritesSQLPrepare(t *testing.T) {
 		}
 		return strings.Join(out, "|")
 	}
-	name := func(id int) string {
-		t.Helper()
-		var first, last string
-		if err := conn.QueryRow(ctx, "SELECT first_name, coalesce(last_name, '') FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil {
-			t.Fatal(err)
-		}
-		return first + "/" + last
-	}
+	name := func(id int) string { t.Helper(); return v2Name(t, conn, id) }
 	mirroredBefore := max(gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}), 0)
 
 	if got := tags(run("PREPARE up (text, bigint) AS UPDATE users SET full_name = $1 WHERE id = $2")); got != "PREPARE" {
@@ -393,14 +396,7 @@ func TestDualWritesSQLPrepareExtended(t *testing.T) {
 		}
 		return res
 	}
-	name := func(id int) string {
-		t.Helper()
-		var first, last string
-		if err := conn.QueryRow(ctx, "SELECT first_name, coalesce(last_name, '') FROM users_v2 WHERE id = $1", id).Scan(&first, &last); err != nil {
-			t.Fatal(err)
-		}
-		return first + "/" + last
-	}
+	name := func(id int) string { t.Helper(); return v2Name(t, conn, id) }
 	mirroredBefore := max(gatheredValue(t, p.reg, "pgcanary_mirrored_writes_total", map[string]string{"migration": usersMigration, "direction": "forward"}), 0)
 
 	if res := execParams("PREPARE ep (text, bigint) AS UPDATE users SET full_name = $1 WHERE id = $2"); res.CommandTag.String() != "PREPARE" {
