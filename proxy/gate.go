@@ -41,18 +41,20 @@ type gate struct {
 	sealed        bool // the batch is complete: later client messages wait in held
 	noFallback    bool // the batch cannot be replayed: release at the next server message
 	gatedSet      bool // an entry of the batch carries gated
-	// ranNotRead: a statement of the batch that is not a read of a migration completed. A failure
-	// after it is not re-run: that statement would run again with the effects a rollback does
-	// not undo (its serial values, say), a mirrored write in the client's own text. Statements
-	// after the failure never ran (the server skips them), so they do not count.
-	ranNotRead bool
-	recorded   []*recorded
-	recSize    int
-	held       []byte // client messages after the batch
-	heldEnts   []expected
-	out        []byte // the batch's output, held back
-	failed     bool   // the gated statement failed: drop output until the batch ends, then replay
-	done       chan struct{}
+	// executes counts the batch's statements; notRead says one of them is not a read of a
+	// migration. A batch of several statements is re-run only when all are such reads: a write
+	// before the failure would run again with the effects a rollback does not undo (its serial
+	// values, say), and the re-run sends writes in the client's own text (the form a passthrough
+	// write falls back to), so one after the failure would not be mirrored.
+	executes int
+	notRead  bool
+	recorded []*recorded
+	recSize  int
+	held     []byte // client messages after the batch
+	heldEnts []expected
+	out      []byte // the batch's output, held back
+	failed   bool   // the gated statement failed: drop output until the batch ends, then replay
+	done     chan struct{}
 }
 
 const (
@@ -310,6 +312,10 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 	case typ == 'Q', typ == 'F', typ == 'd', typ == 'c', typ == 'f':
 		g.noFallback = true // another protocol flow inside the batch: no replay
 	}
+	if typ == 'E' && !e.suppress {
+		g.executes++
+		g.notRead = g.notRead || e.obs == nil || e.obs.route == "write"
+	}
 	if e.suppress || g.noFallback {
 		return
 	}
@@ -359,7 +365,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		return typ
 	}
 	if origTyp == 'E' {
-		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !g.ranNotRead {
+		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.notRead) {
 			g.failed, g.kind, g.migrations = true, kind, migrations
 			if typ != 0 {
 				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
@@ -368,10 +374,6 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		}
 		s.release(g)
 		return typ
-	}
-	if head.kind == reqExecute && !head.suppress && (origTyp == 'C' || origTyp == 'I' || origTyp == 's') &&
-		(head.obs == nil || head.obs.route == "write") {
-		g.ranNotRead = true
 	}
 	if typ != 0 {
 		g.out = appendMessage(g.out, typ, body)
