@@ -160,6 +160,21 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 	return out, ents
 }
 
+// fallbackPossible reports whether a read sent now could be re-run if its new form failed: a gate
+// records the batch it belongs to (one opens for a batch starting now, as maybeStartGate checks,
+// or one records the batch under way, which holds only reads so far). A read whose new form may
+// fail where the old would not (router.ReadForm.MayFail) is routed only then: pipelined behind
+// another batch, after a write or a Flush in its own, it takes the old shape rather than risk an
+// error Postgres would not have raised.
+func (s *session) fallbackPossible() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.gate; g != nil {
+		return !g.sealed && !g.noFallback && !g.notRead
+	}
+	return s.fifo.idleAfterOwn() && s.ready && !s.inBatch && (s.txStatus == 'I' || s.txStatus == 'T')
+}
+
 // noteClientSavepoints marks a savepoint gate whose batch controls the transaction or
 // savepoints of the client's own (gate.keepSavepoint). Holds mu.
 func (s *session) noteClientSavepoints(ops []router.SettingChange) {

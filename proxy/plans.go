@@ -380,6 +380,10 @@ func (s *session) planQuery(body []byte, e expected) error {
 	var gateMigs []string
 	gateInTx := false // a savepoint can buy a fallback inside a transaction
 	onlyReads := true // a re-run of reads repeats nothing a rollback does not undo
+	reRunnable := len(plan.Statements) == 1 || allReads(plan)
+	if reRunnable {
+		reRunnable = s.fallbackPossible()
+	}
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
 		onlyReads = onlyReads && (st.Kind == router.KindRead || st.Kind == router.KindEmpty)
@@ -405,7 +409,7 @@ func (s *session) planQuery(body []byte, e expected) error {
 				gateKind, gateMigs, gateInTx = "write", st.Migrations, true
 			}
 		case st.Read != nil:
-			routed := s.routeNew(st.Read, st.SQL)
+			routed := s.routeNew(st.Read, st.SQL) && (!st.Read.MayFail || reRunnable)
 			s.countRead(st.Read, routed)
 			if compare {
 				s.maybeCompare(st.Read, st.SQL, nil, nil, path, role)
@@ -451,6 +455,16 @@ func (s *session) planQuery(body []byte, e expected) error {
 		return s.emitGatedQuery(out, body, e, gateKind, gateMigs, gateInTx)
 	}
 	return s.emit('Q', out, e, nil)
+}
+
+// allReads reports whether every statement of a plan is a read (or empty).
+func allReads(plan *router.Plan) bool {
+	for _, st := range plan.Statements {
+		if st.Kind != router.KindRead && st.Kind != router.KindEmpty {
+			return false
+		}
+	}
+	return true
 }
 
 func routeName(newShape bool) string {
@@ -1056,7 +1070,7 @@ func (s *session) planParse(body []byte, e expected) error {
 		}
 		return s.emit('P', out, e, rec)
 	case st.Read != nil && msg.Name == "":
-		routed := s.routeNew(st.Read, st.SQL)
+		routed := s.routeNew(st.Read, st.SQL) && (!st.Read.MayFail || s.fallbackPossible())
 		info.routed = routed
 		s.countRead(st.Read, routed)
 		if !routed {
@@ -1129,7 +1143,7 @@ func (s *session) planBind(body []byte, e expected) error {
 		// An unconfirmed statement runs as whatever the server holds under its name: the
 		// client's own text if its Parse succeeds, else what Postgres would run or refuse.
 		// (confirmed is false in a failed transaction too.)
-		routed := confirmed && s.routeNew(st.Read, st.SQL)
+		routed := confirmed && s.routeNew(st.Read, st.SQL) && (!st.Read.MayFail || s.fallbackPossible())
 		s.countRead(st.Read, routed)
 		p.route = routeName(routed)
 	}
