@@ -201,7 +201,7 @@ func (s *session) emitGatable(typ byte, body []byte, e expected, rec *recorded, 
 
 // emitGatedQuery sends a Query whose new (or mirrored) forms may fail; orig is the client's own
 // Query body, replayed on failure. A Query of several statements comes here only when all of them
-// are reads (planQuery), so only a single write can open a savepoint.
+// are reads (planQuery).
 func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migrations []string, inTxToo bool) error {
 	g, err := s.maybeStartGate(kind, migrations, false, inTxToo)
 	if err != nil {
