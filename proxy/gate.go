@@ -387,6 +387,9 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			}
 			return 0
 		}
+		if g.savepoint && !g.keepSavepoint {
+			s.restoreFailedTransaction(g)
+		}
 		s.release(g)
 		return typ
 	}
@@ -491,6 +494,32 @@ func fallbackable(body []byte) bool {
 	code := errorField(body, 'C')
 	return len(code) == 5 && code != "57014" && code[:2] != "57" && code[:2] != "08"
 }
+
+// restoreFailedTransaction leaves the transaction as Postgres would after an error the client
+// hears (a batch behind a savepoint of the proxy's, not re-run). The error aborted only the
+// proxy's savepoint, and an aborted savepoint is not quite an aborted transaction: COMMIT AND
+// CHAIN then starts the next one with the failed one's characteristics (READ ONLY), where it
+// would not otherwise. So the savepoint is rolled back to and released, and a statement of the
+// proxy's own fails in its place, before anything the client sent after the batch. When the
+// batch's end is not sent yet, the client's Sync brings them (session.restoreAtSync). Holds mu.
+func (s *session) restoreFailedTransaction(g *gate) {
+	if !g.sealed {
+		s.restoreAtSync = true // the RELEASE is not sent either: planAndEmit sends these instead
+		return
+	}
+	msgs, ents := restoreFailedMessages()
+	g.held, g.heldEnts = append(msgs, g.held...), append(ents, g.heldEnts...)
+}
+
+// restoreFailedMessages are the proxy's own statements of restoreFailedTransaction, with a Sync.
+func restoreFailedMessages() ([]byte, []expected) {
+	out, ents := ownStatement(nil, nil, "ROLLBACK TO SAVEPOINT "+savepointName, true, false)
+	out, ents = ownStatement(out, ents, "RELEASE SAVEPOINT "+savepointName, true, false)
+	return ownStatement(out, ents, restoreFailedSQL, true, true)
+}
+
+// restoreFailedSQL fails on purpose, with words a DBA reading the server's log can place.
+const restoreFailedSQL = "DO $pgcanary$ BEGIN RAISE EXCEPTION 'pgcanary: the client''s transaction failed, and stays failed'; END $pgcanary$"
 
 // release opens the gate: held output goes to the client, held messages to the server. Holds mu.
 func (s *session) release(g *gate) {

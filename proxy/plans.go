@@ -219,9 +219,14 @@ func (s *session) planAndEmit(typ byte, body []byte, e expected) error {
 		s.mu.Lock()
 		g := s.gate
 		release := g != nil && g.savepoint && !g.sealed
+		restore := s.restoreAtSync
+		s.restoreAtSync = false
 		s.mu.Unlock()
-		if release { // a passthrough write in a transaction: its savepoint ends with the batch
+		if release { // a batch in a transaction: its savepoint ends with the batch
 			return s.emitOwnSealing("RELEASE SAVEPOINT " + savepointName)
+		}
+		if restore {
+			return s.emitAll(restoreFailedMessages())
 		}
 		return nil
 	}

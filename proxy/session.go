@@ -73,6 +73,9 @@ type session struct {
 	// transaction may already hold work whose answers the client has (after a Flush), so no
 	// gate may open before the next Sync: a re-run of the batch's rest would lose that work.
 	inBatch bool
+	// restoreAtSync: a batch behind the proxy's savepoint failed with an error the client hears
+	// before its Sync was sent; the Sync brings restoreFailedTransaction's statements.
+	restoreAtSync bool
 	// sqlPrepared: the client prepared a mirrored write in SQL; its Queries are then checked for
 	// EXECUTE (planQuery).
 	sqlPrepared bool

@@ -527,6 +527,27 @@ func diffCorners() []diffCorner {
 			},
 		},
 		{
+			// A batch behind the proxy's savepoint (its routed read of orders may fail) that fails
+			// with the client's own error leaves the transaction failed as Postgres would: not
+			// only the savepoint, or COMMIT AND CHAIN would start a READ ONLY transaction where
+			// Postgres starts a read-write one.
+			name: "client_error_behind_savepoint_then_commit_and_chain",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("START TRANSACTION READ ONLY"),
+				rawStep("a routed read, then a write the transaction refuses", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT status, count(*) FROM orders GROUP BY status ORDER BY status"}, textBind("", ""),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "INSERT INTO users (full_name, email) VALUES ('Read Only', 'ro@example.com')"}, textBind("", ""),
+					&pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("COMMIT AND CHAIN"),
+				simpleStep("SHOW transaction_read_only"),
+				simpleStep("ROLLBACK"),
+			},
+		},
+		{
 			// A variant prepared in a batch that then fails is skipped with it; a routed Bind of
 			// the next batch, pipelined behind, must not count on it.
 			name: "variant_prepared_in_failing_batch",
