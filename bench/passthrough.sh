@@ -37,6 +37,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 SCALE=${SCALE:-10}
 WARMUP=${WARMUP:-3}
+PGCANARY_BUILD=0 # the default binary is built every time (below): a stale one would be measured
+[ -z "${PGCANARY_BIN:-}" ] && PGCANARY_BUILD=1
 PGCANARY_BIN=${PGCANARY_BIN:-./bin/pgcanary}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-}
 BENCH_OUT=${BENCH_OUT:-}
@@ -55,8 +57,8 @@ while [ $# -gt 0 ]; do
 	--scale=*) SCALE=${1#*=} ;;
 	--warmup) WARMUP=${2:?--warmup needs a value}; shift ;;
 	--warmup=*) WARMUP=${1#*=} ;;
-	--pgcanary) PGCANARY_BIN=${2:?--pgcanary needs a value}; shift ;;
-	--pgcanary=*) PGCANARY_BIN=${1#*=} ;;
+	--pgcanary) PGCANARY_BIN=${2:?--pgcanary needs a value} PGCANARY_BUILD=0; shift ;;
+	--pgcanary=*) PGCANARY_BIN=${1#*=} PGCANARY_BUILD=0 ;;
 	--out) BENCH_OUT=${2:?--out needs a value}; shift ;;
 	--out=*) BENCH_OUT=${1#*=} ;;
 	--upstream) UPSTREAM=${2:?--upstream needs a value}; shift ;;
@@ -175,7 +177,7 @@ if [ "$PGCANARY_BIN" = none ]; then
 	PGCANARY_NOTE="skipped (PGCANARY_BIN=none)"
 else
 	case "$PGCANARY_BIN" in /*) ;; *) PGCANARY_BIN="$ROOT/${PGCANARY_BIN#./}" ;; esac
-	if [ ! -x "$PGCANARY_BIN" ]; then
+	if [ "$PGCANARY_BUILD" = 1 ] || [ ! -x "$PGCANARY_BIN" ]; then
 		[ "$PGCANARY_BIN" = "$ROOT/bin/pgcanary" ] || die "PGCANARY_BIN=$PGCANARY_BIN does not exist (use PGCANARY_BIN=none to skip)"
 		log "building pgcanary: go build -o bin/pgcanary ./cmd/pgcanary"
 		go build -o bin/pgcanary ./cmd/pgcanary ||

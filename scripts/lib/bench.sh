@@ -22,8 +22,13 @@ bench_init() {
 	USERS=${USERS:-100000}
 	CLIENTS=${CLIENTS:-"1 8"}
 	[ "${1:-}" = "--quick" ] && ROUNDS=1 DURATION=3 USERS=20000
+	# The default binary is built every time (go build does nothing when it is up to date): one
+	# left from an older checkout would otherwise be measured in place of the code at hand.
 	BIN=${PGCANARY_BIN:-bin/pgcanary}
-	[ -x "$BIN" ] || go build -o "$BIN" ./cmd/pgcanary
+	if [ -z "${PGCANARY_BIN:-}" ]; then
+		go build -o "$BIN" ./cmd/pgcanary || { echo "ERROR: building pgcanary failed" >&2; exit 1; }
+	fi
+	[ -x "$BIN" ] || { echo "ERROR: PGCANARY_BIN=$BIN does not exist" >&2; exit 1; }
 	TMP=$(mktemp -d "/tmp/pgcanary-$BENCH_NAME.XXXXXX")
 	chmod 755 "$TMP"
 	PGPORT=$(free_port)
