@@ -385,10 +385,8 @@ func (s *session) planQuery(body []byte, e expected) error {
 	var gateMigs []string
 	gateInTx := false // a savepoint can buy a fallback inside a transaction
 	onlyReads := true // a re-run of reads repeats nothing a rollback does not undo
-	reRunnable := len(plan.Statements) == 1 || allReads(plan)
-	if reRunnable {
-		reRunnable = s.fallbackPossible()
-	}
+	// Whether a failure of this Query could be re-run, asked only for a read that may fail.
+	reRunnable, reRunKnown := false, false
 	for i, st := range plan.Statements {
 		texts[i] = st.SQL
 		onlyReads = onlyReads && (st.Kind == router.KindRead || st.Kind == router.KindEmpty)
@@ -414,7 +412,13 @@ func (s *session) planQuery(body []byte, e expected) error {
 				gateKind, gateMigs, gateInTx = "write", st.Migrations, true
 			}
 		case st.Read != nil:
-			routed := s.routeNew(st.Read, st.SQL) && (!st.Read.MayFail || reRunnable)
+			routed := s.routeNew(st.Read, st.SQL)
+			if routed && st.Read.MayFail {
+				if !reRunKnown {
+					reRunnable, reRunKnown = (len(plan.Statements) == 1 || allReads(plan)) && s.fallbackPossible(), true
+				}
+				routed = reRunnable
+			}
 			s.countRead(st.Read, routed)
 			if compare {
 				s.maybeCompare(st.Read, st.SQL, nil, nil, path, role)
