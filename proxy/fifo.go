@@ -83,8 +83,9 @@ type expected struct {
 	// created: the statement names the Query's SQL PREPAREs create, taken as the session's once
 	// the server completes each PREPARE.
 	created []router.PreparedName
-	// routedReads: the routed read whose RowDescription reports its columns' origins as the
-	// client's text does (setOrigins): a Describe's, or per statement of a Query.
+	// routedRead (a Describe's) and routedReads (per statement of a Query): the routed read whose
+	// RowDescription reports its columns' origins as the client's text does (setOrigins).
+	routedRead  *router.ReadForm
 	routedReads []*router.ReadForm
 	// drops: what the request's DEALLOCATE or DISCARD ALL removed from the session's records,
 	// brought back if the server does not run it; a Query's, one per statement (queryDrops).

@@ -652,11 +652,11 @@ func (s *session) executedWrites(sql string, plan *router.Plan) []*stmtInfo {
 
 // routedRead returns a routed read's form, as a Describe's entry holds it for setOrigins (nil when
 // its RowDescription needs nothing).
-func routedRead(info *stmtInfo) []*router.ReadForm {
+func routedRead(info *stmtInfo) *router.ReadForm {
 	if info.plan == nil || info.plan.Read == nil || info.plan.Read.Origins == nil && info.plan.Read.Moves == nil {
 		return nil
 	}
-	return []*router.ReadForm{info.plan.Read}
+	return info.plan.Read
 }
 
 // setOrigins gives a routed read's RowDescription fields, in place, the table OID and column
@@ -1337,7 +1337,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		if typ == 'D' && p != nil {
 			e.write = captureOf(p.write)
 			if p.route == "new" && p.info != nil {
-				e.routedReads = routedRead(p.info)
+				e.routedRead = routedRead(p.info)
 			}
 		} else if typ == 'C' {
 			delete(s.portals, string(name))
@@ -1349,7 +1349,7 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 		if typ == 'D' && info != nil {
 			e.write = captureOf(info.writeForm())
 			if info.routed { // an unnamed statement the server holds in its new form
-				e.routedReads = routedRead(info)
+				e.routedRead = routedRead(info)
 			}
 			if x := s.executedWriteLocked(info); x != nil {
 				e.write = captureOf(x.writeForm())

@@ -610,13 +610,13 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		if ref.write != nil || ref.writes != nil {
 			typ, body = restore(ref, typ, body)
 		}
-		if origTyp == 'T' && ref.routedReads != nil {
-			i := 0
-			if ref.kind == reqQuery {
-				i = ref.stmt
+		if origTyp == 'T' {
+			rf := ref.routedRead
+			if ref.kind == reqQuery && ref.stmt < len(ref.routedReads) {
+				rf = ref.routedReads[ref.stmt]
 			}
-			if i < len(ref.routedReads) && ref.routedReads[i] != nil {
-				setOrigins(body, ref.routedReads[i])
+			if rf != nil {
+				setOrigins(body, rf)
 			}
 		}
 		if origTyp == 'E' && ref.reword != nil {
