@@ -102,6 +102,9 @@ type parseUndo struct {
 	// the statement's earlier session changes (session.changers), restored with it
 	prevChanges router.SessionChanges
 	hadChanges  bool
+	// the changes the Parse recorded (madeHasChanges: any), made again when it is re-run
+	madeChanges    router.SessionChanges
+	madeHasChanges bool
 }
 
 // headRef returns the head entry for in-place updates (a Query's statement index).

@@ -42,19 +42,26 @@ type gate struct {
 	noFallback    bool // the batch cannot be replayed: release at the next server message
 	gatedSet      bool // an entry of the batch carries gated
 	// executes counts the batch's statements; notRead says one of them is not a read of a
-	// migration. A batch of several statements is re-run only when all are such reads: a write
-	// before the failure would run again with the effects a rollback does not undo (its serial
-	// values, say), and the re-run sends writes in the client's own text (the form a passthrough
-	// write falls back to), so one after the failure would not be mirrored.
+	// migration (mayRerun). A write that ran before the failure would run again with effects a
+	// rollback does not undo (its serial values, say).
 	executes int
 	notRead  bool
-	recorded []*recorded
-	recSize  int
-	held     []byte // client messages after the batch
-	heldEnts []expected
-	out      []byte // the batch's output, held back
-	failed   bool   // the gated statement failed: drop output until the batch ends, then replay
-	done     chan struct{}
+	// ranNotRead: a statement other than a read of a migration completed in the batch (it may
+	// have written). A read's failure after it cannot be re-run. Before it, the batch can be,
+	// with its writes sent again as they were sent (mirrored), unless one of them cannot be
+	// (noWriteReplay: bound to a variant of the proxy's, or changing session settings).
+	ranNotRead    bool
+	noWriteReplay bool
+	recorded      []*recorded
+	recSize       int
+	held          []byte // client messages after the batch
+	heldEnts      []expected
+	out           []byte // the batch's output, held back
+	failed        bool   // the gated statement failed: drop output until the batch ends, then replay
+	// skipped: requests of the batch sent after its failure (awaitBatchEnd), which the server
+	// discards. Their records stand for the re-run; they are undone if there is none.
+	skipped []expected
+	done    chan struct{}
 }
 
 const (
@@ -76,6 +83,16 @@ type recorded struct {
 	portal string    // Bind
 	parsed bool      // Parse: its ParseComplete arrived (a named statement then exists)
 	closed bool      // Close: its CloseComplete arrived (prepared statements outlive the rollback)
+	// undo: a Parse's record of the statement, made again when the Parse is re-run (the
+	// failure undid it, since the server skipped or rolled back the Parse).
+	undo *parseUndo
+	// entry is the response the message expected when it was sent. write marks a message of a
+	// mirrored write (or a PREPARE of one), and sent what was sent for it: a re-run after a
+	// read's failure sends it again, as it was (buildReplay).
+	entry      expected
+	write      bool
+	sent       []byte
+	portalInfo *portalInfo // a write's Bind: the portal it made
 }
 
 // maybeStartGate opens a gate when the session is idle: nothing in flight, outside a transaction,
@@ -276,10 +293,15 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	}
 	if hasEntry && s.discarding.Load() && typ != 'S' {
 		// The server discards it unanswered: what planning it did to the session's records is
-		// void, as for a request skipped behind an error.
-		s.failedRequest(&e)
-		if len(e.ops) > 0 {
-			s.reproject()
+		// void, as for a request skipped behind an error. When a re-run of the failed batch may
+		// still bring it, that waits for the batch's end (awaitBatchEnd).
+		if g := s.gate; g != nil && g.failed && !g.sealed {
+			g.skipped = append(g.skipped, e)
+		} else {
+			s.failedRequest(&e)
+			if len(e.ops) > 0 {
+				s.reproject()
+			}
 		}
 		hasEntry = false
 	}
@@ -341,6 +363,16 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		rec.body = body
 	}
 	rec.body = bytes.Clone(rec.body)
+	rec.undo, rec.entry = e.undo, *e
+	if s.writesMessage(typ, e, rec) {
+		rec.write, rec.sent = true, bytes.Clone(body)
+		if typ == 'B' {
+			rec.portalInfo = s.portals[rec.portal]
+		}
+		if len(e.ops) > 0 || e.drops != nil || typ == 'B' && !bytes.Equal(body, rec.body) {
+			g.noWriteReplay = true
+		}
+	}
 	g.recSize += len(rec.body)
 	if g.recSize > maxGateBatch {
 		g.noFallback = true
@@ -380,10 +412,13 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		return typ
 	}
 	if origTyp == 'E' {
-		if kind, migrations := newFormOf(head, g); g.sealed && fallbackable(body) && kind != "" && !(g.executes > 1 && g.notRead) {
+		if kind, migrations := newFormOf(head, g); fallbackable(body) && kind != "" && g.mayRerun(kind) {
 			g.failed, g.kind, g.migrations = true, kind, migrations
 			if typ != 0 {
 				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
+			}
+			if !g.sealed {
+				s.awaitBatchEnd(g)
 			}
 			return 0
 		}
@@ -392,6 +427,9 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		}
 		s.release(g)
 		return typ
+	}
+	if (origTyp == 'C' || origTyp == 's') && head.kind == reqExecute && !head.suppress && (head.obs == nil || head.obs.route == "write") {
+		g.ranNotRead = true
 	}
 	if typ != 0 {
 		g.out = appendMessage(g.out, typ, body)
@@ -402,14 +440,47 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 	return 0
 }
 
+// mayRerun reports whether the batch can be re-run after a failure of kind ("read" or "write",
+// newFormOf). A batch of one statement, or of reads only, can. A read's failure before any other
+// statement completed can too: the failure stopped the batch before its writes ran (the server
+// skips to Sync, or the savepoint is rolled back to), so they run once, in the re-run, sent as
+// they were (mirrored). A passthrough write's failure re-runs the batch with writes in the
+// client's text, so only a batch of that one statement.
+func (g *gate) mayRerun(kind string) bool {
+	if kind == "read" {
+		return !g.ranNotRead && !g.noWriteReplay
+	}
+	return g.executes <= 1 || !g.notRead
+}
+
+// writesMessage reports whether a client message of a gated batch belongs to a mirrored write,
+// sent in its mirrored form: the Parse of one (or of a SQL PREPARE of one), the Bind of a portal
+// that runs one, a Describe or Execute that restores its answers. Holds mu.
+func (s *session) writesMessage(typ byte, e *expected, rec *recorded) bool {
+	switch typ {
+	case 'P':
+		return rec.info != nil && rec.info.plan != nil && (rec.info.writeForm() != nil || rec.info.plan.Prepare != nil)
+	case 'B':
+		p := s.portals[rec.portal]
+		return p != nil && p.route == "write"
+	case 'D':
+		return e.write != nil
+	case 'E':
+		return e.write != nil || e.obs != nil && e.obs.route == "write" || len(e.prepares) > 0
+	}
+	return false
+}
+
 // settleFailed ends a batch whose new form failed, at its last answer: the batch is re-run in its
 // old form when the failure rolled all of it back, which the ReadyForQuery tells: outside a
 // transaction again (the implicit transaction of the batch ended), or, with a savepoint, about to
 // be rolled back to it. Otherwise the held answers, error included, go to the client. Holds mu.
 func (s *session) settleFailed(g *gate, origTyp byte, body []byte) {
 	rolledBack := g.savepoint || origTyp == 'Z' && len(body) == 1 && body[0] == 'I'
-	if !rolledBack {
-		s.release(g)
+	if !rolledBack || g.noFallback || !g.mayRerun(g.kind) {
+		// Messages that came after the failure (awaitBatchEnd) made the batch one that cannot
+		// be re-run.
+		s.giveUpRerun(g)
 		return
 	}
 	for _, m := range g.migrations {
@@ -421,6 +492,54 @@ func (s *session) settleFailed(g *gate, origTyp byte, body []byte) {
 	}
 	s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(g.failure()))
 	s.replay(g)
+}
+
+// awaitBatchEnd holds a new form's failure that arrived before the client finished sending its
+// batch: Postgres sends an error at once, without waiting for the Sync, and a client that sends
+// its pipeline in pieces (psycopg) may not have sent the rest yet. The server skips what comes
+// until the Sync, so the batch can still be re-run once its end arrives. If the end has not come
+// within Config.BatchEndWait, the client may be waiting for the error before it goes on: it gets
+// it then, as it would from Postgres. A Flush releases it at once. Holds mu.
+func (s *session) awaitBatchEnd(g *gate) {
+	time.AfterFunc(s.srv.batchEndWait, func() {
+		s.mu.Lock()
+		waiting := s.gate == g && g.failed && !g.sealed
+		if waiting {
+			s.giveUpRerun(g)
+		}
+		s.mu.Unlock()
+		if waiting {
+			if err := s.flushClient(); err != nil {
+				s.log.Debug("send a failure held for the batch's end", "err", err)
+			}
+		}
+	})
+}
+
+// awaitingBatchEnd reports whether a failed batch waits for its end to be re-run (awaitBatchEnd).
+func (s *session) awaitingBatchEnd() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gate != nil && s.gate.failed && !s.gate.sealed
+}
+
+// giveUpRerun ends a failed batch that is not re-run: the client gets the answers held, error
+// included, and a transaction the proxy's savepoint kept going is left failed, as Postgres
+// would leave it. Holds mu.
+func (s *session) giveUpRerun(g *gate) {
+	reproject := false
+	for i := len(g.skipped) - 1; i >= 0; i-- { // the latest first: each undo restores what was before it
+		s.failedRequest(&g.skipped[i])
+		reproject = reproject || len(g.skipped[i].ops) > 0
+	}
+	g.skipped = nil
+	if reproject {
+		s.reproject()
+	}
+	if g.savepoint && !g.keepSavepoint {
+		s.restoreFailedTransaction(g)
+	}
+	s.release(g)
 }
 
 // failure returns the ErrorResponse the gate holds (the first error of the failed batch).
@@ -559,10 +678,11 @@ func (s *session) sendLocked(msgs []byte, ents []expected) {
 	}
 }
 
-// buildReplay turns the recorded batch into its old form: reads bind their statement's old form,
-// writes their client's own text; statements the server holds in a new or mirrored form under
-// the client's name are parsed again in the client's text (unnamed) or bound through a variant
-// of the client's text (named). Holds mu.
+// buildReplay turns the recorded batch into its old form: reads bind their statement's old form;
+// after a read's failure, writes go as they were sent (mirrored); after a passthrough write's
+// failure, in their client's own text. Statements the server holds in a new or mirrored form
+// under the client's name are parsed again in the client's text (unnamed) or bound through a
+// variant of the client's text (named). Parses the failure undid are recorded again. Holds mu.
 func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 	var out []byte
 	var ents []expected
@@ -581,6 +701,12 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		kind, name, _ := classifyFrontend(r.typ, r.body)
 		e := expected{kind: kind, name: name}
 		body := r.body
+		if g.kind == "read" && r.write && !(r.typ == 'P' && r.parsed && name != "") {
+			s.rerunAsSent(r, name)
+			add(r.typ, r.sent, rerunEntry(r))
+			reparsed = reparsed || r.typ == 'P' && name == ""
+			continue
+		}
 		switch r.typ {
 		case 'C':
 			if r.closed && len(body) > 0 && body[0] == 'S' {
@@ -605,6 +731,10 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 			if r.info != nil {
 				r.info.routed = false
 				r.info.original = r.info.plan.Write != nil
+			}
+			if r.undo != nil {
+				s.redoParse(r.undo)
+				e.undo, e.parses = r.undo, r.undo.made
 			}
 			reparsed = reparsed || name == ""
 		case 'B':
@@ -651,14 +781,80 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 				e.write = captureOf(r.info.writeForm())
 			}
 		case 'E':
-			e.obs = &observation{migrations: g.migrations, route: "old", start: time.Now()}
-			if g.kind == "write" {
-				e.obs.route = "write"
+			if o := r.entry.obs; o != nil {
+				e.obs = &observation{migrations: o.migrations, route: "old", start: time.Now()}
+				if g.kind == "write" {
+					e.obs.route = "write"
+				}
 			}
 		}
 		add(r.typ, body, e)
 	}
 	return out, ents
+}
+
+// rerunAsSent prepares the session for a message of a mirrored write sent again as it was: the
+// record its Parse made, the portal its Bind made, a count-only portal's single run. Holds mu.
+func (s *session) rerunAsSent(r *recorded, name string) {
+	switch r.typ {
+	case 'P':
+		if r.undo != nil {
+			s.redoParse(r.undo)
+		}
+	case 'B':
+		if r.portalInfo != nil {
+			p := *r.portalInfo
+			p.ran = false
+			s.portals[r.portal] = &p
+		}
+	case 'E':
+		if w := r.entry.write; w != nil && w.CountOnly {
+			if p := s.portals[parseName(r.sent)]; p != nil {
+				p.ran = true
+			}
+		}
+	}
+}
+
+// rerunEntry is the response a write's message sent again expects: the one it expected when it
+// was sent, without what belonged to the first run (the gate's marks, its timing, its count).
+func rerunEntry(r *recorded) expected {
+	e := r.entry
+	e.gated, e.batchEnd, e.sealsGate, e.rec = false, false, false, nil
+	e.count, e.stmt, e.opsDone = 0, 0, 0
+	if r.typ == 'P' {
+		e.undo = r.undo
+	}
+	if e.obs != nil {
+		o := *e.obs
+		o.start = time.Now()
+		e.obs = &o
+	}
+	return e
+}
+
+// redoParse makes again the record of a statement that a Parse made (planParse), for the Parse's
+// re-run: the failed batch undid it (failedRequest). Holds mu.
+func (s *session) redoParse(u *parseUndo) {
+	if u.name != "" {
+		if s.names == nil {
+			s.names = map[string]struct{}{}
+		}
+		s.names[u.name] = struct{}{}
+	}
+	if u.made != nil {
+		s.stmts[u.name] = u.made
+	} else {
+		delete(s.stmts, u.name)
+	}
+	if u.madeHasChanges {
+		if s.changers == nil {
+			s.changers = map[string]router.SessionChanges{}
+		}
+		s.changers[u.name] = u.madeChanges
+	} else {
+		delete(s.changers, u.name)
+	}
 }
 
 // describedBeforeRedefinition reports whether the recorded Describe of a statement at index i

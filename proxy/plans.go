@@ -1045,6 +1045,7 @@ func (s *session) planParse(body []byte, e expected) error {
 			s.changers = map[string]router.SessionChanges{}
 		}
 		s.changers[msg.Name] = changes
+		e.undo.madeChanges, e.undo.madeHasChanges = changes, true
 	} else {
 		delete(s.changers, msg.Name)
 	}

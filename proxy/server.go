@@ -46,7 +46,16 @@ type Config struct {
 	// relation's name (CREATE TABLE tenant7.users, a RENAME, a DROP): which schemas hold such
 	// names, which planning depends on, may have changed. It must not block.
 	NamesMayHaveChanged func()
+	// BatchEndWait bounds how long a routed read's failure that arrives before the client has
+	// sent the rest of its batch is held back, waiting for the batch's end so the batch can be
+	// re-run in its old form (awaitBatchEnd); default DefaultBatchEndWait.
+	BatchEndWait time.Duration
 }
+
+// DefaultBatchEndWait is Config.BatchEndWait's default: clients that send a pipeline in pieces
+// send its end within microseconds to a millisecond; one that waits for an error before it goes on
+// gets it after this long.
+const DefaultBatchEndWait = 50 * time.Millisecond
 
 // Server accepts client connections and relays each to the upstream server.
 type Server struct {
@@ -63,6 +72,7 @@ type Server struct {
 	namesChanged   func()
 	flags          flags.Source
 	routingKey     string
+	batchEndWait   time.Duration
 	keys           *cancelKeys
 	// warnedUnixTrust: a session logged that Postgres lets clients in over its socket unasked.
 	warnedUnixTrust atomic.Bool
@@ -85,6 +95,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.BatchEndWait <= 0 {
+		cfg.BatchEndWait = DefaultBatchEndWait
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -127,6 +140,7 @@ func New(cfg Config) (*Server, error) {
 		namesChanged:   cfg.NamesMayHaveChanged,
 		flags:          cfg.Flags,
 		routingKey:     cfg.RoutingKey,
+		batchEndWait:   cfg.BatchEndWait,
 		keys:           newCancelKeys(),
 		sessions:       make(map[*session]struct{}),
 	}, nil

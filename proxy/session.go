@@ -521,8 +521,9 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 	}
 	e := expected{kind: kind, name: name}
 	// While the server discards until Sync, a message is relayed unplanned: planning it would
-	// change what the session foresees (a SET in a Query) for a statement that never runs.
-	if s.srv.planner != nil && s.srv.planner.Active(s.database) && (typ == 'S' || !s.discarding.Load()) {
+	// change what the session foresees (a SET in a Query) for a statement that never runs. Unless
+	// a failed batch may still be re-run (awaitBatchEnd): then it will run, as planned now.
+	if s.srv.planner != nil && s.srv.planner.Active(s.database) && (typ == 'S' || !s.discarding.Load() || s.awaitingBatchEnd()) {
 		return s.planAndEmit(typ, body, e)
 	}
 	return s.emit(typ, body, e, nil)

@@ -8,9 +8,11 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgcanary/pgcanary/test/pgtest"
 )
@@ -155,18 +157,25 @@ func TestReadFallback(t *testing.T) {
 		t.Fatalf("commit of the transaction the batch began: %v", err)
 	}
 
-	// A failing read with writes in its batch is not re-run: the re-run would send the writes in
-	// the client's own text, unmirrored. The client gets the error, and nothing is written.
+	// A failing read with a write after it in its batch: the failure stopped the batch before
+	// the write ran, so the batch is re-run, the write in its mirrored form, once
+	// (TestReadFallbackBeforeWrites has more).
 	before := fallbacks()
+	var balanceBefore, balanceAfter string
+	if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = 4").Scan(&balanceBefore); err != nil {
+		t.Fatal(err)
+	}
 	b = &pgx.Batch{}
 	b.Queue("SELECT balance::text FROM accounts WHERE id = $1", 7)
 	b.Queue("UPDATE accounts SET balance = balance + 1 WHERE id = $1", 4)
-	var pgErr *pgconn.PgError
-	if err := conn.SendBatch(ctx, b).Close(); !errors.As(err, &pgErr) || pgErr.Code != "22P02" {
-		t.Fatalf("a failing read with a write in its batch: %v, want the new form's 22P02", err)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		t.Fatalf("a failing read with a write in its batch: %v", err)
 	}
-	if got := fallbacks() - before; got != 0 {
-		t.Fatalf("%v fallbacks of a batch with a write", got)
+	if got := fallbacks() - before; got != 1 {
+		t.Fatalf("%v fallbacks of a batch with a write, want 1", got)
+	}
+	if err := conn.QueryRow(ctx, "SELECT balance::text FROM accounts WHERE id = 4").Scan(&balanceAfter); err != nil || balanceBefore != "42.00" || balanceAfter != "43.00" {
+		t.Fatalf("balance of account 4: %s before the batch, %s after (%v); want 42.00 and 43.00", balanceBefore, balanceAfter, err)
 	}
 	var diverged int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM accounts a JOIN accounts_v2 v USING (id) WHERE a.balance::text <> v.balance_text AND a.id <> 7").Scan(&diverged); err != nil || diverged != 0 {
@@ -697,5 +706,195 @@ func TestVariantFailureReachesClient(t *testing.T) {
 				t.Fatalf("after the failed transaction: %q %v", b, err)
 			}
 		})
+	}
+}
+
+// TestReadFallbackBeforeWrites: a pipeline whose first statement is a read that fails on the new
+// shape, followed by mirrored writes (psycopg's pipeline mode sends such batches). The failure
+// stops the batch before any write runs, so the batch is re-run: the read in its old form, the
+// writes in their mirrored forms. The client gets every answer, and both shapes change.
+// A write prepared under a name in such a batch stays mirrored in later executions.
+//
+// A client may send such a pipeline in pieces (psycopg does): the read's error, which Postgres
+// sends at once, can reach the proxy before the rest of the batch. The proxy holds it for the
+// batch's end (here up to 5 s, so that the test does not depend on timing), and re-runs then.
+func TestReadFallbackBeforeWrites(t *testing.T) {
+	cs := customProxy(t, "fallback_before_writes", accountsSchema, accountsMigration("fail"), proxyOpts{batchEndWait: 5 * time.Second})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	ctx := testCtx(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	direct := connectDSN(t, cs.directDSN)
+	fallbacks := func() float64 {
+		return cs.metric("pgcanary_read_fallbacks_total", map[string]string{"migration": "accounts-text"})
+	}
+	mirrored := func(id int) string {
+		t.Helper()
+		var owner, text string
+		if err := direct.QueryRow(ctx, "select owner, balance_text from accounts_v2 where id = $1", id).Scan(&owner, &text); err != nil {
+			t.Fatal(err)
+		}
+		return owner + "/" + text
+	}
+	const read = "SELECT balance::text FROM accounts WHERE id = $1"
+	param := func(s string) [][]byte { return [][]byte{[]byte(s)} }
+	results := func(pipe *pgconn.Pipeline) []string {
+		t.Helper()
+		if err := pipe.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for {
+			res, err := pipe.GetResults()
+			if err != nil {
+				t.Fatalf("pipeline: %v", err)
+			}
+			if res == nil {
+				break
+			}
+			switch r := res.(type) {
+			case *pgconn.ResultReader:
+				rr := r.Read()
+				switch {
+				case rr.Err != nil:
+					got = append(got, "error: "+rr.Err.Error())
+				case len(rr.Rows) == 1:
+					got = append(got, string(rr.Rows[0][0]))
+				default:
+					got = append(got, rr.CommandTag.String())
+				}
+			case *pgconn.StatementDescription:
+				got = append(got, "prepared")
+			}
+		}
+		if err := pipe.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+
+	before := fallbacks()
+	pipe := conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	pipe.SendQueryParams("UPDATE accounts SET owner = 'first', balance = 1.25 WHERE id = 3", nil, nil, nil, nil)
+	pipe.SendQueryParams(read, param("3"), nil, nil, nil)
+	pipe.SendQueryParams("UPDATE accounts SET owner = $1 WHERE id = $2", [][]byte{[]byte("second"), []byte("4")}, nil, nil, nil)
+	if got := strings.Join(results(pipe), "|"); got != "73.50|UPDATE 1|1.25|UPDATE 1" {
+		t.Fatalf("read, write, read, write answered %q", got)
+	}
+	if n := fallbacks() - before; n != 1 {
+		t.Fatalf("%v fallbacks, want 1", n)
+	}
+	if got := mirrored(3) + " " + mirrored(4); got != "first/1.25 second/42.00" {
+		t.Fatalf("accounts_v2 rows 3 and 4: %q, want the writes mirrored", got)
+	}
+
+	// A named write prepared in the re-run batch: later executions mirror too.
+	before = fallbacks()
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	pipe.SendPrepare("setowner", "UPDATE accounts SET owner = $1 WHERE id = $2", nil)
+	if got := strings.Join(results(pipe), "|"); got != "73.50|prepared" {
+		t.Fatalf("read, prepare answered %q", got)
+	}
+	if n := fallbacks() - before; n != 1 {
+		t.Fatalf("%v fallbacks, want 1", n)
+	}
+	if r := conn.PgConn().ExecPrepared(ctx, "setowner", [][]byte{[]byte("third"), []byte("5")}, nil, nil).Read(); r.Err != nil || r.CommandTag.String() != "UPDATE 1" {
+		t.Fatalf("executing the statement prepared in the re-run batch: %v %v", r.CommandTag, r.Err)
+	}
+	if got := mirrored(5); got != "third/52.50" {
+		t.Fatalf("accounts_v2 row 5: %q, want the prepared write mirrored", got)
+	}
+	// The same with the write executed in the batch, then again after it.
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	pipe.SendPrepare("setowner2", "UPDATE accounts SET owner = $1 WHERE id = $2", nil)
+	pipe.SendQueryPrepared("setowner2", [][]byte{[]byte("fourth"), []byte("6")}, nil, nil)
+	if got := strings.Join(results(pipe), "|"); got != "73.50|prepared|UPDATE 1" {
+		t.Fatalf("read, prepare, execute answered %q", got)
+	}
+	if r := conn.PgConn().ExecPrepared(ctx, "setowner2", [][]byte{[]byte("fifth"), []byte("8")}, nil, nil).Read(); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if got := mirrored(6) + " " + mirrored(8); got != "fourth/63.00 fifth/84.00" {
+		t.Fatalf("accounts_v2 rows 6 and 8: %q, want the writes mirrored", got)
+	}
+	// Sent in pieces: the read first, the rest once its error has surely reached the proxy.
+	before = fallbacks()
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams(read, param("7"), nil, nil, nil)
+	if err := pipe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	pipe.SendQueryParams("UPDATE accounts SET owner = 'sixth' WHERE id = 9", nil, nil, nil, nil)
+	if got := strings.Join(results(pipe), "|"); got != "73.50|UPDATE 1" {
+		t.Fatalf("read, then a write sent after the read's error, answered %q", got)
+	}
+	if n := fallbacks() - before; n != 1 {
+		t.Fatalf("%v fallbacks, want 1", n)
+	}
+	if got := mirrored(9); got != "sixth/94.50" {
+		t.Fatalf("accounts_v2 row 9: %q, want the write mirrored", got)
+	}
+	var diff int
+	if err := direct.QueryRow(ctx, `select count(*) from accounts a full join accounts_v2 b using (id)
+		where b.id is null or a.id is null or a.owner <> b.owner or (a.balance::text <> b.balance_text and b.id <> 7)`).Scan(&diff); err != nil || diff != 0 {
+		t.Fatalf("%d rows differ between the shapes (%v)", diff, err)
+	}
+}
+
+// TestReadFallbackErrorNotHeldForever: a client that waits for a read's error before it sends the
+// rest of its batch (Postgres sends errors without waiting for a Sync or Flush; pgx cannot wait so,
+// hence a client speaking the protocol by hand) gets the error once the proxy stops waiting for
+// the batch's end, and the session goes on.
+func TestReadFallbackErrorNotHeldForever(t *testing.T) {
+	const db = "fallback_error_held"
+	cs := customProxy(t, db, accountsSchema, accountsMigration("fail"), proxyOpts{batchEndWait: 200 * time.Millisecond})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	w := dialWire(t, cs.proxy.addr)
+	w.fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": pgtest.SuperUser, "database": db}})
+	if err := w.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.readUntilReady(t)
+	const read = "SELECT balance::text FROM accounts WHERE id = $1"
+	w.fe.Send(&pgproto3.Parse{Query: read})
+	w.fe.Send(&pgproto3.Bind{Parameters: [][]byte{[]byte("7")}})
+	w.fe.Send(&pgproto3.Execute{})
+	if err := w.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for done := false; !done; {
+		msg, err := w.fe.Receive() // times out (the wire deadline) if the error is held for good
+		if err != nil {
+			t.Fatalf("waiting for the read's error: %v (got %q)", err, got)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			got = append(got, "error "+m.Code)
+			done = true
+		case *pgproto3.ParseComplete:
+			got = append(got, "parsed")
+		case *pgproto3.BindComplete:
+			got = append(got, "bound")
+		default:
+			got = append(got, fmt.Sprintf("%T", msg))
+		}
+	}
+	if strings.Join(got, "|") != "parsed|bound|error 22P02" {
+		t.Fatalf("the read answered %q, want parsed|bound|error 22P02", got)
+	}
+	w.fe.Send(&pgproto3.Sync{})
+	if err := w.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w.readUntilReady(t)
+	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
+	var b string
+	if err := conn.QueryRow(testCtx(t), read, 7).Scan(&b); err != nil || b != "73.50" {
+		t.Fatalf("a read afterwards: %q %v", b, err)
 	}
 }

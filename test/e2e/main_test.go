@@ -42,6 +42,8 @@ type proxyOpts struct {
 	planner    proxy.Planner
 	flags      flags.Source
 	routingKey string
+	// batchEndWait: proxy.Config.BatchEndWait (0: the default).
+	batchEndWait time.Duration
 	// setupSQL runs in the migrated database before the configuration is checked (migratedProxyWith).
 	setupSQL string
 	// configEdit changes the example configuration before it is checked (migratedProxyWith).
@@ -98,6 +100,7 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		Flags:          o.flags,
 		RoutingKey:     o.routingKey,
 		Shadow:         o.shadow,
+		BatchEndWait:   o.batchEndWait,
 	})
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)
