@@ -54,11 +54,17 @@ type expected struct {
 	batchEnd  bool // the last entry of a gated batch: a failed batch is replayed after it
 	sealsGate bool // the message ends the gated batch (set by the sender)
 
-	undo    *parseUndo // Parse of a client statement: restores the session's record if it fails
-	parses  *stmtInfo  // Parse of a client statement touching a migration: ParseComplete confirms it
-	variant *variant   // Parse of a variant: marks it unsent if it fails
-	closes  *variant   // Close of a variant: marks it unsent when the server closes it
-	rec     *recorded  // the gated batch's record of this message
+	undo *parseUndo // Parse of a client statement: restores the session's record if it fails
+	// claim: a Parse of a name an earlier Parse in flight takes: the record it makes if the
+	// server completes it (the earlier one failed), applied then (planParse).
+	claim *parseUndo
+	// describeLater: a Describe of this statement, whose transform is chosen when its answer
+	// arrives, from what the name holds then (a claim in flight decides it).
+	describeLater string
+	parses        *stmtInfo // Parse of a client statement touching a migration: ParseComplete confirms it
+	variant       *variant  // Parse of a variant: marks it unsent if it fails
+	closes        *variant  // Close of a variant: marks it unsent when the server closes it
+	rec           *recorded // the gated batch's record of this message
 	// newForm: a Bind of a routed read ("read") or of a passthrough write's mirrored form
 	// ("write"). Postgres checks privileges and plans at Bind, so the new form can fail there.
 	newForm string
@@ -105,6 +111,16 @@ type parseUndo struct {
 	// the changes the Parse recorded (madeHasChanges: any), made again when it is re-run
 	madeChanges    router.SessionChanges
 	madeHasChanges bool
+}
+
+// any reports whether an entry satisfies f.
+func (q *fifo) any(f func(*expected) bool) bool {
+	for i := range q.size {
+		if f(&q.buf[(q.head+i)%len(q.buf)]) {
+			return true
+		}
+	}
+	return false
 }
 
 // headRef returns the head entry for in-place updates (a Query's statement index).

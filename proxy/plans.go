@@ -1020,34 +1020,31 @@ func (s *session) planParse(body []byte, e expected) error {
 		info = &stmtInfo{name: msg.Name, plan: st, query: msg.Query, paramOIDs: msg.ParameterOIDs, path: path, role: role, executes: name}
 	}
 	s.mu.Lock()
+	claim := false
 	if _, exists := s.names[msg.Name]; exists && msg.Name != "" {
-		// Postgres refuses a Parse of a name it holds (42P05) and keeps the statement it has:
-		// the session keeps its record too, for the Binds pipelined behind this Parse.
-		s.mu.Unlock()
-		return s.emit('P', body, e, &recorded{typ: 'P', body: body})
+		if !s.parseInFlight(msg.Name) {
+			// Postgres refuses a Parse of a name it holds (42P05) and keeps the statement it
+			// has: the session keeps its record too, for the Binds pipelined behind this Parse.
+			s.mu.Unlock()
+			return s.emit('P', body, e, &recorded{typ: 'P', body: body})
+		}
+		// The name is taken by a Parse still in flight, which the server skips if something
+		// before it in its batch fails: this Parse then makes the statement. So it is planned
+		// and sent as any, and recorded only if the server completes it (parseUndo, claim).
+		claim = true
 	}
 	s.recordSeq++
-	e.undo = &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil, made: info, seq: s.recordSeq}
-	e.undo.prevChanges, e.undo.hadChanges = s.changers[msg.Name]
-	if msg.Name != "" {
-		if s.names == nil {
-			s.names = map[string]struct{}{}
-		}
-		s.names[msg.Name] = struct{}{}
-	}
-	if info != nil {
-		s.stmts[msg.Name] = info
-	} else {
-		delete(s.stmts, msg.Name)
-	}
+	u := &parseUndo{name: msg.Name, prev: s.stmts[msg.Name], had: s.stmts[msg.Name] != nil, made: info, seq: s.recordSeq}
+	u.prevChanges, u.hadChanges = s.changers[msg.Name]
 	if !changesNothing(changes) {
-		if s.changers == nil {
-			s.changers = map[string]router.SessionChanges{}
-		}
-		s.changers[msg.Name] = changes
-		e.undo.madeChanges, e.undo.madeHasChanges = changes, true
+		u.madeChanges, u.madeHasChanges = changes, true
+	}
+	if claim {
+		e.claim = u
+		s.claims++
 	} else {
-		delete(s.changers, msg.Name)
+		e.undo = u
+		s.redoParse(u)
 	}
 	s.mu.Unlock()
 	rec := &recorded{typ: 'P', body: body, info: info}
@@ -1323,6 +1320,56 @@ func closeStatementBody(name string) []byte {
 	return append(out, 0)
 }
 
+// describeStatement gives a Describe of a statement the transform of the form the server holds
+// under its name (info: the session's record of it; nil for a statement it does not plan). Holds mu.
+func (s *session) describeStatement(e *expected, info *stmtInfo) {
+	if info == nil {
+		return
+	}
+	e.write = captureOf(info.writeForm())
+	if info.routed { // an unnamed statement the server holds in its new form
+		e.routedRead = routedRead(info)
+	}
+	if x := s.executedWriteLocked(info); x != nil {
+		e.write = captureOf(x.writeForm())
+	}
+	e.describes = info
+}
+
+// parseInFlight reports whether a Parse of the named statement is sent (or held in a gate) and
+// not yet answered. Holds mu.
+func (s *session) parseInFlight(name string) bool {
+	return s.anyInFlight(func(e *expected) bool {
+		u := e.undo
+		if u == nil {
+			u = e.claim
+		}
+		return e.kind == reqParse && u != nil && u.name == name
+	})
+}
+
+// claimInFlight reports whether a Parse that makes the named statement only if an earlier one
+// fails (planParse) is not yet answered. Holds mu.
+func (s *session) claimInFlight(name string) bool {
+	return s.anyInFlight(func(e *expected) bool { return e.claim != nil && e.claim.name == name })
+}
+
+// anyInFlight reports whether a request not yet answered, sent or held in a gate, satisfies f.
+// Holds mu.
+func (s *session) anyInFlight(f func(*expected) bool) bool {
+	if s.fifo.any(f) {
+		return true
+	}
+	if g := s.gate; g != nil {
+		for i := range g.heldEnts {
+			if f(&g.heldEnts[i]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // planDescribeClose gives a Describe the transform of the form it describes, and makes a Close
 // of a statement close its variants too.
 func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
@@ -1347,15 +1394,12 @@ func (s *session) planDescribeClose(typ byte, body []byte, e expected) error {
 	} else {
 		info := s.stmts[string(name)]
 		rec.info = info
-		if typ == 'D' && info != nil {
-			e.write = captureOf(info.writeForm())
-			if info.routed { // an unnamed statement the server holds in its new form
-				e.routedRead = routedRead(info)
-			}
-			if x := s.executedWriteLocked(info); x != nil {
-				e.write = captureOf(x.writeForm())
-			}
-			e.describes = info
+		if typ == 'D' && s.claims > 0 && s.claimInFlight(string(name)) {
+			// Which statement the name holds when the server describes it depends on how a
+			// Parse in flight ends (planParse): the answer is read as what the name holds then.
+			e.describeLater = string(name)
+		} else if typ == 'D' {
+			s.describeStatement(&e, info)
 		} else if typ == 'C' {
 			// A Close skipped after an earlier error leaves the statement prepared: its record
 			// comes back then (failedRequest). Its variants' Closes, sent right behind it, are

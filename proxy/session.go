@@ -113,8 +113,11 @@ type session struct {
 	// run. Allocated on first need.
 	changers   map[string]router.SessionChanges
 	variantSeq uint64
-	orphans    []*variant        // variants of dropped statements, closed at the next Sync
-	settings   map[string]string // reported settings that change how values print (shadow.go)
+	// claims counts Parses in flight that make their statement only if an earlier one fails
+	// (planParse): while there are any, a Describe looks for one of its name (claimInFlight).
+	claims   int
+	orphans  []*variant        // variants of dropped statements, closed at the next Sync
+	settings map[string]string // reported settings that change how values print (shadow.go)
 
 	key       backendKey // the key this client knows us by
 	closeOnce sync.Once
@@ -604,6 +607,10 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	s.mu.Lock()
 	ref := s.fifo.headRef()
 	origTyp, origBody := typ, body
+	if ref != nil && ref.describeLater != "" {
+		s.describeStatement(ref, s.stmts[ref.describeLater])
+		ref.describeLater = ""
+	}
 	if ref != nil {
 		if origTyp == 't' && ref.describes != nil {
 			ref.describes.learnParamTypes(origBody)
@@ -670,6 +677,10 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		}
 		if ref.parses != nil {
 			ref.parses.confirmed = true
+		}
+		if ref.claim != nil {
+			s.redoParse(ref.claim) // the name was free: the Parse it waited on failed
+			s.claims--
 		}
 	case 'C', 'I', 's':
 		if ref != nil {
@@ -930,6 +941,9 @@ func (s *session) failedRequest(e *expected) {
 	}
 	if e.variant != nil {
 		e.variant.sent = false
+	}
+	if e.claim != nil {
+		s.claims--
 	}
 	for u := e.drops; u != nil; u = u.next {
 		s.undoDrops(u)

@@ -620,6 +620,36 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id = 19"),
 			},
 		},
+		{
+			// A Parse of a name that a Parse still in flight takes: if that one is skipped (an
+			// error before it in its batch), this one makes the statement. Planned as though the
+			// first had succeeded, its Describe came back as the first's (a write: NoData), and a
+			// write it made ran in the client's text, unmirrored.
+			name: "parse_of_a_name_whose_parse_is_skipped",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("a read prepared under the name of a skipped write, pipelined", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Name: "pk", Query: "DELETE FROM users WHERE id = $1"},
+					&pgproto3.Describe{ObjectType: 'S', Name: "pk"}, &pgproto3.Sync{},
+					&pgproto3.Parse{Name: "pk", Query: "SELECT full_name FROM users WHERE id = $1"},
+					&pgproto3.Describe{ObjectType: 'S', Name: "pk"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("the read", []pgproto3.FrontendMessage{
+					textBind("", "pk", "20"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				rawStep("a write prepared under the name of a skipped read, pipelined", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Name: "pw", Query: "SELECT full_name FROM users WHERE id = $1"}, &pgproto3.Sync{},
+					&pgproto3.Parse{Name: "pw", Query: "UPDATE users SET full_name = $1 WHERE id = 21"},
+					&pgproto3.Describe{ObjectType: 'S', Name: "pw"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("the write", []pgproto3.FrontendMessage{
+					textBind("", "pw", "Claimed Name"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 21"),
+			},
+		},
 	}
 }
 
