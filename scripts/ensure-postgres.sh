@@ -56,9 +56,34 @@ report() {
 	local initdb
 	initdb=$(find_initdb)
 	echo "ensure-postgres: initdb: $initdb ($("$initdb" --version))"
+	local py
+	if py=$(find_psycopg_python); then
+		echo "ensure-postgres: $py: psycopg $("$py" -c 'import psycopg; print(psycopg.__version__)'), psycopg2 $("$py" -c 'import psycopg2; print(psycopg2.__version__.split()[0])')"
+	fi
 	if ((with_pgbouncer)); then
 		echo "ensure-postgres: pgbouncer: $(find_pgbouncer)"
 	fi
+}
+
+# The psycopg driver test (test/e2e/psycopg_test.go) runs Python's psycopg 3 and psycopg2, and
+# is skipped without them: they are installed where this script can install, never required.
+# Debian's packages go to the system Python, which another python3 on PATH (pyenv) may hide; the
+# test looks in the same two places.
+find_psycopg_python() {
+	local py
+	for py in /usr/bin/python3 python3; do
+		if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import psycopg, psycopg2' >/dev/null 2>&1; then
+			echo "$py"
+			return 0
+		fi
+	done
+	return 1
+}
+have_psycopg() {
+	find_psycopg_python >/dev/null
+}
+can_install() {
+	[[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1
 }
 
 packages=()
@@ -68,12 +93,19 @@ fi
 if ((with_pgbouncer)) && ! find_pgbouncer >/dev/null; then
 	packages+=(pgbouncer)
 fi
-if ((${#packages[@]} == 0)); then
+optional=()
+if ! have_psycopg; then
+	optional+=(python3-psycopg python3-psycopg2)
+fi
+if ((${#packages[@]} == 0)) && { ((${#optional[@]} == 0)) || ! can_install; }; then
+	if ((${#optional[@]} > 0)); then
+		echo "ensure-postgres: python3 psycopg/psycopg2 not installed: the psycopg driver test will be skipped" >&2
+	fi
 	report
 	exit 0
 fi
 
-if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+if ! can_install; then
 	cat >&2 <<-MSG
 		ensure-postgres: missing: ${packages[*]}
 		  initdb was not found on PATH nor in /usr/lib/postgresql/*/bin, or pgbouncer
@@ -101,11 +133,11 @@ if [[ ! -e $policy ]]; then
 	trap 'rm -f "$policy"' EXIT
 fi
 
-echo "ensure-postgres: installing: ${packages[*]}"
+echo "ensure-postgres: installing: ${packages[*]} ${optional[*]}"
 apt-get update
 
 install=()
-for p in "${packages[@]}"; do
+for p in "${packages[@]}" "${optional[@]}"; do
 	case "$p" in
 	postgresql)
 		if apt-cache show postgresql-15 >/dev/null 2>&1 && apt-cache show postgresql-client-15 >/dev/null 2>&1; then
