@@ -58,6 +58,7 @@ type gate struct {
 	heldEnts      []expected
 	out           []byte // the batch's output, held back
 	failed        bool   // the gated statement failed: drop output until the batch ends, then replay
+	flushed       bool   // answers go through as they come; the gate ends the savepoint (passAnswers)
 	// skipped: requests of the batch sent after its failure (awaitBatchEnd), which the server
 	// discards. Their records stand for the re-run; they are undone if there is none.
 	skipped []expected
@@ -285,9 +286,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 		}
 		s.recordInGate(g, typ, body, &e, rec)
 		if typ == 'H' {
-			// A Flush asks for every answer so far before the batch ends; the client may wait
-			// for them before it sends the Sync, so nothing may be held back.
-			s.release(g)
+			s.flushGate(g)
 			releasedOnFlush = true
 		}
 	}
@@ -401,6 +400,9 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		}
 		return 0
 	}
+	if g.flushed {
+		return s.gateFlushed(g, origTyp, typ, head, batchEnded)
+	}
 	if g.noFallback {
 		s.release(g)
 		return typ
@@ -434,10 +436,61 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 	if typ != 0 {
 		g.out = appendMessage(g.out, typ, body)
 	}
-	if head.gated && effect == effPop || len(g.out) > maxGateOutput {
+	switch {
+	case head.gated && effect == effPop:
 		s.release(g)
+	case len(g.out) > maxGateOutput:
+		s.passAnswers(g)
 	}
 	return 0
+}
+
+// flushGate answers a client's Flush in a gated batch: the client may wait for every answer so far
+// before it sends its Sync, so nothing may be held back, and the batch cannot be re-run (the
+// answers it got may be of work a failure would undo). A failure held for the batch's end goes
+// to the client. Holds mu.
+func (s *session) flushGate(g *gate) {
+	if g.failed {
+		s.giveUpRerun(g)
+		return
+	}
+	s.passAnswers(g)
+}
+
+// passAnswers gives up a gated batch's re-run and lets its answers through: held ones now, the
+// rest as they come. A batch behind the proxy's savepoint keeps its gate to end the savepoint
+// with the batch (gateFlushed): left open, it would nest every later such batch one
+// subtransaction deeper, and a later error would leave the transaction failed inside it (where
+// COMMIT AND CHAIN keeps the failed transaction's characteristics). Holds mu.
+func (s *session) passAnswers(g *gate) {
+	if !g.savepoint || g.keepSavepoint {
+		s.release(g)
+		return
+	}
+	g.flushed, g.noFallback = true, true
+	if len(g.out) > 0 {
+		s.cmu.Lock()
+		s.cout = append(s.cout, g.out...)
+		s.cmu.Unlock()
+		g.out = nil
+	}
+}
+
+// gateFlushed passes one server message of a batch whose answers go through (passAnswers). The
+// gate ends with the batch: at the answer to the RELEASE of the proxy's savepoint, or at an
+// error, after which the transaction is left failed as Postgres would leave it
+// (restoreFailedTransaction). Holds mu.
+func (s *session) gateFlushed(g *gate, origTyp, typ byte, head *expected, batchEnded bool) byte {
+	switch {
+	case origTyp == 'E' && !head.suppress:
+		if !g.keepSavepoint {
+			s.restoreFailedTransaction(g)
+		}
+		s.release(g)
+	case batchEnded:
+		s.release(g)
+	}
+	return typ
 }
 
 // mayRerun reports whether the batch can be re-run after a failure of kind ("read" or "write",

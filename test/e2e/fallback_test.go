@@ -898,3 +898,87 @@ func TestReadFallbackErrorNotHeldForever(t *testing.T) {
 		t.Fatalf("a read afterwards: %q %v", b, err)
 	}
 }
+
+// TestFlushedBatchInTransaction: in a transaction, a batch whose routed read may fail runs behind
+// the proxy's savepoint. When the client asks for the answers with a Flush, they go out at once
+// (no re-run is possible then), but the savepoint must still end with the batch: left open, a
+// later error would leave the transaction failed inside it, where COMMIT AND CHAIN starts the
+// next transaction (with the failed one's characteristics) instead of ending it, and each such
+// batch would nest one subtransaction deeper.
+func TestFlushedBatchInTransaction(t *testing.T) {
+	cs := customProxy(t, "fallback_flush_tx", accountsSchema, accountsMigration("fail"), proxyOpts{})
+	cs.setFlags(map[string]float64{"accounts-text": 100})
+	ctx := testCtx(t)
+	const read = "SELECT balance::text FROM accounts WHERE id = $1"
+	run := func(conn *pgx.Conn) string {
+		t.Helper()
+		var got []string
+		if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"2", "7"} {
+			pipe := conn.PgConn().StartPipeline(ctx)
+			pipe.SendQueryParams(read, [][]byte{[]byte(id)}, nil, nil, nil)
+			pipe.SendFlushRequest()
+			if err := pipe.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			res, err := pipe.GetResults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := res.(*pgconn.ResultReader).Read()
+			switch {
+			case r.Err != nil:
+				var pgErr *pgconn.PgError
+				errors.As(r.Err, &pgErr)
+				got = append(got, "error "+pgErr.Code)
+			default:
+				got = append(got, string(r.Rows[0][0]))
+			}
+			if err := pipe.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				if res, err := pipe.GetResults(); res == nil || err != nil {
+					break
+				}
+			}
+			if err := pipe.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if r.Err != nil {
+				break
+			}
+		}
+		if _, err := conn.Exec(ctx, "SELECT 1/0"); err == nil {
+			t.Fatal("1/0 succeeded")
+		}
+		tag, err := conn.PgConn().Exec(ctx, "COMMIT AND CHAIN").ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, tag[0].CommandTag.String(), "status "+string(conn.PgConn().TxStatus()))
+		if conn.PgConn().TxStatus() != 'I' {
+			var ro string
+			if err := conn.QueryRow(ctx, "SHOW transaction_read_only").Scan(&ro); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, "read only "+ro)
+			if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return strings.Join(got, "|")
+	}
+	direct := run(connectDSN(t, cs.directDSN))
+	proxied := run(connectDSN(t, cs.dsn(pgtest.SuperUser, "")))
+	// Directly, account 7 reads 73.50 (the old shape); through pgcanary, after a Flush, it may
+	// fail on the new shape, with the error Postgres raises there.
+	if want := "21.00|73.50|ROLLBACK|status T|read only off"; direct != want {
+		t.Fatalf("directly: %q, want %q", direct, want)
+	}
+	if proxied != direct && proxied != "21.00|error 22P02|ROLLBACK|status T|read only off" {
+		t.Fatalf("through pgcanary: %q; directly: %q", proxied, direct)
+	}
+}
