@@ -755,7 +755,7 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		e := expected{kind: kind, name: name}
 		body := r.body
 		if g.kind == "read" && r.write && !(r.typ == 'P' && r.parsed && name != "") {
-			s.rerunAsSent(r, name)
+			s.rerunAsSent(r)
 			add(r.typ, r.sent, rerunEntry(r))
 			reparsed = reparsed || r.typ == 'P' && name == ""
 			continue
@@ -848,7 +848,7 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 
 // rerunAsSent prepares the session for a message of a mirrored write sent again as it was: the
 // record its Parse made, the portal its Bind made, a count-only portal's single run. Holds mu.
-func (s *session) rerunAsSent(r *recorded, name string) {
+func (s *session) rerunAsSent(r *recorded) {
 	switch r.typ {
 	case 'P':
 		if r.undo != nil {
