@@ -170,6 +170,11 @@ func ownStatement(out []byte, ents []expected, sql string, extended, sync bool) 
 	add('P', parseBody(name, sql, nil), reqParse)
 	add('B', []byte(name+"\x00"+name+"\x00\x00\x00\x00\x00\x00\x00"), reqBind)
 	add('E', []byte(name+"\x00\x00\x00\x00\x00"), reqExecute)
+	// A Sync before the Closes: when the statement fails (restoreFailedSQL always does; a
+	// ROLLBACK TO can), the server skips only to it, and the Closes still run. Skipped, they left
+	// the statement prepared, and the proxy's next one failed (42P05). Own statements go out
+	// between the client's batches, where a Sync ends nothing of the client's.
+	add('S', nil, reqSync)
 	add('C', append([]byte("P"+name), 0), reqClose)
 	add('C', closeStatementBody(name), reqClose)
 	if sync {

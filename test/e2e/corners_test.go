@@ -650,6 +650,54 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id = 21"),
 			},
 		},
+		{
+			// In a transaction, a routed read that may fail (a read map of orders) runs behind the
+			// proxy's savepoint; its Bind fails on a parameter the client sent wrong. The re-run
+			// fails the same way: the client must get that error.
+			name: "bind_error_of_routed_read_in_transaction",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("BEGIN"),
+				rawStep("set_config", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sc", Query: "SELECT set_config('search_path', $1, false)"}, &pgproto3.Sync{},
+					textBind("", "sc", "app, public"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("RESET search_path"),
+				rawStep("prepare", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Name: "sb", Query: "SELECT id, full_name FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id AND o.amount > $1) ORDER BY id LIMIT 10",
+						ParameterOIDs: []uint32{20}},
+					&pgproto3.Describe{ObjectType: 'S', Name: "sb"}, &pgproto3.Sync{},
+				}, false),
+				rawStep("a parameter that is not a bigint", []pgproto3.FrontendMessage{
+					&pgproto3.Bind{PreparedStatement: "sb", Parameters: [][]byte{[]byte("1e3")}, ResultFormatCodes: []int16{1}},
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("ROLLBACK"),
+			},
+			fallbacks: 2, // one per migration the read touches
+		},
+		{
+			// A batch behind the proxy's savepoint that fails with the client's own error leaves
+			// the transaction failed through a statement of the proxy's own that fails on
+			// purpose. Its Closes, skipped with it, left the proxy's statement prepared: the next
+			// savepoint, in the next transaction, failed (42P05), and the client got no answer.
+			name: "savepoint_after_a_failed_transaction_restored",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("BEGIN"),
+				rawStep("a routed read that may fail, then the client's own error", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT amount FROM orders WHERE id = $1"}, textBind("", "", "1"), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("ROLLBACK"),
+				simpleStep("BEGIN"),
+				rawStep("another routed read that may fail", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT amount FROM orders WHERE id = $1"}, textBind("", "", "2"),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("COMMIT"),
+			},
+		},
 	}
 }
 
