@@ -918,7 +918,9 @@ func (s *session) failedRequest(e *expected) {
 	if e == nil {
 		return
 	}
-	if u := e.undo; u != nil {
+	if u := e.undo; u != nil && s.stmts[u.name] == u.made {
+		// (A record made since, by a Parse of the name pipelined after a Close or DEALLOCATE of
+		// it, stands: the server runs that Parse whatever became of this one.)
 		if u.had {
 			s.stmts[u.name] = u.prev
 		} else {
@@ -930,6 +932,8 @@ func (s *session) failedRequest(e *expected) {
 			delete(s.changers, u.name)
 		}
 		delete(s.names, u.name) // the Parse created nothing (the name was free: planParse)
+	}
+	if u := e.undo; u != nil {
 		if r := s.dropping[u.name]; r != nil && r.seq > u.seq && r.info == u.made {
 			// A Close or DEALLOCATE not yet answered dropped the record this Parse made: if it
 			// is undone too, the name holds what it held before the Parse.
