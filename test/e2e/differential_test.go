@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgcanary/pgcanary/config"
 	"github.com/pgcanary/pgcanary/flags"
+	"github.com/pgcanary/pgcanary/shadow"
 	"github.com/pgcanary/pgcanary/test/pgtest"
 )
 
@@ -34,6 +35,9 @@ import (
 // migrations are live. The reference keeps its new shape up to date with triggers (what the
 // mirrored writes promise), so every answer the client sees must be the same on both sides, and so
 // must both databases after each program.
+//
+// In about half the seeds a few orders are poisoned so that new forms of orders reads fail, and
+// pgcanary's fallbacks must hide it (diffPoisonFor).
 //
 // By default it replays a few fixed seeds that pass (a regression guard in make test).
 // PGCANARY_DIFF=1 draws a new seed, PGCANARY_DIFF_SEED replays one; random seeds still find open
@@ -60,10 +64,143 @@ var diffRegressionSeeds = []uint64{1795252750730773966, 1795253599410453395, 179
 	1795257069719860467, 1795257391341769634, 1795258243103630155, 1795259090640678379, 1795259287119172850,
 	1795259553883060977, 1795261194919126208}
 
+// Poisoned seeds. The read map of orders-cents, (amount_cents / 100.0)::numeric(12, 2), fails at
+// run time on an amount_cents whose amount does not fit numeric(12, 2) (SQLSTATE 22003). In about
+// half the seeds a few orders hold such an amount_cents (diffPoison) and orders-cents reads go
+// 100 % to the new shape, so that reads touching them fail in their new form and pgcanary must
+// re-run them in their old form (the gate, docs/architecture.md "Fallback: the gate") or route
+// them to the old shape where it could not re-run them: the client must see nothing of it, and
+// every answer must still be the reference's.
+//
+// The poison is in both databases, not in the twin only: clients read amount_cents itself too
+// (SELECT *, COPY, RETURNING), in the old form as in the new, and those answers must agree. The
+// reference never routes a read, so there the poison is only ever read as the column it is. Its
+// trigger (diffReferenceTriggers) re-derives amount_cents only in writes that assign amount or
+// amount_cents, which is what pgcanary's mirrored forms do (router/augment.go: a write that
+// assigns neither needs no form), so a poisoned row keeps its poison on both sides until a write
+// assigns amount (amount_cents is derived from it again) or amount_cents, or deletes the row.
+// Before each program the poison is put back (putBackPoison), and a poisoned order a program
+// deleted is inserted again as it first was, so that the poison is read all along: programs
+// delete orders by id and by user, and a third of them or more would be gone by the last phase.
+//
+// The regression seeds are never poisoned: they replay the conditions of the bugs they found.
+// PGCANARY_DIFF_POISON=1 or =0 forces the choice for a seed.
+
+// diffPoison is the amount_cents of a poisoned order: its new-form amount, 10^12, overflows
+// numeric(12, 2), and no write of the generator makes it (argCents and argAmount are smaller).
+const diffPoison = 100000000000000
+
+// diffPoisonFor says which orders seed poisons (none: the seed runs as it always did). It draws
+// from a stream of its own: the programs draw the same in a poisoned seed as in an unpoisoned one.
+func diffPoisonFor(t *testing.T, seed uint64) []int {
+	r := rand.New(rand.NewPCG(seed, 0x706f69736f6e))
+	on := r.IntN(2) == 0 && !slices.Contains(diffRegressionSeeds, seed)
+	switch v := os.Getenv("PGCANARY_DIFF_POISON"); v {
+	case "":
+	case "0", "1":
+		on = v == "1"
+	default:
+		t.Fatalf("PGCANARY_DIFF_POISON=%q: want 0 or 1", v)
+	}
+	if !on {
+		return nil
+	}
+	// Orders 1..120 exist from the start; each is read by id (argOrder), through its user
+	// (users 1..30 have four orders each) and by every scan of the table.
+	var ids []int
+	for n := 1 + r.IntN(3); len(ids) < n; {
+		if id := 1 + r.IntN(120); !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// diffPoisonEnv is the PGCANARY_DIFF_POISON setting to repeat in a replay command.
+func diffPoisonEnv() string {
+	if v := os.Getenv("PGCANARY_DIFF_POISON"); v != "" {
+		return "PGCANARY_DIFF_POISON=" + v + " "
+	}
+	return ""
+}
+
+// percents are the read percentages to set: in a poisoned seed orders-cents reads stay at 100 %,
+// so that every read of orders may meet the poison in its new form.
+func (env *diffEnv) percents(p map[string]float64) map[string]float64 {
+	if len(env.poison) > 0 {
+		p = maps.Clone(p)
+		p["orders-cents"] = 100
+	}
+	return p
+}
+
+// poisonProgram holds orders-cents at 100 % in the program's changes of percentages too (the
+// generator drew them as in any seed).
+func (env *diffEnv) poisonProgram(prog []diffStep) []diffStep {
+	if len(env.poison) == 0 {
+		return prog
+	}
+	for i, st := range prog {
+		if st.flags != nil {
+			prog[i].flags = env.percents(st.flags)
+			prog[i].desc = fmt.Sprintf("read percentages become %v (through pgcanary only; orders-cents held at 100 %% in a poisoned seed)", prog[i].flags)
+		}
+	}
+	return prog
+}
+
+// putBackPoison poisons the poisoned orders again in both databases, the same way in each (they
+// were equal after the last program): a program's write that assigned amount derived
+// amount_cents from it again, and one that deleted the order (by id, or with its user's) removed
+// it; the order is then inserted again as it was at the start (env.poisonRows), if its user still
+// exists (the foreign key, which the replica role below does not check). The reference's trigger
+// is skipped (session_replication_role = replica); the twin has none (pgcanary's mirrored forms
+// keep its shapes in step).
+func (env *diffEnv) putBackPoison(t *testing.T) {
+	t.Helper()
+	if len(env.poison) == 0 {
+		return
+	}
+	ctx := testCtx(t)
+	for _, c := range []*pgx.Conn{env.refCheck, env.proxCheck} {
+		err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "set local session_replication_role = replica"); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `insert into public.orders
+				select r.* from json_populate_recordset(null::public.orders, $1::json) r
+				where exists (select from public.users u where u.id = r.user_id)
+				on conflict (id) do nothing`, env.poisonRows); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "update public.orders set amount_cents = $1 where id = any($2::int[]) and amount_cents is distinct from $1",
+				int64(diffPoison), env.poison)
+			return err
+		})
+		if err != nil {
+			t.Fatalf("poison orders %v in %s: %v", env.poison, c.Config().Database, err)
+		}
+	}
+}
+
+// fallbacks are the reads of orders-cents each proxy re-ran in their old form (session, comment).
+func (env *diffEnv) fallbacks() [2]float64 {
+	var out [2]float64
+	for i, cs := range []*customSetup{env.session, env.comment} {
+		out[i] = cs.metric("pgcanary_read_fallbacks_total", map[string]string{"migration": "orders-cents"})
+	}
+	return out
+}
+
 func runDifferential(t *testing.T, seed uint64) {
 	t.Logf("seed %d (replay with PGCANARY_DIFF_SEED=%d)", seed, seed)
 	start := time.Now()
-	env := newDiffEnv(t)
+	poison := diffPoisonFor(t, seed)
+	if len(poison) > 0 {
+		t.Logf("seed %d: orders %v poisoned (amount_cents %d), orders-cents reads at 100 %%", seed, poison, int64(diffPoison))
+	}
+	env := newDiffEnv(t, poison...)
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 
 	// The 50 % phase routes by a sqlcommenter tag the generator writes, not by a random session
@@ -82,11 +219,12 @@ func runDifferential(t *testing.T, seed uint64) {
 	for _, ph := range phases {
 		for p := range ph.programs {
 			// Again before each program: a program may change the percentages between its steps.
-			ph.proxy.setFlags(map[string]float64{usersMigration: ph.percent, "orders-cents": ph.percent})
+			ph.proxy.setFlags(env.percents(map[string]float64{usersMigration: ph.percent, "orders-cents": ph.percent}))
 			g := newDiffGen(rng)
-			prog := g.program(22 + rng.IntN(14))
+			prog := env.poisonProgram(g.program(22 + rng.IntN(14)))
+			env.putBackPoison(t)
 			where := fmt.Sprintf("seed %d, phase %q, program %d", seed, ph.name, p)
-			replay := fmt.Sprintf("PGCANARY_DIFF_SEED=%d go test -race -count=1 -run TestDifferential -v ./test/e2e/", seed)
+			replay := fmt.Sprintf("%sPGCANARY_DIFF_SEED=%d go test -race -count=1 -run TestDifferential -v ./test/e2e/", diffPoisonEnv(), seed)
 			env.run(t, replay, where, ph.proxy, prog, g.mode)
 			env.compareDatabases(t, where, prog)
 			if ph.proxy == env.comment {
@@ -98,6 +236,17 @@ func runDifferential(t *testing.T, seed uint64) {
 	}
 	if routed := env.session.metric("pgcanary_statements_total", map[string]string{"migration": usersMigration, "kind": "read", "route": "new"}); routed == 0 {
 		t.Fatalf("seed %d: no read was served by the new shape: the test did not exercise routing", seed)
+	}
+	if len(poison) > 0 {
+		// The point of the poison: reads whose new form failed on it were re-run in their old
+		// form, invisibly. A poisoned seed in which none was would have tested nothing new.
+		fallbacks := env.fallbacks()
+		t.Logf("seed %d: orders %v poisoned: %v reads of orders-cents fell back to the old form (session proxy %v, comment proxy %v); "+
+			"the comparator saw the poison fail %v new forms", seed, poison, fallbacks[0]+fallbacks[1], fallbacks[0], fallbacks[1],
+			env.explained[usersMigration]+env.explained["orders-cents"])
+		if fallbacks[0]+fallbacks[1] == 0 {
+			t.Fatalf("seed %d: orders %v poisoned, yet no read fell back to the old form: the test did not exercise fallbacks", seed, poison)
+		}
 	}
 	t.Logf("seed %d: %d programs, %d steps, equal on both sides, in %s", seed,
 		phases[0].programs+phases[1].programs+phases[2].programs, steps, time.Since(start).Round(time.Millisecond))
@@ -210,7 +359,10 @@ begin
     end if;
     return new;
 end $$;
-create trigger diff_cents before insert or update on public.orders
+-- Only updates that assign amount or amount_cents derive the other column, as pgcanary's mirrored
+-- forms do (router/augment.go); on rows whose shapes agree the other updates would derive what
+-- is there already, but a poisoned order (diffPoison) keeps its amount_cents through them.
+create trigger diff_cents before insert or update of amount, amount_cents on public.orders
     for each row execute function diff_orders_cents();
 `
 
@@ -247,11 +399,17 @@ type diffEnv struct {
 	refCheck     *pgx.Conn
 	proxCheck    *pgx.Conn
 	wording      map[string]bool // error wordings already reported
+	poison       []int           // the poisoned orders' ids, in a poisoned seed (diffPoisonFor)
+	poisonRows   string          // those orders as they first were, a JSON array (putBackPoison)
+	// explained counts, by migration, the comparator's mismatches the poison explains, all
+	// checked (checkComparisons); they are expected, every other mismatch fails the test.
+	explained map[string]float64
 }
 
 // newDiffEnv clones both databases from one template, so that they start with the same rows and
-// even the same OIDs (type OIDs in RowDescription can then be compared as they are).
-func newDiffEnv(t *testing.T) *diffEnv {
+// even the same OIDs (type OIDs in RowDescription can then be compared as they are). poison are
+// the orders a poisoned seed poisons (diffPoisonFor); putBackPoison sets them.
+func newDiffEnv(t *testing.T, poison ...int) *diffEnv {
 	t.Helper()
 	ctx := testCtx(t)
 	dbs := []string{"diff_reference", "diff_proxied", "diff_template"}
@@ -278,6 +436,8 @@ func newDiffEnv(t *testing.T) *diffEnv {
 	}
 	env := &diffEnv{
 		wording:      map[string]bool{},
+		poison:       poison,
+		explained:    map[string]float64{},
 		referenceDSN: cluster.DatabaseDSN("diff_reference", pgtest.SuperUser, ""),
 		proxiedDSN:   cluster.DatabaseDSN("diff_proxied", pgtest.SuperUser, ""),
 		proxiedDB: func(dsn string) string {
@@ -285,6 +445,10 @@ func newDiffEnv(t *testing.T) *diffEnv {
 		},
 	}
 	env.refCheck = connectDSN(t, env.referenceDSN)
+	if err := env.refCheck.QueryRow(ctx, "select coalesce(json_agg(o), '[]')::text from public.orders o where id = any($1::int[])",
+		append([]int{}, poison...)).Scan(&env.poisonRows); err != nil {
+		t.Fatalf("poisoned orders: %v", err)
+	}
 	if _, err := env.refCheck.Exec(ctx, diffReferenceTriggers); err != nil {
 		t.Fatalf("reference triggers: %v", err)
 	}
@@ -294,8 +458,16 @@ func newDiffEnv(t *testing.T) *diffEnv {
 	flagPath := filepath.Join(dir, "flags.json")
 	(&customSetup{t: t, flagPath: flagPath}).setFlags(map[string]float64{})
 	cfgPath := filepath.Join(dir, "pgcanary.yaml")
+	migrations := diffMigrations
+	if len(poison) > 0 {
+		// The poison makes the comparator find new forms failing where the old ones do not
+		// (error_new mismatches, of users-split-name too for reads joining orders), and the
+		// canary's verdicts fail: without this, the comment proxy's kill switches would send the
+		// reads back to the old shapes, and the poison would no longer be read in a new form there.
+		migrations = strings.ReplaceAll(migrations, "    compare: {ratio: 1}\n", "    compare: {ratio: 1}\n    auto_rollback: false\n")
+	}
 	yaml := fmt.Sprintf("upstream: %s\nside_dsn: %s\nflags: {file: flags.json}\nshadow: {workers: 2, queue_size: 10000}\nmigrations:\n%s",
-		cluster.Addr(), env.proxiedDSN, diffMigrations)
+		cluster.Addr(), env.proxiedDSN, migrations)
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -470,10 +642,14 @@ func (env *diffEnv) compareDatabases(t *testing.T, where string, prog []diffStep
 		     nw as (select id, first_name, last_name, email, active, tier, birthday, profile, tags, external_id, created_at from public.users_v2)
 		select (select count(*) from (select * from wm except all select * from nw) a)
 		     + (select count(*) from (select * from nw except all select * from wm) b)
-		     + (select count(*) from public.orders where amount_cents is distinct from (amount * 100)::bigint)`
+		     + (select count(*) from public.orders where amount_cents is distinct from (amount * 100)::bigint
+		                                            and not (id = any($1::int[]) and amount_cents = $2))`
+	// A poisoned order whose poison no write replaced disagrees with its amount by design, on
+	// both sides alike (the comparison above holds them equal); only there, and only with the
+	// poison itself.
 	for _, c := range []*pgx.Conn{env.refCheck, env.proxCheck} {
 		var diff int
-		if err := c.QueryRow(ctx, shapes).Scan(&diff); err != nil {
+		if err := c.QueryRow(ctx, shapes, append([]int{}, env.poison...), int64(diffPoison)).Scan(&diff); err != nil {
 			t.Fatalf("%s: shapes: %v", where, err)
 		}
 		if diff != 0 {
@@ -554,11 +730,52 @@ func (env *diffEnv) checkComparisons(t *testing.T, where string, prog []diffStep
 		time.Sleep(200 * time.Millisecond)
 	}
 	for _, m := range []string{usersMigration, "orders-cents"} {
-		if env.comment.metric("pgcanary_comparisons_total", map[string]string{"migration": m, "result": "mismatch"}) > 0 {
+		n := env.comment.metric("pgcanary_comparisons_total", map[string]string{"migration": m, "result": "mismatch"})
+		if len(env.poison) > 0 {
+			n -= env.explainMismatches(t, m, n)
+		}
+		if n > 0 {
 			recs, err := env.comment.proxy.canary.Mismatches(m, 5)
 			t.Fatalf("%s: the comparator found %s answering differently on its two shapes: %+v %v\nprogram:\n%s", where, m, recs, err, diffListing(prog, -1))
 		}
 	}
+}
+
+// explainMismatches returns how many of migration m's total mismatches the poison explains.
+// In a poisoned seed a compared read that meets a poisoned order fails in its new form only
+// (error_new), with 22003 (numeric field overflow): that is the poison, and expected; the client,
+// whose read fell back (or went to the old shape), saw nothing of it. Such a read is recorded
+// under its first migration: users-split-name for a read of users joined with orders (its own
+// read map, concat_ws, cannot fail so). Every other mismatch is not explained: another kind,
+// another error of the new form, or the old form failing with the same overflow. A read failing
+// in both forms for different reasons, the new one for the poison, would show as error_both:
+// explained too if its new form's error is the overflow and the old one's is not. The
+// mismatches made since the last check are looked at: their kinds in pgcanary_mismatches_total
+// (all of them), their errors in the canary's records (the newest 100 it keeps).
+func (env *diffEnv) explainMismatches(t *testing.T, m string, total float64) float64 {
+	t.Helper()
+	fresh := total - env.explained[m]
+	if fresh <= 0 {
+		return env.explained[m]
+	}
+	var ofKinds float64
+	for _, k := range []string{shadow.KindErrorNew, shadow.KindErrorBoth} {
+		ofKinds += env.comment.metric("pgcanary_mismatches_total", map[string]string{"migration": m, "kind": k})
+	}
+	if ofKinds != total {
+		return env.explained[m] // mismatches of other kinds
+	}
+	recs, err := env.comment.proxy.canary.Mismatches(m, int(fresh))
+	if err != nil {
+		t.Fatalf("mismatches of %s: %v", m, err)
+	}
+	for _, r := range recs.([]shadow.Mismatch) {
+		if !strings.HasPrefix(r.NewError, "22003:") || strings.HasPrefix(r.OldError, "22003:") {
+			return env.explained[m]
+		}
+	}
+	env.explained[m] = total
+	return total
 }
 
 // diffMetricSummary says where reads went and what was not rewritten, for the log.
