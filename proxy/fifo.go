@@ -61,10 +61,13 @@ type expected struct {
 	// describeLater: a Describe of this statement, whose transform is chosen when its answer
 	// arrives, from what the name holds then (a claim in flight decides it).
 	describeLater string
-	parses        *stmtInfo // Parse of a client statement touching a migration: ParseComplete confirms it
-	variant       *variant  // Parse of a variant: marks it unsent if it fails
-	closes        *variant  // Close of a variant: marks it unsent when the server closes it
-	rec           *recorded // the gated batch's record of this message
+	// flushPoint: the last request before a client's Flush in a gated batch: its answer
+	// releases the answers held so far (flushGate).
+	flushPoint bool
+	parses     *stmtInfo // Parse of a client statement touching a migration: ParseComplete confirms it
+	variant    *variant  // Parse of a variant: marks it unsent if it fails
+	closes     *variant  // Close of a variant: marks it unsent when the server closes it
+	rec        *recorded // the gated batch's record of this message
 	// newForm: a Bind of a routed read ("read") or of a passthrough write's mirrored form
 	// ("write"). Postgres checks privileges and plans at Bind, so the new form can fail there.
 	newForm string
@@ -111,6 +114,14 @@ type parseUndo struct {
 	// the changes the Parse recorded (madeHasChanges: any), made again when it is re-run
 	madeChanges    router.SessionChanges
 	madeHasChanges bool
+}
+
+// tailRef returns the last entry, for in-place updates; nil when empty.
+func (q *fifo) tailRef() *expected {
+	if q.size == 0 {
+		return nil
+	}
+	return &q.buf[(q.head+q.size-1)%len(q.buf)]
 }
 
 // any reports whether an entry satisfies f.

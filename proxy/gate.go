@@ -59,6 +59,7 @@ type gate struct {
 	out           []byte // the batch's output, held back
 	failed        bool   // the gated statement failed: drop output until the batch ends, then replay
 	flushed       bool   // answers go through as they come; the gate ends the savepoint (passAnswers)
+	flushWanted   bool   // the client sent a Flush: its answers go out at the flush point (flushGate)
 	// skipped: requests of the batch sent after its failure (awaitBatchEnd), which the server
 	// discards. Their records stand for the re-run; they are undone if there is none.
 	skipped []expected
@@ -193,7 +194,7 @@ func (s *session) fallbackPossible() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if g := s.gate; g != nil {
-		return !g.sealed && !g.noFallback && !g.notRead
+		return !g.sealed && !g.noFallback && !g.notRead && !g.flushWanted
 	}
 	return s.fifo.idleAfterOwn() && s.ready && !s.inBatch && (s.txStatus == 'I' || s.txStatus == 'T')
 }
@@ -251,7 +252,7 @@ func (s *session) emitGatedQuery(out, orig []byte, e expected, kind string, migr
 // replay as they are); once the batch is sealed, it waits in the gate.
 func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	hasEntry := e.kind != 0
-	releasedOnFlush := false
+	releasedOnFlush, syncAfter := false, false
 	s.mu.Lock()
 	if typ == 'S' || typ == 'Q' {
 		s.batch++ // what follows is planned in the next batch, held by a gate or not
@@ -291,8 +292,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 		}
 		s.recordInGate(g, typ, body, &e, rec)
 		if typ == 'H' {
-			s.flushGate(g)
-			releasedOnFlush = true
+			releasedOnFlush, syncAfter = s.flushGate(g)
 		}
 	}
 	if hasEntry && s.discarding.Load() && typ != 'S' {
@@ -315,20 +315,35 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	if hasEntry {
 		s.fifo.push(e)
 	}
-	s.mu.Unlock()
-	if releasedOnFlush {
-		if err := s.flushClient(); err != nil {
-			return err
-		}
+	if syncAfter {
+		s.fifo.push(endAttempt)
+		s.discarding.Store(false)
 	}
+	// smu is taken before mu is let go: the server loop also writes to the server (sendLocked,
+	// under mu), and messages must reach it in the order of their entries.
 	s.smu.Lock()
-	defer s.smu.Unlock()
+	s.mu.Unlock()
 	s.toServerLocked(typ, body)
-	if len(s.sout) >= flushThreshold {
-		return s.flushServerLocked()
+	if syncAfter {
+		s.toServerLocked('S', nil)
+	}
+	var err error
+	if len(s.sout) >= flushThreshold || syncAfter {
+		err = s.flushServerLocked()
+	}
+	s.smu.Unlock()
+	if err != nil {
+		return err
+	}
+	if releasedOnFlush {
+		return s.flushClient()
 	}
 	return nil
 }
+
+// endAttempt is the entry of a Sync of the proxy's own that ends a failed attempt of a batch the
+// client flushed (flushGate): its ReadyForQuery ends the batch, which is re-run then.
+var endAttempt = expected{kind: reqSync, suppress: true, batchEnd: true}
 
 // recordInGate adds a message to the gate's batch and marks the entries the server loop acts on.
 // Holds mu.
@@ -424,7 +439,11 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			if typ != 0 {
 				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
 			}
-			if !g.sealed {
+			switch {
+			case g.sealed:
+			case g.flushWanted && s.mayRerunNow(g):
+				s.endFailedFlushedAttempt(g)
+			default:
 				s.awaitBatchEnd(g)
 			}
 			return 0
@@ -444,22 +463,56 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 	switch {
 	case head.gated && effect == effPop:
 		s.release(g)
-	case len(g.out) > maxGateOutput:
+	case head.flushPoint && effect == effPop, len(g.out) > maxGateOutput:
 		s.passAnswers(g)
 	}
 	return 0
 }
 
-// flushGate answers a client's Flush in a gated batch: the client may wait for every answer so far
-// before it sends its Sync, so nothing may be held back, and the batch cannot be re-run (the
-// answers it got may be of work a failure would undo). A failure held for the batch's end goes
-// to the client. Holds mu.
-func (s *session) flushGate(g *gate) {
-	if g.failed {
-		s.giveUpRerun(g)
-		return
+// flushGate answers a client's Flush in a gated batch. The client may wait for every answer so far
+// before it sends its Sync. So the answers up to the Flush go to it as soon as they are all in
+// (passAtFlush), and from then on the batch cannot be re-run (the answers it got may be of work a
+// failure would undo). If a new form fails before that, nothing has reached the client: the
+// failed attempt is ended at once with a Sync of the proxy's own (the client will not send its
+// Sync before it has answers), and the batch so far is re-run (settleFailed), the Flush with it;
+// what the client sends meanwhile waits behind it. It reports whether answers are to be sent to
+// the client now, and whether that Sync is to follow the Flush. Holds mu.
+func (s *session) flushGate(g *gate) (flushNow, syncAfter bool) {
+	switch {
+	case g.failed:
+		if !s.mayRerunNow(g) {
+			s.giveUpRerun(g)
+			return true, false
+		}
+		g.sealed = true
+		return false, true
+	case g.noFallback:
+		s.passAnswers(g)
+		return true, false
 	}
-	s.passAnswers(g)
+	g.flushWanted = true
+	tail := s.fifo.tailRef()
+	if tail == nil || tail.suppress && !tail.gated {
+		s.passAnswers(g) // nothing of the batch is unanswered
+		return true, false
+	}
+	tail.flushPoint = true
+	return false, false
+}
+
+// mayRerunNow reports whether a failed batch can be re-run as it stands (settleFailed). Holds mu.
+func (s *session) mayRerunNow(g *gate) bool {
+	return !g.noFallback && g.mayRerun(g.kind)
+}
+
+// endFailedFlushedAttempt ends the failed attempt of a batch whose client flushed and waits for
+// answers (flushGate): a Sync of the proxy's own ends the server's skipping, and the batch is
+// re-run at its ReadyForQuery. Later client messages wait in the gate. Holds mu; runs in the
+// server loop.
+func (s *session) endFailedFlushedAttempt(g *gate) {
+	g.sealed = true
+	s.discarding.Store(false)
+	s.sendLocked(appendMessage(nil, 'S', nil), []expected{endAttempt})
 }
 
 // passAnswers gives up a gated batch's re-run and lets its answers through: held ones now, the
@@ -718,6 +771,7 @@ func (s *session) replay(g *gate) {
 	close(g.done)
 	out, ents := s.buildReplay(g)
 	s.sendLocked(append(out, g.held...), append(ents, g.heldEnts...))
+	s.reproject() // the re-run's setting changes, which the failure undid, are foreseen again
 }
 
 // sendLocked writes messages from the server loop, pushing their entries first. Holds mu.
@@ -772,6 +826,12 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 				// made its name anew: closing it again would drop that one. A Close of a name
 				// that holds nothing still answers CloseComplete, as the client expects.
 				body = closeStatementBody(noStatement)
+			} else if len(body) > 1 && body[0] == 'S' && r.entry.drops != nil {
+				// The failure brought the statement's record back (undoDrops): drop it again.
+				e.drops = &dropUndo{applied: true}
+				if info := s.dropRecord(parseName(body[1:]), e.drops); info != nil {
+					s.orphanVariants(info)
+				}
 			}
 		case 'Q':
 			e.obsList = []*observation{{migrations: g.migrations, route: "old", start: time.Now()}}
@@ -844,6 +904,13 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 				if g.kind == "write" {
 					e.obs.route = "write"
 				}
+			}
+			// What the statement does to the session (a SET, DEALLOCATE, a SQL PREPARE) was
+			// undone with the failure: it is done again, as the statement runs again.
+			e.ops, e.refused, e.created, e.prepares = r.entry.ops, r.entry.refused, r.entry.created, r.entry.prepares
+			if d := r.entry.drops; d != nil {
+				e.drops = &dropUndo{drops: d.drops}
+				s.dropStatements(e.drops)
 			}
 		}
 		add(r.typ, body, e)

@@ -783,7 +783,14 @@ func (s *session) followSettings(e *expected, typ byte, body []byte) (reproject 
 		}
 		return true
 	case 'Z':
-		return len(body) == 1 && s.conf.ready(body[0])
+		if len(body) != 1 {
+			return false
+		}
+		// A transaction that failed is going again (the proxy rolled back to its savepoint to
+		// re-run a batch), or one is failed now: the projection, which plans SETs as failing
+		// in a failed transaction, must be made again either way.
+		aborted := s.conf.aborted
+		return s.conf.ready(body[0]) || s.conf.aborted != aborted
 	}
 	return false
 }
