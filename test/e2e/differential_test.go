@@ -43,7 +43,7 @@ import (
 // PGCANARY_DIFF=1 draws a new seed, PGCANARY_DIFF_SEED replays one; random seeds still find open
 // bugs now and then (see the session notes), so make test does not draw them.
 func TestDifferential(t *testing.T) {
-	seeds := diffRegressionSeeds
+	seeds := append(slices.Clone(diffRegressionSeeds), diffPoisonedRegressionSeeds...)
 	if os.Getenv("PGCANARY_DIFF") == "1" {
 		seeds = []uint64{uint64(time.Now().UnixNano())}
 	}
@@ -63,6 +63,11 @@ func TestDifferential(t *testing.T) {
 var diffRegressionSeeds = []uint64{1795252750730773966, 1795253599410453395, 1795253896134569728, 1795253937250345352,
 	1795257069719860467, 1795257391341769634, 1795258243103630155, 1795259090640678379, 1795259287119172850,
 	1795259553883060977, 1795261194919126208}
+
+// diffPoisonedRegressionSeeds are poisoned seeds (diffPoisonFor) that each found a fallback bug,
+// fixed since: a Flush before a failure, a SET after a fallback in a transaction, DEALLOCATE ALL
+// in a re-run batch.
+var diffPoisonedRegressionSeeds = []uint64{1795272043618874889, 1795272267337031359, 1795272769059326663}
 
 // Poisoned seeds. The read map of orders-cents, (amount_cents / 100.0)::numeric(12, 2), fails at
 // run time on an amount_cents whose amount does not fit numeric(12, 2) (SQLSTATE 22003). In about
