@@ -253,6 +253,9 @@ func (s *session) planExecute(body []byte, e expected) error {
 	for _, c := range ch.Settings {
 		s.proj.apply(c)
 	}
+	if e.refused {
+		s.proj.failing = true // the rest of the batch is skipped, its SETs rolled back
+	}
 	if len(ch.Drops) > 0 {
 		e.drops = &dropUndo{drops: ch.Drops}
 		s.dropStatements(e.drops)
@@ -348,6 +351,9 @@ func (s *session) planQuery(body []byte, e expected) error {
 	defer func() { // after planning: the text's own statements are planned in sequence
 		s.applyChanges(changes, e.drops)
 		s.mu.Lock()
+		if e.refused {
+			s.proj.failing = true
+		}
 		s.proj.batchEnd() // a Query ends its implicit transaction
 		s.pipelining = false
 		s.mu.Unlock()

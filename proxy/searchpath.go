@@ -252,12 +252,19 @@ type projection struct {
 	role    userState
 	inTx    bool // an explicit transaction is open
 	aborted bool // and it failed (confirmedSettings.aborted)
+	// failing: a statement of the batch is foreseen to fail (a DISCARD ALL Postgres refuses):
+	// the server skips the rest of the batch, and the batch's end rolls back its implicit
+	// transaction, or leaves the explicit one failed.
+	failing bool
 }
 
 // apply foresees one change: setting changes and savepoints as they are, transaction control as
 // if it succeeds; in a failed transaction, what Postgres does there (the statement fails, COMMIT
 // rolls back, ROLLBACK TO recovers).
 func (p *projection) apply(c router.SettingChange) {
+	if p.failing {
+		return // skipped by the server
+	}
 	switch c.Op {
 	case router.ChangeBegin:
 		p.inTx = p.inTx || !p.aborted
@@ -279,12 +286,17 @@ func (p *projection) apply(c router.SettingChange) {
 // batchEnd foresees a Sync or the end of a Query: outside an explicit transaction, the implicit
 // one commits.
 func (p *projection) batchEnd() {
-	if !p.inTx {
-		p.path.endTransaction(true)
-		p.role.endTransaction(true)
+	failed := p.failing
+	p.failing = false
+	switch {
+	case p.inTx && failed:
+		p.aborted = true
+	case !p.inTx:
+		p.path.endTransaction(!failed)
+		p.role.endTransaction(!failed)
 	}
 }
 
 func (p *projection) clone() projection {
-	return projection{path: p.path.clone(), role: p.role.clone(), inTx: p.inTx, aborted: p.aborted}
+	return projection{path: p.path.clone(), role: p.role.clone(), inTx: p.inTx, aborted: p.aborted, failing: p.failing}
 }

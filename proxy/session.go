@@ -817,6 +817,8 @@ func (s *session) reproject() {
 			for _, c := range e.ops[e.opsDone:] {
 				s.proj.apply(c)
 			}
+		} else {
+			s.proj.failing = true
 		}
 		if e.kind == reqSync || e.kind == reqQuery {
 			s.proj.batchEnd()

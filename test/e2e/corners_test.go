@@ -725,6 +725,24 @@ func diffCorners() []diffCorner {
 				}, false),
 			},
 		},
+		{
+			// DISCARD ALL is refused in a pipeline (25001): the batch fails, and the SET before it
+			// in the batch rolls back with it. The batch pipelined behind was planned as though
+			// the SET held: its write resolved users to app.users and went unmirrored, where
+			// Postgres wrote public.users.
+			name: "set_rolled_back_by_a_refused_discard_all",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("SET, DISCARD ALL, Sync, then a write, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "DISCARD ALL"}, textBind("", ""), &pgproto3.Execute{}, &pgproto3.Sync{},
+					&pgproto3.Parse{Query: "UPDATE users SET full_name = 'After Discard' WHERE id = 27"}, textBind("", ""),
+					&pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SHOW search_path"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 27"),
+			},
+		},
 	}
 }
 
