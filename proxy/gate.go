@@ -88,9 +88,9 @@ type recorded struct {
 	// undo: a Parse's record of the statement, made again when the Parse is re-run (the
 	// failure undid it, since the server skipped or rolled back the Parse).
 	undo *parseUndo
-	// entry is the response the message expected when it was sent. write marks a message of a
-	// mirrored write (or a PREPARE of one), and sent what was sent for it: a re-run after a
-	// read's failure sends it again, as it was (buildReplay).
+	// entry is the response the message expected when it was sent (kept for writes, Executes and
+	// Closes). write marks a message of a mirrored write (or a PREPARE of one), and sent what was
+	// sent for it: a re-run after a read's failure sends it again, as it was (buildReplay).
 	entry      expected
 	write      bool
 	sent       []byte
@@ -382,8 +382,12 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		rec.body = body
 	}
 	rec.body = bytes.Clone(rec.body)
-	rec.undo, rec.entry = e.undo, *e
-	if s.writesMessage(typ, e, rec) {
+	rec.undo = e.undo
+	write := s.writesMessage(typ, e, rec)
+	if write || typ == 'E' || typ == 'C' {
+		rec.entry = *e // what buildReplay reads: a write's whole entry, an Execute's or Close's effects
+	}
+	if write {
 		rec.write, rec.sent = true, bytes.Clone(body)
 		if typ == 'B' {
 			rec.portalInfo = s.portals[rec.portal]
