@@ -962,9 +962,34 @@ func rerunEntry(r *recorded) expected {
 	return e
 }
 
+// laterParse returns the record of the first Parse of u's name made after u and not yet
+// answered, if any. Holds mu.
+func (s *session) laterParse(u *parseUndo) *parseUndo {
+	var later *parseUndo
+	s.anyInFlight(func(e *expected) bool {
+		if v := e.undo; v != nil && v.name == u.name && v.seq > u.seq && (later == nil || v.seq < later.seq) {
+			later = v
+		}
+		return false
+	})
+	return later
+}
+
 // redoParse makes again the record of a statement that a Parse made (planParse), for the Parse's
 // re-run: the failed batch undid it (failedRequest). Holds mu.
 func (s *session) redoParse(u *parseUndo) {
+	// A Close, DEALLOCATE or Parse of the name planned after this Parse (held behind a re-run
+	// batch, or pipelined behind a claim) acts on what this Parse makes: its record is patched,
+	// and the name's current record stands.
+	if r := s.dropping[u.name]; r != nil && r.seq > u.seq {
+		r.info, r.changes, r.hadChanges, r.named = u.made, u.madeChanges, u.madeHasChanges, u.name != ""
+		return
+	}
+	if later := s.laterParse(u); later != nil {
+		later.prev, later.had = u.made, u.made != nil
+		later.prevChanges, later.hadChanges = u.madeChanges, u.madeHasChanges
+		return
+	}
 	if u.name != "" {
 		if s.names == nil {
 			s.names = map[string]struct{}{}

@@ -131,6 +131,19 @@ func TestFallbackCorners(t *testing.T) {
 				&pgproto3.Parse{Name: "s0", Query: "INSERT INTO users (full_name, email) VALUES ('Ada Lovelace', 'z@example.com')"},
 				textBind("", "s0"), &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
 		}},
+		{"close_held_behind_a_rerun_batch", []diffStep{
+			// The re-run makes s2 again; the Close pipelined behind the batch closes it: the
+			// name is free afterwards.
+			rawStep("P/B/E poisoned read, Close s2, Parse s2 (a write), Sync; Close s2, Sync", []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Query: poisoned}, textBind("", ""), &pgproto3.Execute{},
+				&pgproto3.Close{ObjectType: 'S', Name: "s2"},
+				&pgproto3.Parse{Name: "s2", Query: "UPDATE users SET full_name = $1 WHERE id = 23"}, &pgproto3.Sync{},
+				&pgproto3.Close{ObjectType: 'S', Name: "s2"}, &pgproto3.Sync{}}, false),
+			rawStep("Parse s2 (a read), Describe, Bind, Execute, Sync", []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Name: "s2", Query: "SELECT u.* FROM users u WHERE u.id = $1"},
+				&pgproto3.Describe{ObjectType: 'S', Name: "s2"}, textBind("", "s2", "34"),
+				&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{}}, false),
+		}},
 		{"tx_fallback_extended_then_set", []diffStep{
 			simpleStep("BEGIN"),
 			execParamsStep(diffStmt{sql: poisoned}, false, false),
