@@ -990,6 +990,12 @@ func (s *session) redoParse(u *parseUndo) {
 		later.prevChanges, later.hadChanges = u.madeChanges, u.madeHasChanges
 		return
 	}
+	s.applyParse(u)
+}
+
+// applyParse makes the session's record of a statement what a Parse made: the newest Parse of
+// its name (planParse), so nothing planned after it needs patching. Holds mu.
+func (s *session) applyParse(u *parseUndo) {
 	if u.name != "" {
 		if s.names == nil {
 			s.names = map[string]struct{}{}

@@ -1050,7 +1050,7 @@ func (s *session) planParse(body []byte, e expected) error {
 		s.claims++
 	} else {
 		e.undo = u
-		s.redoParse(u)
+		s.applyParse(u) // not redoParse: this Parse is the newest, no FIFO scan on every Parse
 	}
 	s.mu.Unlock()
 	rec := &recorded{typ: 'P', body: body, info: info}
