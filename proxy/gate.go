@@ -24,9 +24,9 @@ import (
 //     it releases everything) or fails (then it drops the output up to the batch's last answer
 //     and sends the replay, then the held messages).
 //
-// Output beyond maxGateOutput is released early: from then on a failure reaches the client like
-// any error. A session that is not idle, a pipeline, or a batch mixing in other protocol
-// messages simply runs without a fallback.
+// Output beyond maxGateOutput goes to a temporary file when a new form may fail part-way through
+// its rows, and is released early otherwise (heldout.go). A session that is not idle, a pipeline,
+// or a batch mixing in other protocol messages simply runs without a fallback.
 type gate struct {
 	kind       string // "read" or "write"
 	migrations []string
@@ -56,10 +56,16 @@ type gate struct {
 	recSize       int
 	held          []byte // client messages after the batch
 	heldEnts      []expected
-	out           []byte // the batch's output, held back
-	failed        bool   // the gated statement failed: drop output until the batch ends, then replay
-	flushed       bool   // answers go through as they come; the gate ends the savepoint (passAnswers)
-	flushWanted   bool   // the client sent a Flush: its answers go out at the flush point (flushGate)
+	out           heldOutput // the batch's output, held back
+	// spill: a new form of the batch may fail part-way through its rows (a read expression that
+	// raises, a passthrough write's mirrored form), so its output is held to the end however
+	// large, beyond maxGateOutput in a temporary file. Other batches fail, if at all, before
+	// their first row, and release output past maxGateOutput early.
+	spill       bool
+	failed      bool   // the gated statement failed: drop output until the batch ends, then replay
+	failErr     []byte // the failure's ErrorResponse body
+	flushed     bool   // answers go through as they come; the gate ends the savepoint (passAnswers)
+	flushWanted bool   // the client sent a Flush: its answers go out at the flush point (flushGate)
 	// skipped: requests of the batch sent after its failure (awaitBatchEnd), which the server
 	// discards. Their records stand for the re-run; they are undone if there is none.
 	skipped []expected
@@ -67,7 +73,7 @@ type gate struct {
 }
 
 const (
-	// maxGateOutput bounds the output held back while a fallback is possible.
+	// maxGateOutput bounds the output held back in memory while a fallback is possible.
 	maxGateOutput = 256 << 10
 	// maxGateBatch bounds the recorded batch; larger batches run without a fallback.
 	maxGateBatch = 1 << 20
@@ -104,6 +110,9 @@ type recorded struct {
 // It returns the gate it opened, or nil.
 func (s *session) maybeStartGate(kind string, migrations []string, extended, inTxToo bool) (*gate, error) {
 	s.mu.Lock()
+	if g := s.gate; g != nil && inTxToo {
+		g.spill = true // the batch under way gains a form that may fail late
+	}
 	if s.gate != nil || !s.fifo.idleAfterOwn() || !s.ready || s.inBatch {
 		s.mu.Unlock()
 		return nil, nil
@@ -113,7 +122,7 @@ func (s *session) maybeStartGate(kind string, migrations []string, extended, inT
 		s.mu.Unlock()
 		return nil, nil // in a failed transaction everything fails anyway
 	}
-	g := &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, done: make(chan struct{})}
+	g := &gate{kind: kind, migrations: migrations, savepoint: inTx, extended: extended, spill: inTxToo, done: make(chan struct{})}
 	s.gate = g
 	s.mu.Unlock()
 	if inTx {
@@ -417,7 +426,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			return typ
 		}
 		if typ != 0 {
-			g.out = appendMessage(g.out, typ, body)
+			g.out.add(typ, body, g.spill)
 		}
 		if batchEnded {
 			s.settleFailed(g, origTyp, body)
@@ -440,8 +449,9 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 	if origTyp == 'E' {
 		if kind, migrations := newFormOf(head, g); fallbackable(body) && kind != "" && g.mayRerun(kind) {
 			g.failed, g.kind, g.migrations = true, kind, migrations
+			g.failErr = append([]byte(nil), body...)
 			if typ != 0 {
-				g.out = appendMessage(g.out, typ, body) // kept in case the batch cannot be re-run
+				g.out.add(typ, body, g.spill) // kept in case the batch cannot be re-run
 			}
 			switch {
 			case g.sealed:
@@ -462,12 +472,17 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		g.ranNotRead = true
 	}
 	if typ != 0 {
-		g.out = appendMessage(g.out, typ, body)
+		g.out.add(typ, body, g.spill)
 	}
 	switch {
 	case head.gated && effect == effPop:
 		s.release(g)
-	case head.flushPoint && effect == effPop, len(g.out) > maxGateOutput:
+	case head.flushPoint && effect == effPop, g.out.mustRelease(g.spill):
+		if g.out.err != nil && !s.warnedSpill {
+			s.warnedSpill = true // once per session: the cause is the machine's, not the batch's
+			s.log.Warn("could not hold a routed batch's output in a temporary file (set TMPDIR to a writable directory): it goes to the client before the batch ends, and a failure of its new form after this point reaches the client",
+				"err", g.out.err, "migrations", g.migrations)
+		}
 		s.passAnswers(g)
 	}
 	return 0
@@ -530,12 +545,7 @@ func (s *session) passAnswers(g *gate) {
 		return
 	}
 	g.flushed, g.noFallback = true, true
-	if len(g.out) > 0 {
-		s.cmu.Lock()
-		s.cout = append(s.cout, g.out...)
-		s.cmu.Unlock()
-		g.out = nil
-	}
+	s.releaseOutput(g)
 }
 
 // gateFlushed passes one server message of a batch whose answers go through (passAnswers). The
@@ -605,7 +615,7 @@ func (s *session) settleFailed(g *gate, origTyp byte, body []byte) {
 			s.srv.metrics.UnmirroredWrite(m, "mirror_failed")
 		}
 	}
-	s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(g.failure()))
+	s.log.Debug("new form failed; re-running the old form", "kind", g.kind, "migrations", g.migrations, "error", errorMessage(g.failErr))
 	s.replay(g)
 }
 
@@ -655,18 +665,6 @@ func (s *session) giveUpRerun(g *gate) {
 		s.restoreFailedTransaction(g)
 	}
 	s.release(g)
-}
-
-// failure returns the ErrorResponse the gate holds (the first error of the failed batch).
-func (g *gate) failure() []byte {
-	for b := g.out; len(b) >= headerLen; {
-		n := int(binary.BigEndian.Uint32(b[1:headerLen]))
-		if b[0] == 'E' {
-			return b[headerLen : 1+n]
-		}
-		b = b[1+n:]
-	}
-	return nil
 }
 
 // newFormOf tells whether an error answering e may come from a form the proxy sent in place of
@@ -759,18 +757,38 @@ const restoreFailedSQL = "DO $pgcanary$ BEGIN RAISE EXCEPTION 'pgcanary: the cli
 func (s *session) release(g *gate) {
 	s.gate = nil
 	close(g.done)
-	if len(g.out) > 0 {
-		s.cmu.Lock()
-		s.cout = append(s.cout, g.out...)
-		s.cmu.Unlock()
-	}
+	s.releaseOutput(g)
 	s.sendLocked(g.held, g.heldEnts)
+}
+
+// releaseOutput queues the gate's held output for the client, after what is queued already. Output
+// held in memory joins the client buffer; a file goes out at the next flush (flushClientLocked),
+// outside mu. Holds mu.
+func (s *session) releaseOutput(g *gate) {
+	if g.out.len() == 0 {
+		return
+	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if g.out.file == nil {
+		s.cout = append(s.cout, g.out.mem...)
+		g.out.drop()
+		return
+	}
+	if s.coutHeld != nil { // one file at a time: the earlier one goes first
+		if err := s.flushClientLocked(); err != nil {
+			s.log.Debug("send a gated batch's held output", "err", err)
+		}
+	}
+	held := g.out
+	g.out = heldOutput{}
+	s.coutHeld = &held
 }
 
 // replay re-runs the gated batch in its old form, then sends what the client sent after it.
 // Holds mu; runs when the failed batch's last answer arrived, so the server is idle.
 func (s *session) replay(g *gate) {
-	g.out = nil
+	g.out.drop()
 	s.gate = nil
 	close(g.done)
 	out, ents := s.buildReplay(g)

@@ -60,12 +60,15 @@ type session struct {
 
 	cmu  sync.Mutex // guards cout and writes to client
 	cout []byte     // client-bound output
+	// coutHeld: a gate's output kept in a file, to go to the client after cout (releaseOutput).
+	coutHeld *heldOutput
 
 	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
 	txStatus    byte  // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
 	ready       bool  // startup finished
 	draining    bool  // close as soon as the session is idle
+	warnedSpill bool  // a gate's output could not go to a temporary file: logged once
 	closing     bool  // no more requests go upstream
 	serverFatal bool  // the server sent FATAL: its EOF is expected
 	gate        *gate // a routed batch whose fallback is still possible (gate.go)
@@ -997,9 +1000,13 @@ func (s *session) close() {
 		if g := s.gate; g != nil {
 			s.gate = nil
 			close(g.done) // a client loop waiting on the gate goes on to find the session closed
+			g.out.drop()
 		}
 		s.mu.Unlock()
-		_ = client.Close()
+		_ = client.Close() // ends a write to the client that holds cmu
+		s.cmu.Lock()
+		s.dropHeldOutput()
+		s.cmu.Unlock()
 		if server != nil {
 			_ = server.SetWriteDeadline(time.Now())
 		}
@@ -1091,6 +1098,11 @@ func (s *session) toClient(typ byte, body []byte) {
 
 // appendClient appends to the client buffer; large bodies are written through. Holds cmu.
 func (s *session) appendClient(typ byte, body []byte) {
+	if s.coutHeld != nil { // a gate's output, which this message follows, goes first
+		if s.flushClientLocked() != nil {
+			return
+		}
+	}
 	if len(body) >= directWriteThreshold {
 		if s.flushClientLocked() != nil {
 			return
@@ -1112,24 +1124,44 @@ func (s *session) flushClient() error {
 }
 
 func (s *session) flushClientLocked() error {
-	if len(s.cout) == 0 {
-		return nil
+	if len(s.cout) > 0 {
+		n, err := s.client.Write(s.cout)
+		s.srv.metrics.BytesToClient(n)
+		s.cout = resetBuffer(s.cout)
+		if err != nil {
+			s.dropHeldOutput()
+			return errClientWrite
+		}
 	}
-	n, err := s.client.Write(s.cout)
-	s.srv.metrics.BytesToClient(n)
-	s.cout = resetBuffer(s.cout)
-	if err != nil {
-		return errClientWrite
+	if h := s.coutHeld; h != nil {
+		s.coutHeld = nil
+		n, err := h.writeTo(s.client)
+		s.srv.metrics.BytesToClient(int(n))
+		if err != nil {
+			s.log.Debug("send a gated batch's held output", "err", err)
+			return errClientWrite
+		}
 	}
 	return nil
+}
+
+// dropHeldOutput discards a gate's output queued for a client that can no longer take it. Holds cmu.
+func (s *session) dropHeldOutput() {
+	if s.coutHeld != nil {
+		s.coutHeld.drop()
+		s.coutHeld = nil
+	}
 }
 
 // fatalToClient sends a FATAL ErrorResponse from the proxy, after whatever is already queued.
 func (s *session) fatalToClient(code, msg string) {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
-	s.cout = appendError(s.cout, severityFatal, code, msg)
 	_ = s.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if s.coutHeld != nil && s.flushClientLocked() != nil {
+		return
+	}
+	s.cout = appendError(s.cout, severityFatal, code, msg)
 	_ = s.flushClientLocked()
 }
 
