@@ -426,7 +426,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			return typ
 		}
 		if typ != 0 {
-			g.out.add(typ, body, g.spill)
+			s.holdOutput(g, typ, body)
 		}
 		if batchEnded {
 			s.settleFailed(g, origTyp, body)
@@ -451,7 +451,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			g.failed, g.kind, g.migrations = true, kind, migrations
 			g.failErr = append([]byte(nil), body...)
 			if typ != 0 {
-				g.out.add(typ, body, g.spill) // kept in case the batch cannot be re-run
+				s.holdOutput(g, typ, body) // kept in case the batch cannot be re-run
 			}
 			switch {
 			case g.sealed:
@@ -472,7 +472,7 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 		g.ranNotRead = true
 	}
 	if typ != 0 {
-		g.out.add(typ, body, g.spill)
+		s.holdOutput(g, typ, body)
 	}
 	switch {
 	case head.gated && effect == effPop:
@@ -759,6 +759,13 @@ func (s *session) release(g *gate) {
 	close(g.done)
 	s.releaseOutput(g)
 	s.sendLocked(g.held, g.heldEnts)
+}
+
+// holdOutput adds one server message to the gate's held output. Holds mu.
+func (s *session) holdOutput(g *gate, typ byte, body []byte) {
+	if n := g.out.add(typ, body, g.spill); n > 0 {
+		s.srv.metrics.GateSpill(n)
+	}
 }
 
 // releaseOutput queues the gate's held output for the client, after what is queued already. Output

@@ -28,19 +28,20 @@ type heldOutput struct {
 const spillChunk = 64 << 10
 
 // add holds one message. Past maxGateOutput it goes to the file when spill is set; without spill,
-// or when the file failed (full), it stays in memory and the caller releases early.
-func (h *heldOutput) add(typ byte, body []byte, spill bool) {
+// or when the file failed (full), it stays in memory and the caller releases early. It returns
+// the bytes written to the file now.
+func (h *heldOutput) add(typ byte, body []byte, spill bool) (spilled int) {
 	h.size += int64(headerLen + len(body))
 	if h.file == nil && (!spill || h.full || len(h.mem)+headerLen+len(body) <= maxGateOutput) {
 		h.mem = appendMessage(h.mem, typ, body)
-		return
+		return 0
 	}
 	if h.file == nil {
 		f, err := os.CreateTemp("", "pgcanary-held-*")
 		if err != nil {
 			h.full, h.err = true, err
 			h.mem = appendMessage(h.mem, typ, body)
-			return
+			return 0
 		}
 		// Unlinked at once: the space is the kernel's to reclaim however the session ends.
 		_ = os.Remove(f.Name())
@@ -48,7 +49,7 @@ func (h *heldOutput) add(typ byte, body []byte, spill bool) {
 	}
 	h.tail = appendMessage(h.tail, typ, body)
 	if len(h.tail) < spillChunk || h.full {
-		return
+		return 0
 	}
 	n, err := h.file.Write(h.tail)
 	h.inFile += int64(n)
@@ -56,6 +57,7 @@ func (h *heldOutput) add(typ byte, body []byte, spill bool) {
 	if err != nil {
 		h.full, h.err = true, err
 	}
+	return n
 }
 
 // len is the number of bytes held.

@@ -25,6 +25,8 @@ type Metrics interface {
 	StatementError(migration, route, sqlstateClass string)
 	// ReadFallback: a routed read failed on the new shape and was re-run in its old form.
 	ReadFallback(migration string)
+	// GateSpill: bytes of a gated batch's output written to a temporary file (heldout.go).
+	GateSpill(n int)
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -42,6 +44,7 @@ type PromMetrics struct {
 	duration      *prometheus.HistogramVec
 	errors        *prometheus.CounterVec
 	fallbacks     *prometheus.CounterVec
+	spilled       prometheus.Counter
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -100,8 +103,12 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 		Name: "pgcanary_read_fallbacks_total",
 		Help: "Routed reads that failed on the new shape before any row reached the client and were re-run in the old form.",
 	}, []string{"migration"})
+	m.spilled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgcanary_gate_spill_bytes_total",
+		Help: "Bytes of routed batches' output held in temporary files until the batch ended (a new form that may fail part-way through its rows, output over 256 KB).",
+	})
 	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements,
-		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks)
+		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks, m.spilled)
 	return m
 }
 
@@ -130,6 +137,7 @@ func (m *PromMetrics) StatementError(migration, route, class string) {
 	m.errors.WithLabelValues(migration, route, class).Inc()
 }
 func (m *PromMetrics) ReadFallback(migration string) { m.fallbacks.WithLabelValues(migration).Inc() }
+func (m *PromMetrics) GateSpill(n int)               { m.spilled.Add(float64(n)) }
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
@@ -147,3 +155,4 @@ func (nopMetrics) FlagError(string)                                {}
 func (nopMetrics) StatementDuration(string, string, time.Duration) {}
 func (nopMetrics) StatementError(string, string, string)           {}
 func (nopMetrics) ReadFallback(string)                             {}
+func (nopMetrics) GateSpill(int)                                   {}

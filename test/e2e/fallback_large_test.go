@@ -64,14 +64,19 @@ func TestReadFallbackAfterLargeOutput(t *testing.T) {
 		}
 		return n, last
 	}
+	spilled := func() float64 { return cs.metric("pgcanary_gate_spill_bytes_total", nil) }
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement}
 	for _, mode := range modes {
-		before := fallbacks()
+		before, spilledBefore := fallbacks(), spilled()
 		if n, last := scan(nil, mode); n != 300 || last != "3150.00" {
 			t.Fatalf("%v: %d rows, last balance %q; want 300 rows of the old shape, the last 3150.00", mode, n, last)
 		}
 		if got := fallbacks() - before; got != 1 {
 			t.Fatalf("%v: %v fallbacks counted, want 1", mode, got)
+		}
+		// The new form's rows up to its failure, past the 256 KB held in memory, in 64 KB writes.
+		if got := spilled() - spilledBefore; got < 128<<10 {
+			t.Fatalf("%v: %v bytes counted as held in a file, want over 128 KB", mode, got)
 		}
 	}
 
