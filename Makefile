@@ -5,7 +5,7 @@ BIN := bin/pgcanary
 # Packages that run goroutines concurrently get the race detector (all of ours do).
 RACE_PKGS := ./...
 
-.PHONY: all build test lint unit e2e demo bench bench-mirror bench-routing bench-shadow bench-backfill bench-verify deps clean
+.PHONY: all build test lint unit e2e demo bench bench-floor bench-mirror bench-routing bench-shadow bench-backfill bench-verify deps clean
 
 all: build
 
@@ -33,6 +33,11 @@ demo: deps build
 bench: build
 	bash scripts/ensure-postgres.sh --with-pgbouncer
 	PGCANARY_BIN=$(BIN) bash bench/passthrough.sh
+
+# bench-floor: pgcanary vs PgBouncer vs two protocol-blind Go relays (bench/relayfloor).
+bench-floor: build
+	bash scripts/ensure-postgres.sh --with-pgbouncer
+	PGCANARY_BIN=$(BIN) bash bench/floor.sh
 
 # bench-mirror: mirrored UPDATEs through pgcanary vs the same mirror done by a trigger.
 bench-mirror: build deps
