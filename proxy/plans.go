@@ -504,6 +504,27 @@ func (s *session) plan(sql string) *router.Plan {
 // under the session's startup path: what it would have done, whose writes the caller counts
 // unmirrored (countUnfollowed) as it relays them.
 func (s *session) planWithView(sql string) (_ *router.Plan, path, user string, unknown *router.Plan) {
+	plan, path, user, unknown := s.planUnderProjection(sql)
+	touched := plan != nil && !plan.Untouched || unknown != nil && !unknown.Untouched
+	if !touched {
+		return plan, path, user, unknown
+	}
+	s.mu.Lock()
+	wait := s.settingsUnsettled()
+	s.mu.Unlock()
+	if !wait {
+		return plan, path, user, unknown
+	}
+	// An earlier batch may yet change what the names mean (settle.go): plan once it is answered.
+	if err := s.awaitSettled(); err != nil {
+		return plan, path, user, unknown // the session is closing: nothing more is sent
+	}
+	return s.planUnderProjection(sql)
+}
+
+// planUnderProjection plans sql under the session's projected search_path and role (see
+// planWithView).
+func (s *session) planUnderProjection(sql string) (_ *router.Plan, path, user string, unknown *router.Plan) {
 	s.mu.Lock()
 	path, user = s.proj.path.current(), s.proj.role.current()
 	known := path != unknownSetting && (user != unknownSetting || !strings.Contains(path, "$user"))
@@ -1103,6 +1124,16 @@ func (s *session) planBind(body []byte, e expected) error {
 		return s.emit('B', body, e, &recorded{typ: 'B'})
 	}
 	stmt, _, _ := cstring(rest)
+	s.mu.Lock()
+	wait := len(stmt) > 0 && s.stmts[string(stmt)] != nil && s.settingsUnsettled()
+	s.mu.Unlock()
+	if wait {
+		// A named statement's names are resolved again at Bind under the settings then
+		// (bindMoved): an earlier batch may yet change them (settle.go).
+		if err := s.awaitSettled(); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	info := s.stmts[string(stmt)]
 	changes, changer := s.changers[string(stmt)]

@@ -244,6 +244,10 @@ func (p *settingState) inTransaction() bool {
 	return p.tx != nil || p.local != nil || len(p.saves) > 0
 }
 
+// inTransaction reports whether the current transaction changed the role or the session user,
+// or took savepoints.
+func (u *userState) inTransaction() bool { return u.role.inTransaction() || u.auth.inTransaction() }
+
 // projection is the session's settings as planning foresees them: the confirmed ones plus the
 // changes of the statements sent and not yet answered, assuming they succeed. Guarded by
 // session.mu.

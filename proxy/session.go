@@ -65,13 +65,14 @@ type session struct {
 
 	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
-	txStatus    byte  // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
-	ready       bool  // startup finished
-	draining    bool  // close as soon as the session is idle
-	warnedSpill bool  // a gate's output could not go to a temporary file: logged once
-	closing     bool  // no more requests go upstream
-	serverFatal bool  // the server sent FATAL: its EOF is expected
-	gate        *gate // a routed batch whose fallback is still possible (gate.go)
+	txStatus    byte       // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
+	ready       bool       // startup finished
+	draining    bool       // close as soon as the session is idle
+	warnedSpill bool       // a gate's output could not go to a temporary file: logged once
+	settle      settleWait // the client loop waiting for earlier batches' settings (settle.go)
+	closing     bool       // no more requests go upstream
+	serverFatal bool       // the server sent FATAL: its EOF is expected
+	gate        *gate      // a routed batch whose fallback is still possible (gate.go)
 	// inBatch: the client sent extended-protocol messages since its last Sync. Their implicit
 	// transaction may already hold work whose answers the client has (after a Flush), so no
 	// gate may open before the next Sync: a re-run of the batch's rest would lose that work.
@@ -731,6 +732,7 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	if idleDrain {
 		s.closing = true
 	}
+	s.settleChanged()
 	s.mu.Unlock()
 	if typ == 0 {
 		return nil // consumed by a response transform, or held by a gate
@@ -1002,6 +1004,7 @@ func (s *session) close() {
 			close(g.done) // a client loop waiting on the gate goes on to find the session closed
 			g.out.drop()
 		}
+		s.settleChanged()
 		s.mu.Unlock()
 		_ = client.Close() // ends a write to the client that holds cmu
 		s.cmu.Lock()

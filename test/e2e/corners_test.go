@@ -743,6 +743,72 @@ func diffCorners() []diffCorner {
 				simpleStep("SELECT u.* FROM users u WHERE u.id = 27"),
 			},
 		},
+		{
+			// A routed read that fails in either form (the client's own cast, re-run in the old
+			// form, which fails too), then a SET the failure skips, Sync, then a write, pipelined.
+			// The write was planned as though the SET held: it resolved users to app.users and
+			// went unmirrored, where Postgres wrote public.users. It is now planned once the
+			// batch before it is answered.
+			name: "set_skipped_behind_a_failing_routed_read",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				rawStep("failing read, SET, Sync, then a write, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT full_name::int FROM users WHERE id = $1"}, textBind("", "", "3"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					&pgproto3.Parse{Query: "UPDATE users SET full_name = upper(full_name) WHERE id = $1 RETURNING full_name AS n, id"}, textBind("", "", "3"),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SHOW search_path"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id = 3"),
+			},
+			fallbacks: 1,
+		},
+		{
+			// The same without a gate: a failing write skips the SET. A named write prepared
+			// before is bound behind it (its names are resolved again at Bind), and a SET that
+			// commits with a transaction the batch's failure rolls back.
+			name: "set_skipped_behind_a_failing_write",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				prepareStep("w1", "UPDATE users SET full_name = full_name || '!' WHERE id = $1"),
+				rawStep("failing write, SET, Sync, then writes, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "UPDATE users SET email = (SELECT email FROM users WHERE id = $1) WHERE id = $2"}, textBind("", "", "37", "1"),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					textBind("", "w1", "4"), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "UPDATE users SET full_name = upper(full_name) WHERE id = $1"}, textBind("", "", "3"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				rawStep("BEGIN, SET, failing write, COMMIT, Sync, then a write, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "BEGIN"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SET search_path TO app, public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "UPDATE users SET email = (SELECT email FROM users WHERE id = $1) WHERE id = $2"}, textBind("", "", "37", "1"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					&pgproto3.Parse{Query: "COMMIT"}, textBind("", ""), &pgproto3.Execute{}, &pgproto3.Sync{},
+					&pgproto3.Parse{Query: "UPDATE users SET full_name = lower(full_name) WHERE id = $1"}, textBind("", "", "5"), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				simpleStep("SHOW search_path"),
+				simpleStep("SELECT u.* FROM users u WHERE u.id BETWEEN 3 AND 5 ORDER BY u.id"),
+				// A named write prepared under public, bound while the projection foresees public
+				// again (a SET that the batch's failure skips): under the path that holds, app,
+				// Postgres resolves it to app.users, so it must go as the client's own text.
+				simpleStep("SET search_path TO public"),
+				prepareStep("w2", "UPDATE users SET full_name = full_name || '?' WHERE id = $1"),
+				simpleStep("SET search_path TO app, public"),
+				rawStep("failing statement, SET, Sync, then the named write, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT 1/0"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "SET search_path TO public"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+					textBind("", "w2", "1001"), &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SHOW search_path"),
+				simpleStep("SELECT u.id, u.full_name FROM app.users u WHERE u.id = 1001"),
+				simpleStep("RESET search_path"),
+			},
+		},
 	}
 }
 
