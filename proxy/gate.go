@@ -857,7 +857,7 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 				body = closeStatementBody(noStatement)
 			} else if len(body) > 1 && body[0] == 'S' && r.entry.drops != nil {
 				// The failure brought the statement's record back (undoDrops): drop it again.
-				e.drops = &dropUndo{applied: true}
+				e.drops = &dropUndo{applied: true, seq: r.entry.drops.firstSeq()}
 				if info := s.dropRecord(parseName(body[1:]), e.drops); info != nil {
 					s.orphanVariants(info)
 				}
@@ -938,13 +938,22 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 			// undone with the failure: it is done again, as the statement runs again.
 			e.ops, e.refused, e.created, e.prepares = r.entry.ops, r.entry.refused, r.entry.created, r.entry.prepares
 			if d := r.entry.drops; d != nil {
-				e.drops = &dropUndo{drops: d.drops}
+				e.drops = &dropUndo{drops: d.drops, seq: d.firstSeq()}
 				s.dropStatements(e.drops)
 			}
 		}
 		add(r.typ, body, e)
 	}
 	return out, ents
+}
+
+// firstSeq is the planning position of what the request dropped when it was first sent (0 when it
+// dropped nothing then).
+func (u *dropUndo) firstSeq() uint64 {
+	if u == nil || len(u.records) == 0 {
+		return 0
+	}
+	return u.records[0].seq
 }
 
 // rerunAsSent prepares the session for a message of a mirrored write sent again as it was: the

@@ -818,6 +818,10 @@ type dropUndo struct {
 	resolved bool          // the server answered: dropsDone or undoDrops ran
 	records  []*droppedRecord
 	orphans  []*variant // variants queued for closing that DEALLOCATE ALL took off the queue
+	// seq, when set, is the planning position the records take (droppedRecord.seq) in place of
+	// a new one: a re-run batch drops again what its first run dropped, in its first run's
+	// place among the Parses of the batch (redoParse).
+	seq uint64
 }
 
 // droppedRecord is what the session knew of one statement name that requests not yet answered
@@ -910,8 +914,12 @@ func (s *session) dropRecord(name string, u *dropUndo) *stmtInfo {
 		}
 		return nil
 	}
-	s.recordSeq++
-	r := &droppedRecord{name: name, info: info, changes: c, hadChanges: hadChanges, named: named, pending: 1, seq: s.recordSeq}
+	seq := u.seq
+	if seq == 0 {
+		s.recordSeq++
+		seq = s.recordSeq
+	}
+	r := &droppedRecord{name: name, info: info, changes: c, hadChanges: hadChanges, named: named, pending: 1, seq: seq}
 	delete(s.stmts, name)
 	delete(s.changers, name)
 	delete(s.names, name)
