@@ -509,17 +509,12 @@ func (s *session) planWithView(sql string) (_ *router.Plan, path, user string, u
 	if !touched {
 		return plan, path, user, unknown
 	}
-	s.mu.Lock()
-	wait := s.settingsUnsettled()
-	s.mu.Unlock()
-	if !wait {
-		return plan, path, user, unknown
-	}
 	// An earlier batch may yet change what the names mean (settle.go): plan once it is answered.
-	if err := s.awaitSettled(); err != nil {
-		return plan, path, user, unknown // the session is closing: nothing more is sent
+	// On an error the session is closing, and nothing more is sent.
+	if waited, err := s.awaitSettled(); waited && err == nil {
+		return s.planUnderProjection(sql)
 	}
-	return s.planUnderProjection(sql)
+	return plan, path, user, unknown
 }
 
 // planUnderProjection plans sql under the session's projected search_path and role (see
@@ -1133,16 +1128,15 @@ func (s *session) planBind(body []byte, e expected) error {
 	}
 	stmt, _, _ := cstring(rest)
 	s.mu.Lock()
-	wait := len(stmt) > 0 && s.stmts[string(stmt)] != nil && s.settingsUnsettled()
-	s.mu.Unlock()
-	if wait {
+	if len(stmt) > 0 && s.stmts[string(stmt)] != nil && s.settingsUnsettled() {
 		// A named statement's names are resolved again at Bind under the settings then
 		// (bindMoved): an earlier batch may yet change them (settle.go).
-		if err := s.awaitSettled(); err != nil {
+		s.mu.Unlock()
+		if _, err := s.awaitSettled(); err != nil {
 			return err
 		}
+		s.mu.Lock()
 	}
-	s.mu.Lock()
 	info := s.stmts[string(stmt)]
 	changes, changer := s.changers[string(stmt)]
 	if info == nil && len(s.portals) > 0 {

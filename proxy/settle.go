@@ -70,16 +70,17 @@ func (s *session) settingsUnsettled() bool {
 // awaitSettled waits, in the client loop, until no earlier batch in flight may change search_path
 // or the role otherwise than foreseen (settingsUnsettled), so that the statement planned next resolves
 // its names as Postgres will. What is buffered for the server goes out first: the server answers
-// the earlier batches only once it has them. It returns errStopPump if the session closes.
-func (s *session) awaitSettled() error {
+// the earlier batches only once it has them. It reports whether it waited; it returns errStopPump
+// if the session closes.
+func (s *session) awaitSettled() (waited bool, err error) {
 	s.mu.Lock()
 	wait := s.settingsUnsettled()
 	s.mu.Unlock()
 	if !wait {
-		return nil
+		return false, nil
 	}
 	if err := s.flushServer(); err != nil {
-		return err
+		return true, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -92,9 +93,9 @@ func (s *session) awaitSettled() error {
 	}
 	s.settle.waiters--
 	if s.closing {
-		return errStopPump
+		return true, errStopPump
 	}
-	return nil
+	return true, nil
 }
 
 // settleChanged wakes a client loop waiting in awaitSettled; the server loop calls it after each
