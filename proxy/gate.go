@@ -35,7 +35,9 @@ type gate struct {
 	// a RELEASE would then fail, in the next transaction if the batch began one) or takes,
 	// releases or rolls back to savepoints of its own, nested in the proxy's, which releasing
 	// the proxy's would release too. The proxy does not release its savepoint then: it ends
-	// with its transaction.
+	// with its transaction. A failure while the gate is open comes before any of those
+	// commands ran, so it still leaves the transaction failed at the client's level
+	// (restoreFailedTransaction), as Postgres would.
 	keepSavepoint bool
 	extended      bool // the batch uses the extended protocol
 	sealed        bool // the batch is complete: later client messages wait in held
@@ -462,7 +464,10 @@ func (s *session) gateOnServer(g *gate, origTyp, typ byte, body []byte, head *ex
 			}
 			return 0
 		}
-		if g.savepoint && !g.keepSavepoint {
+		if g.savepoint {
+			// keepSavepoint too: the gate is open, so no transaction control or savepoint
+			// command of the client's in the batch has run (the first one to complete releases
+			// the gate), and the error skips them.
 			s.restoreFailedTransaction(g)
 		}
 		s.release(g)
@@ -661,7 +666,7 @@ func (s *session) giveUpRerun(g *gate) {
 	if reproject {
 		s.reproject()
 	}
-	if g.savepoint && !g.keepSavepoint {
+	if g.savepoint { // keepSavepoint too, as in gateOnServer
 		s.restoreFailedTransaction(g)
 	}
 	s.release(g)

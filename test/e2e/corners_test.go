@@ -765,6 +765,31 @@ func diffCorners() []diffCorner {
 			fallbacks: 1,
 		},
 		{
+			// In a READ ONLY transaction, a batch behind the proxy's savepoint (a read whose new
+			// form may fail) that rolls back to a savepoint of the client's (so the proxy keeps
+			// its savepoint) fails on the client's own statement. The transaction was left
+			// failed inside the proxy's savepoint, where READ ONLY outlives the failure: the
+			// transaction COMMIT AND CHAIN began then was read only, where Postgres's is not.
+			name: "failure_behind_kept_savepoint_then_commit_and_chain",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				simpleStep("START TRANSACTION READ ONLY"),
+				rawStep("read, FETCH of no cursor, ROLLBACK TO b, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT sum(amount) FROM orders WHERE user_id <= $1"}, textBind("", "", "40"), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "FETCH 3 FROM c1"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "ROLLBACK TO b"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}, false),
+				rawStep("COMMIT AND CHAIN, a write, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "COMMIT AND CHAIN"}, textBind("", ""), &pgproto3.Execute{},
+					&pgproto3.Parse{Query: "INSERT INTO notes (body, n) VALUES ('chained', 1) RETURNING id"}, textBind("", ""),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				simpleStep("SHOW transaction_read_only"),
+				simpleStep("ROLLBACK"),
+			},
+		},
+		{
 			// The same without a gate: a failing write skips the SET. A named write prepared
 			// before is bound behind it (its names are resolved again at Bind), and a SET that
 			// commits with a transaction the batch's failure rolls back.

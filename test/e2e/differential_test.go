@@ -62,7 +62,7 @@ func TestDifferential(t *testing.T) {
 // diffRegressionSeeds each once found a bug, fixed since.
 var diffRegressionSeeds = []uint64{1795252750730773966, 1795253599410453395, 1795253896134569728, 1795253937250345352,
 	1795257069719860467, 1795257391341769634, 1795258243103630155, 1795259090640678379, 1795259287119172850,
-	1795259553883060977, 1795261194919126208, 1795281682365400252}
+	1795259553883060977, 1795261194919126208, 1795281682365400252, 1795283304817227653}
 
 // diffPoisonedRegressionSeeds are poisoned seeds (diffPoisonFor) that each found a fallback bug,
 // fixed since: a Flush before a failure, a SET after a fallback in a transaction, DEALLOCATE ALL
