@@ -395,8 +395,10 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 	rec.body = bytes.Clone(rec.body)
 	rec.undo = e.undo
 	write := s.writesMessage(typ, e, rec)
-	if write || typ == 'E' || typ == 'C' {
-		rec.entry = *e // what buildReplay reads: a write's whole entry, an Execute's or Close's effects
+	if write || typ == 'E' || typ == 'C' || typ == 'Q' {
+		// What buildReplay reads: a write's whole entry, the effects of an Execute, a Close or
+		// a Query.
+		rec.entry = *e
 	}
 	if write {
 		rec.write, rec.sent = true, bytes.Clone(body)
@@ -869,6 +871,10 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 			}
 		case 'Q':
 			e.obsList = []*observation{{migrations: g.migrations, route: "old", start: time.Now()}}
+			// Its setting changes (a set_config among its reads) were undone with the failure and
+			// are done again, as for an Execute below. A gated Query holds only reads, so it
+			// drops, creates and prepares nothing.
+			e.ops, e.refused = r.entry.ops, r.entry.refused
 		case 'P':
 			if r.parsed && name != "" {
 				// The named statement exists (prepared statements outlive the rollback); its

@@ -151,6 +151,13 @@ func TestFallbackCorners(t *testing.T) {
 			&pgproto3.Close{ObjectType: 'S', Name: "s3"})},
 		{"write_prepared_after_deallocate_in_rerun_batch", writePreparedAfterDropInRerun(poisoned, "DEALLOCATE s3",
 			&pgproto3.Parse{Query: "DEALLOCATE s3"}, textBind("", ""), &pgproto3.Execute{})},
+		// A Query re-run in its old form sets search_path again: the re-run did not carry the
+		// change, so the session went on planning under the path the failure had restored.
+		{"query_set_config_then_fallback", []diffStep{
+			simpleStep("SELECT set_config('search_path', 'app, public', false); " + poisoned),
+			execParamsStep(read, false, false),
+			simpleStep("RESET search_path"),
+		}},
 		{"tx_fallback_extended_then_set", []diffStep{
 			simpleStep("BEGIN"),
 			execParamsStep(diffStmt{sql: poisoned}, false, false),
