@@ -414,7 +414,8 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		g.noFallback = true
 		return
 	}
-	if typ == 'P' && len(body) > 1 && body[0] != 0 && describesUnknownBeforeParse(g.recorded, parseName(body)) {
+	if name, redefines := redefinedName(typ, body); redefines &&
+		(describesUnknownBeforeParse(g.recorded, name) || boundUnknownBeforeRedefinition(g.recorded, name)) {
 		g.noFallback = true
 		return
 	}
@@ -897,6 +898,18 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 			reparsed = reparsed || name == ""
 		case 'B':
 			info := r.info
+			if query, oids, ok := boundBeforeRedefinition(g.recorded, i); ok && (info == nil || info.writeForm() == nil) {
+				// The batch closed or parsed the statement anew after binding it, and that ran
+				// before the failure (prepared statements outlive the rollback): the name no
+				// longer holds what was bound. Bind a copy of it under a name of the proxy's
+				// own, closed at the next Sync (portals die with their statement). A write is
+				// bound to its own text's variant below anyway.
+				s.variantSeq++
+				own := "pgcanary_noop_" + strconv.FormatUint(s.variantSeq, 10)
+				add('P', parseBody(own, query, oids), expected{kind: reqParse, suppress: true})
+				body = rebindStatement(body, r.portal, own)
+				s.orphans = append(s.orphans, &variant{name: own, sent: true})
+			}
 			if info == nil {
 				break
 			}
@@ -1068,16 +1081,54 @@ func (s *session) applyParse(u *parseUndo) {
 // knew before the batch. recordInGate refuses a fallback to a batch where that is unknown.
 func describedBeforeRedefinition(recs []*recorded, i int) (query string, oids []uint32, ok bool) {
 	name := parseName(recs[i].body[1:]) // 'S', then the name
-	redefined := false
-	for _, r := range recs[i+1:] {
-		if r.typ == 'P' && r.parsed && parseName(r.body) == name {
-			redefined = true
-			break
-		}
-	}
-	if !redefined {
+	if !redefinedAfter(recs, i, name) {
 		return "", nil, false
 	}
+	return textBefore(recs, i, name)
+}
+
+// redefinedAfter reports whether a message of the batch after index i closed statement name or
+// parsed it anew, and ran before the failure.
+func redefinedAfter(recs []*recorded, i int, name string) bool {
+	for _, r := range recs[i+1:] {
+		if r.typ == 'P' && r.parsed && parseName(r.body) == name ||
+			r.typ == 'C' && r.closed && len(r.body) > 1 && r.body[0] == 'S' && parseName(r.body[1:]) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// redefinedName returns the statement name a Parse or a Close of a statement redefines (a named
+// one only: the re-run parses the unnamed statement again, in order).
+func redefinedName(typ byte, body []byte) (string, bool) {
+	switch {
+	case typ == 'P' && len(body) > 1 && body[0] != 0:
+		return parseName(body), true
+	case typ == 'C' && len(body) > 2 && body[0] == 'S' && body[1] != 0:
+		return parseName(body[1:]), true
+	}
+	return "", false
+}
+
+// boundBeforeRedefinition reports whether the recorded Bind at index i binds a named statement
+// that a later message of the batch closed or parsed anew, and that change ran before the
+// failure, and if so the text and declared parameter types the name held at i (as
+// describedBeforeRedefinition finds them). recordInGate refuses a fallback to a batch where that
+// is unknown (boundUnknownBeforeRedefinition).
+func boundBeforeRedefinition(recs []*recorded, i int) (query string, oids []uint32, ok bool) {
+	_, rest, _ := cstring(recs[i].body)
+	name := parseName(rest)
+	if name == "" || !redefinedAfter(recs, i, name) {
+		return "", nil, false // the re-run parses the unnamed statement again, in order
+	}
+	return textBefore(recs, i, name)
+}
+
+// textBefore returns the text and declared parameter types statement name held at index i of a
+// recorded batch: the batch's last completed Parse of it before i, or the session's record of
+// it (recs[i].info).
+func textBefore(recs []*recorded, i int, name string) (query string, oids []uint32, ok bool) {
 	for j := i - 1; j >= 0; j-- {
 		if r := recs[j]; r.typ == 'P' && r.parsed && parseName(r.body) == name {
 			var msg pgproto3.Parse
@@ -1093,9 +1144,26 @@ func describedBeforeRedefinition(recs []*recorded, i int) (query string, oids []
 	return "", nil, false
 }
 
+// boundUnknownBeforeRedefinition reports whether the batch bound statement name, as the session
+// knew it before the batch without knowing its text, before this Close or Parse of the name: a
+// replay could not bind it again once the Close or Parse has run.
+func boundUnknownBeforeRedefinition(recs []*recorded, name string) bool {
+	for _, r := range recs {
+		switch {
+		case r.typ == 'P' && parseName(r.body) == name:
+			return false
+		case r.typ == 'B' && r.info == nil:
+			if _, rest, _ := cstring(r.body); parseName(rest) == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // describesUnknownBeforeParse reports whether the batch described statement name, as the session
-// knew it before the batch without knowing its text, before this Parse of the name: a replay could
-// not describe it again once the Parse has replaced it.
+// knew it before the batch without knowing its text, before this Parse or Close of the name: a
+// replay could not describe it again once the Parse or Close has run.
 func describesUnknownBeforeParse(recs []*recorded, name string) bool {
 	for _, r := range recs {
 		switch {

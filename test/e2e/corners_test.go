@@ -790,6 +790,39 @@ func diffCorners() []diffCorner {
 			},
 		},
 		{
+			// A batch binds s3, then closes s3 and parses it anew; a routed read at its end fails
+			// in its new form (the client's own division by zero, so the re-run in the old form
+			// fails too). The close and the new s3 ran before the failure and outlive it: the
+			// re-run bound the new s3, so the client got its rows for the first statement. The
+			// re-run binds a copy of the s3 the batch bound. s4, whose text the session does not
+			// know, is bound (not run) and closed the same way: that batch is not re-run (its
+			// re-run failed on the Bind of the closed s4).
+			name: "statement_bound_then_redefined_in_rerun_batch",
+			mode: pgx.QueryExecModeExec,
+			prog: []diffStep{
+				prepareStep("s3", "SELECT full_name FROM users WHERE id = $1"),
+				rawStep("Bind s3, Close s3, Parse s3 anew, a read that fails, Sync", []pgproto3.FrontendMessage{
+					textBind("", "s3", "1"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					&pgproto3.Close{ObjectType: 'S', Name: "s3"},
+					&pgproto3.Parse{Name: "s3", Query: "SELECT email AS contact FROM users WHERE id = $1"}, &pgproto3.Describe{ObjectType: 'S', Name: "s3"},
+					&pgproto3.Parse{Query: "SELECT id, 1 / (40 - id) AS late FROM users ORDER BY id"}, textBind("", ""),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				rawStep("s3 as it is now", []pgproto3.FrontendMessage{
+					textBind("", "s3", "2"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+				prepareStep("s4", "SELECT 1 AS one"),
+				rawStep("a read, Bind and Describe s4 (not run), Close s4, a read that fails, Sync", []pgproto3.FrontendMessage{
+					&pgproto3.Parse{Query: "SELECT full_name FROM users WHERE id = 1"}, textBind("", ""), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+					textBind("p4", "s4"), &pgproto3.Describe{ObjectType: 'P', Name: "p4"},
+					&pgproto3.Close{ObjectType: 'S', Name: "s4"},
+					&pgproto3.Parse{Query: "SELECT id, 1 / (40 - id) AS late FROM users ORDER BY id"}, textBind("", ""),
+					&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+				}, false),
+			},
+			fallbacks: 1,
+		},
+		{
 			// The same without a gate: a failing write skips the SET. A named write prepared
 			// before is bound behind it (its names are resolved again at Bind), and a SET that
 			// commits with a transaction the batch's failure rolls back.
