@@ -414,8 +414,7 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		g.noFallback = true
 		return
 	}
-	if name, redefines := redefinedName(typ, body); redefines &&
-		(describesUnknownBeforeParse(g.recorded, name) || boundUnknownBeforeRedefinition(g.recorded, name)) {
+	if typ == 'P' && len(body) > 1 && body[0] != 0 && describesUnknownBeforeParse(g.recorded, parseName(body)) {
 		g.noFallback = true
 		return
 	}
@@ -529,7 +528,7 @@ func (s *session) flushGate(g *gate) (flushNow, syncAfter bool) {
 
 // mayRerunNow reports whether a failed batch can be re-run as it stands (settleFailed). Holds mu.
 func (s *session) mayRerunNow(g *gate) bool {
-	return !g.noFallback && g.mayRerun(g.kind)
+	return !g.noFallback && g.mayRerun(g.kind) && !g.redefinesUnknown()
 }
 
 // endFailedFlushedAttempt ends the failed attempt of a batch whose client flushed and waits for
@@ -610,7 +609,7 @@ func (s *session) writesMessage(typ byte, e *expected, rec *recorded) bool {
 // be rolled back to it. Otherwise the held answers, error included, go to the client. Holds mu.
 func (s *session) settleFailed(g *gate, origTyp byte, body []byte) {
 	rolledBack := g.savepoint || origTyp == 'Z' && len(body) == 1 && body[0] == 'I'
-	if !rolledBack || g.noFallback || !g.mayRerun(g.kind) {
+	if !rolledBack || !s.mayRerunNow(g) {
 		// Messages that came after the failure (awaitBatchEnd) made the batch one that cannot
 		// be re-run.
 		s.giveUpRerun(g)
@@ -1076,9 +1075,10 @@ func (s *session) applyParse(u *parseUndo) {
 }
 
 // describedBeforeRedefinition reports whether the recorded Describe of a statement at index i
-// precedes a Parse of the same name later in the batch, and if so the text and declared parameter
-// types the name held at i: the batch's last Parse of it before i, or the statement the session
-// knew before the batch. recordInGate refuses a fallback to a batch where that is unknown.
+// precedes a Close or Parse of the same name later in the batch that ran before the failure, and
+// if so the text and declared parameter types the name held at i: the batch's last Parse of it
+// before i, or the statement the session knew before the batch. A batch where that is unknown is
+// not re-run (recordInGate, redefinesUnknown).
 func describedBeforeRedefinition(recs []*recorded, i int) (query string, oids []uint32, ok bool) {
 	name := parseName(recs[i].body[1:]) // 'S', then the name
 	if !redefinedAfter(recs, i, name) {
@@ -1099,23 +1099,11 @@ func redefinedAfter(recs []*recorded, i int, name string) bool {
 	return false
 }
 
-// redefinedName returns the statement name a Parse or a Close of a statement redefines (a named
-// one only: the re-run parses the unnamed statement again, in order).
-func redefinedName(typ byte, body []byte) (string, bool) {
-	switch {
-	case typ == 'P' && len(body) > 1 && body[0] != 0:
-		return parseName(body), true
-	case typ == 'C' && len(body) > 2 && body[0] == 'S' && body[1] != 0:
-		return parseName(body[1:]), true
-	}
-	return "", false
-}
-
 // boundBeforeRedefinition reports whether the recorded Bind at index i binds a named statement
 // that a later message of the batch closed or parsed anew, and that change ran before the
 // failure, and if so the text and declared parameter types the name held at i (as
-// describedBeforeRedefinition finds them). recordInGate refuses a fallback to a batch where that
-// is unknown (boundUnknownBeforeRedefinition).
+// describedBeforeRedefinition finds them). A batch where that is unknown is not re-run
+// (redefinesUnknown).
 func boundBeforeRedefinition(recs []*recorded, i int) (query string, oids []uint32, ok bool) {
 	_, rest, _ := cstring(recs[i].body)
 	name := parseName(rest)
@@ -1144,26 +1132,35 @@ func textBefore(recs []*recorded, i int, name string) (query string, oids []uint
 	return "", nil, false
 }
 
-// boundUnknownBeforeRedefinition reports whether the batch bound statement name, as the session
-// knew it before the batch without knowing its text, before this Close or Parse of the name: a
-// replay could not bind it again once the Close or Parse has run.
-func boundUnknownBeforeRedefinition(recs []*recorded, name string) bool {
-	for _, r := range recs {
+// redefinesUnknown reports whether the batch bound or described a named statement whose text
+// the session does not know (one it does not plan, prepared before the batch) and then closed or
+// parsed it anew before the failure: a re-run could not bind or describe it as the first run did.
+// Holds mu.
+func (g *gate) redefinesUnknown() bool {
+	for i, r := range g.recorded {
+		var name string
 		switch {
-		case r.typ == 'P' && parseName(r.body) == name:
-			return false
-		case r.typ == 'B' && r.info == nil:
-			if _, rest, _ := cstring(r.body); parseName(rest) == name {
-				return true
-			}
+		case r.typ == 'B':
+			_, rest, _ := cstring(r.body)
+			name = parseName(rest)
+		case r.typ == 'D' && len(r.body) > 1 && r.body[0] == 'S':
+			name = parseName(r.body[1:])
+		default:
+			continue
+		}
+		if name == "" || !redefinedAfter(g.recorded, i, name) {
+			continue
+		}
+		if _, _, known := textBefore(g.recorded, i, name); !known {
+			return true
 		}
 	}
 	return false
 }
 
 // describesUnknownBeforeParse reports whether the batch described statement name, as the session
-// knew it before the batch without knowing its text, before this Parse or Close of the name: a
-// replay could not describe it again once the Parse or Close has run.
+// knew it before the batch without knowing its text, before this Parse of the name: a replay could
+// not describe it again once the Parse has replaced it.
 func describesUnknownBeforeParse(recs []*recorded, name string) bool {
 	for _, r := range recs {
 		switch {

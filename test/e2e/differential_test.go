@@ -68,9 +68,10 @@ var diffRegressionSeeds = []uint64{1795252750730773966, 1795253599410453395, 179
 // fixed since: a Flush before a failure, a SET after a fallback in a transaction, DEALLOCATE ALL
 // in a re-run batch, a read failing after an earlier one of its Query returned over 256 KB, a
 // statement prepared after a Close of its name in a re-run batch, a set_config in a re-run Query,
-// a statement bound and then redefined in a re-run batch.
+// a statement bound and then redefined in a re-run batch (and one whose redefinition never ran).
 var diffPoisonedRegressionSeeds = []uint64{1795272043618874889, 1795272267337031359, 1795272769059326663,
-	1795272808799081988, 1795282646079362718, 1795283345755428821, 1795284326986170972}
+	1795272808799081988, 1795282646079362718, 1795283345755428821, 1795284326986170972,
+	1795286854842648877}
 
 // Poisoned seeds. The read map of orders-cents, (amount_cents / 100.0)::numeric(12, 2), fails at
 // run time on an amount_cents whose amount does not fit numeric(12, 2) (SQLSTATE 22003). In about

@@ -158,6 +158,19 @@ func TestFallbackCorners(t *testing.T) {
 			execParamsStep(read, false, false),
 			simpleStep("RESET search_path"),
 		}},
+		// A statement the session knows no text of, bound and then closed and prepared anew
+		// after the failing read: none of that ran, so the batch is re-run (the Bind then
+		// fails as it does without pgcanary). Refusing the re-run as soon as such a Close was
+		// recorded gave the client the new form's error.
+		{"unknown_statement_bound_then_redefined_after_failure", []diffStep{
+			rawStep("poisoned read, Bind s9 (no such statement), Close s9, Parse s9, Sync", []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Query: poisoned}, textBind("", ""), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+				textBind("", "s9"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{},
+				&pgproto3.Close{ObjectType: 'S', Name: "s9"},
+				&pgproto3.Parse{Name: "s9", Query: "DEALLOCATE ALL"}, &pgproto3.Describe{ObjectType: 'S', Name: "s9"},
+				&pgproto3.Sync{},
+			}, false),
+		}},
 		{"tx_fallback_extended_then_set", []diffStep{
 			simpleStep("BEGIN"),
 			execParamsStep(diffStmt{sql: poisoned}, false, false),
