@@ -27,6 +27,9 @@ type Config struct {
 	DrainTimeout   time.Duration `yaml:"drain_timeout"`
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 	MaxMessageSize ByteSize      `yaml:"max_message_size"`
+	// EventLoops is how many event loops relay plain (non-TLS) sessions: 0 for one per two CPUs,
+	// -1 for none (a goroutine per direction of each session).
+	EventLoops int `yaml:"event_loops"`
 
 	// SideDSN is the proxy's own connection (catalog, comparisons, backfill); a migration's
 	// database replaces the DSN's database name.
@@ -200,6 +203,9 @@ func (c *Config) lintSettings() Report {
 	}
 	if c.DrainTimeout < 0 {
 		bad("drain_timeout", "drain_timeout %s is negative", c.DrainTimeout)
+	}
+	if c.EventLoops < -1 {
+		bad("event_loops", "event_loops %d: want 0 (one per two CPUs), -1 (none) or a positive count", c.EventLoops)
 	}
 	if c.MaxMessageSize < 1024 {
 		bad("max_message_size", "max_message_size %d is below 1024 bytes", c.MaxMessageSize)

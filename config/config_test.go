@@ -40,6 +40,7 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		{"syntax", "listen: [\n", "c.yaml:"},
 		{"no listener", "listen: \"\"\n", "listen and listen_unix are both empty"},
 		{"relative socket", "listen_unix: run/pgcanary\n", "c.yaml:1: error: listen_unix \"run/pgcanary\": want an absolute path"},
+		{"event loops", "listen: a:1\nevent_loops: -2\n", "c.yaml:2: error: event_loops -2: want 0 (one per two CPUs), -1 (none) or a positive count"},
 		{"TLS on a socket", "upstream: /var/run/postgresql\nupstream_tls: {sslmode: require}\n", "is a Unix socket, where Postgres offers no TLS"},
 	}
 	for _, tc := range cases {

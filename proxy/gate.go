@@ -297,7 +297,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 			wait := len(g.held) > maxGateHeld
 			s.mu.Unlock()
 			if wait {
-				<-g.done // the client loop pauses until the gate opens: backpressure
+				s.waitGate(g) // the client loop pauses until the gate opens: backpressure
 			}
 			return nil
 		}

@@ -27,6 +27,9 @@ type Metrics interface {
 	ReadFallback(migration string)
 	// GateSpill: bytes of a gated batch's output written to a temporary file (heldout.go).
 	GateSpill(n int)
+	// LoopHandoff: an event loop moved to a new goroutine because a step was about to block
+	// (loop_linux.go).
+	LoopHandoff()
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -45,6 +48,7 @@ type PromMetrics struct {
 	errors        *prometheus.CounterVec
 	fallbacks     *prometheus.CounterVec
 	spilled       prometheus.Counter
+	handoffs      prometheus.Counter
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -107,8 +111,12 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 		Name: "pgcanary_gate_spill_bytes_total",
 		Help: "Bytes of routed batches' output held in temporary files until the batch ended (a new form that may fail part-way through its rows, output over 256 KB).",
 	})
+	m.handoffs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgcanary_event_loop_handoffs_total",
+		Help: "Times an event loop went on in a new goroutine because a session's step was about to wait (a full socket, a held batch); a few per second is normal, a steady high rate means sessions often wait.",
+	})
 	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements,
-		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks, m.spilled)
+		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks, m.spilled, m.handoffs)
 	return m
 }
 
@@ -138,6 +146,7 @@ func (m *PromMetrics) StatementError(migration, route, class string) {
 }
 func (m *PromMetrics) ReadFallback(migration string) { m.fallbacks.WithLabelValues(migration).Inc() }
 func (m *PromMetrics) GateSpill(n int)               { m.spilled.Add(float64(n)) }
+func (m *PromMetrics) LoopHandoff()                  { m.handoffs.Inc() }
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
@@ -156,3 +165,4 @@ func (nopMetrics) StatementDuration(string, string, time.Duration) {}
 func (nopMetrics) StatementError(string, string, string)           {}
 func (nopMetrics) ReadFallback(string)                             {}
 func (nopMetrics) GateSpill(int)                                   {}
+func (nopMetrics) LoopHandoff()                                    {}

@@ -50,6 +50,11 @@ type Config struct {
 	// sent the rest of its batch is held back, waiting for the batch's end so the batch can be
 	// re-run in its old form (awaitBatchEnd); default DefaultBatchEndWait.
 	BatchEndWait time.Duration
+	// EventLoops is how many event loops relay the sessions whose client and server connections
+	// are both plain TCP or Unix sockets (loop_linux.go): 0 for one per two CPUs, a negative
+	// number for none (each session then waits in Go's netpoller with a goroutine per
+	// direction, as TLS sessions always do).
+	EventLoops int
 }
 
 // DefaultBatchEndWait is Config.BatchEndWait's default: clients that send a pipeline in pieces
@@ -77,12 +82,16 @@ type Server struct {
 	// warnedUnixTrust: a session logged that Postgres lets clients in over its socket unasked.
 	warnedUnixTrust atomic.Bool
 
-	mu       sync.Mutex
-	ln       net.Listener // TCP clients; nil without Listen
-	uln      net.Listener // Unix-socket clients; nil without ListenUnix
-	sessions map[*session]struct{}
-	draining bool
-	wg       sync.WaitGroup
+	mu           sync.Mutex
+	eventLoops   int          // how many loops to start; 0 for none
+	loops        []*eventLoop // started with the first session
+	loopNext     uint64
+	loopsStopped bool
+	ln           net.Listener // TCP clients; nil without Listen
+	uln          net.Listener // Unix-socket clients; nil without ListenUnix
+	sessions     map[*session]struct{}
+	draining     bool
+	wg           sync.WaitGroup
 }
 
 // New validates cfg and returns a Server that is not yet listening.
@@ -98,6 +107,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.BatchEndWait <= 0 {
 		cfg.BatchEndWait = DefaultBatchEndWait
+	}
+	switch {
+	case cfg.EventLoops == 0:
+		cfg.EventLoops = defaultEventLoops()
+	case cfg.EventLoops < 0:
+		cfg.EventLoops = 0
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -142,6 +157,7 @@ func New(cfg Config) (*Server, error) {
 		routingKey:     cfg.RoutingKey,
 		batchEndWait:   cfg.BatchEndWait,
 		keys:           newCancelKeys(),
+		eventLoops:     cfg.EventLoops,
 		sessions:       make(map[*session]struct{}),
 	}, nil
 }
@@ -258,13 +274,13 @@ func (s *Server) accept(ctx context.Context, ln net.Listener) error {
 }
 
 func (s *Server) startSession(ctx context.Context, conn net.Conn) {
-	sess := newSession(s, conn)
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
 		_ = conn.Close()
 		return
 	}
+	sess := newSession(s, conn, s.pickLoopLocked())
 	s.sessions[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -309,6 +325,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.stopLoops()
 		return nil
 	case <-ctx.Done():
 	}
@@ -319,6 +336,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	<-done
+	s.stopLoops()
 	s.log.Info("drain timeout: closed busy sessions", "sessions", left)
 	return nil
 }

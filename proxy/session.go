@@ -54,16 +54,16 @@ type session struct {
 
 	// smu guards sout, partialWrite and writes to the server. The client loop writes; the server
 	// loop writes only to release or replay a gated batch (gate.go). Lock order: mu, then smu.
-	smu          sync.Mutex
+	smu          sessionMutex
 	sout         []byte // server-bound output
 	partialWrite bool   // a server write stopped mid-message: the stream cannot take a Terminate
 
-	cmu  sync.Mutex // guards cout and writes to client
-	cout []byte     // client-bound output
+	cmu  sessionMutex // guards cout and writes to client
+	cout []byte       // client-bound output
 	// coutHeld: a gate's output kept in a file, to go to the client after cout (releaseOutput).
 	coutHeld *heldOutput
 
-	mu          sync.Mutex // guards the fields below, shared by both loops and Server.Shutdown
+	mu          sessionMutex // guards the fields below, shared by both loops and Server.Shutdown
 	fifo        fifo
 	txStatus    byte       // from the last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' failed transaction
 	ready       bool       // startup finished
@@ -123,6 +123,10 @@ type session struct {
 	orphans  []*variant        // variants of dropped statements, closed at the next Sync
 	settings map[string]string // reported settings that change how values print (shadow.go)
 
+	// loop, when set, relays the session once it is past startup, if both its connections are
+	// plain sockets (attachLoop).
+	loop *eventLoop
+
 	key       backendKey // the key this client knows us by
 	closeOnce sync.Once
 
@@ -133,9 +137,13 @@ type session struct {
 	appName  string // application_name, from startup and ParameterStatus; guarded by mu
 }
 
-func newSession(srv *Server, client net.Conn) *session {
+func newSession(srv *Server, client net.Conn, loop *eventLoop) *session {
 	return &session{
 		srv:     srv,
+		loop:    loop,
+		mu:      sessionMutex{loop: loop},
+		smu:     sessionMutex{loop: loop},
+		cmu:     sessionMutex{loop: loop},
 		client:  client,
 		log:     srv.log.With("client", clientName(client)),
 		stmts:   make(map[string]*stmtInfo),
@@ -175,6 +183,7 @@ func (s *session) run(ctx context.Context) {
 	}
 	_ = s.client.SetDeadline(noDeadline)
 	_ = s.server.SetDeadline(noDeadline)
+	s.attachLoop()
 	s.log.Debug("session ready")
 
 	done := make(chan struct{})
@@ -462,7 +471,10 @@ var errUpstreamWrite = errors.New("write to upstream failed")
 // Plain TCP uses the pump (pump.go); TLS reads through crypto/tls.
 func (s *session) clientLoop() {
 	var err error
-	if sc, ok := s.client.(*sysConn); ok {
+	if lc, ok := s.client.(*loopConn); ok {
+		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer, clientMayRest)
+		err = p.runOnLoop(s.loop, lc)
+	} else if sc, ok := s.client.(*sysConn); ok {
 		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer, clientMayRest)
 		err = p.run(sc.rc)
 	} else {
@@ -471,6 +483,32 @@ func (s *session) clientLoop() {
 	if err != nil && !errors.Is(err, errUpstreamWrite) {
 		s.clientReadFailed(err)
 	}
+}
+
+// attachLoop moves the session's connections onto its event loop, when it has one and both are
+// plain sockets; otherwise (TLS on either side) each direction keeps its goroutine.
+func (s *session) attachLoop() {
+	if s.loop == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return
+	}
+	_, plainClient := s.client.(*sysConn)
+	_, plainServer := s.server.(*sysConn)
+	if !plainClient || !plainServer {
+		s.loop = nil
+		return
+	}
+	conns, err := detachConns(s.loop, s.client, s.server)
+	if err != nil {
+		s.log.Warn("cannot relay the session on an event loop; it keeps a goroutine per direction", "err", err)
+		s.loop = nil
+		return
+	}
+	s.client, s.server = conns[0], conns[1]
 }
 
 // clientMayRest: a batch of client messages that ends on a Query or a Sync is always answered,
@@ -522,7 +560,7 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 		g := s.gate
 		s.mu.Unlock()
 		if g != nil {
-			<-g.done
+			s.waitGate(g)
 		}
 		return errStopPump
 	}
@@ -583,7 +621,10 @@ func classifyFrontend(typ byte, body []byte) (requestKind, string, error) {
 // serverLoop relays server messages until the server goes away or the session closes.
 func (s *session) serverLoop() {
 	var err error
-	if sc, ok := s.server.(*sysConn); ok {
+	if lc, ok := s.server.(*loopConn); ok {
+		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient, serverMayRest)
+		err = p.runOnLoop(s.loop, lc)
+	} else if sc, ok := s.server.(*sysConn); ok {
 		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient, serverMayRest)
 		err = p.run(sc.rc)
 	} else {

@@ -89,6 +89,7 @@ func (s *session) awaitSettled() (waited bool, err error) {
 	}
 	s.settle.waiters++
 	for s.settingsUnsettled() && !s.closing {
+		s.beforeBlock()
 		s.settle.cond.Wait()
 	}
 	s.settle.waiters--

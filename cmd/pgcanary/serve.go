@@ -89,6 +89,7 @@ up to --drain-timeout, closes the rest and exits 0.`,
 	f.String("tls-key", "", "PEM private key for --tls-cert")
 	f.String("upstream-sslmode", d.UpstreamTLS.SSLMode, "TLS to the upstream: disable, prefer, require, verify-ca or verify-full (libpq meanings)")
 	f.String("upstream-sslrootcert", "", "PEM CA bundle to verify the upstream's certificate (verify-ca, verify-full; with require it verifies the chain)")
+	f.Int("event-loops", d.EventLoops, "event loops relaying plain TCP and Unix-socket sessions: 0 for one per two CPUs, -1 for none (each session then keeps a goroutine per direction, as TLS sessions do)")
 	f.String("max-message-size", "1GiB", "largest message accepted from a client (bytes, or with KiB, MiB, GiB); larger frames are refused with 08P01")
 	return cmd
 }
@@ -142,6 +143,8 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 			cfg.DrainTimeout, _ = f.GetDuration(fl.Name)
 		case "connect-timeout":
 			cfg.ConnectTimeout, _ = f.GetDuration(fl.Name)
+		case "event-loops":
+			cfg.EventLoops, _ = f.GetInt(fl.Name)
 		case "tls-cert":
 			cfg.TLS.Cert = v
 		case "tls-key":
@@ -269,6 +272,7 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 		TLS:                 clientTLS,
 		MaxMessageSize:      int(cfg.MaxMessageSize),
 		ConnectTimeout:      cfg.ConnectTimeout,
+		EventLoops:          cfg.EventLoops,
 		Logger:              log,
 		Metrics:             proxy.NewPromMetrics(reg),
 	})

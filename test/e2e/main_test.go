@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,9 @@ type proxyOpts struct {
 	shadow           proxy.Shadow
 	listen           string // TCP address for clients; default 127.0.0.1:0, "none" for none
 	listenUnix       string // a Unix socket for clients too
+	// eventLoops: proxy.Config.EventLoops; 0 takes PGCANARY_TEST_EVENT_LOOPS, else the default
+	// (-1 there runs every test with a goroutine per direction instead).
+	eventLoops int
 }
 
 // testProxy is a proxy running in-process on a free port.
@@ -87,6 +91,15 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 	case "none":
 		o.listen = ""
 	}
+	if o.eventLoops == 0 {
+		if v := os.Getenv("PGCANARY_TEST_EVENT_LOOPS"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("PGCANARY_TEST_EVENT_LOOPS=%q: %v", v, err)
+			}
+			o.eventLoops = n
+		}
+	}
 	srv, err := proxy.New(proxy.Config{
 		Listen:         o.listen,
 		ListenUnix:     o.listenUnix,
@@ -101,6 +114,7 @@ func startProxy(t testing.TB, o proxyOpts) *testProxy {
 		RoutingKey:     o.routingKey,
 		Shadow:         o.shadow,
 		BatchEndWait:   o.batchEndWait,
+		EventLoops:     o.eventLoops,
 	})
 	if err != nil {
 		t.Fatalf("new proxy: %v", err)

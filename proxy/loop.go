@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"runtime"
+	"sync"
+)
+
+// sessionMutex guards state a session's two pumps share. Taking it when another goroutine holds
+// it first hands the session's event loop on (eventLoop.beforeBlock): the pump that waits may be
+// running on the loop's goroutine, which must not wait on a session's behalf.
+type sessionMutex struct {
+	sync.Mutex
+	loop *eventLoop
+}
+
+func (m *sessionMutex) Lock() {
+	if m.TryLock() {
+		return
+	}
+	if m.loop != nil {
+		m.loop.beforeBlock()
+	}
+	m.Mutex.Lock()
+}
+
+// beforeBlock is called before the session waits for something other than a mutex (a gate, the
+// server's answers): see eventLoop.beforeBlock.
+func (s *session) beforeBlock() {
+	if s.loop != nil {
+		s.loop.beforeBlock()
+	}
+}
+
+// defaultEventLoops is how many event loops serve sessions when Config.EventLoops is 0: one per
+// two CPUs. A loop uses up to one CPU; Postgres and the clients on the same host need the others.
+func defaultEventLoops() int { return (runtime.GOMAXPROCS(0) + 1) / 2 }
+
+// pickLoopLocked returns the event loop for a new session, starting the loops on first use, or
+// nil when sessions do not use loops. Holds s.mu.
+func (s *Server) pickLoopLocked() *eventLoop {
+	if s.eventLoops <= 0 || s.loopsStopped {
+		return nil
+	}
+	if s.loops == nil {
+		for range s.eventLoops {
+			l, err := newEventLoop(s.metrics)
+			if err != nil {
+				s.log.Warn("event loops unavailable: each session keeps a goroutine per direction", "err", err)
+				for _, started := range s.loops {
+					started.stop()
+				}
+				s.loops, s.eventLoops = nil, 0
+				return nil
+			}
+			s.loops = append(s.loops, l)
+		}
+	}
+	s.loopNext++
+	return s.loops[s.loopNext%uint64(len(s.loops))]
+}
+
+// stopLoops ends the event loops once no session uses them; none start after.
+func (s *Server) stopLoops() {
+	s.mu.Lock()
+	loops := s.loops
+	s.loops, s.loopsStopped = nil, true
+	s.mu.Unlock()
+	for _, l := range loops {
+		l.stop()
+	}
+}
+
+// waitGate waits until a gate opens (its done channel closes).
+func (s *session) waitGate(g *gate) {
+	select {
+	case <-g.done:
+		return
+	default:
+	}
+	s.beforeBlock()
+	<-g.done
+}

@@ -1,0 +1,250 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// loopPair returns a connected pair of TCP sockets: one moved onto l, and its peer.
+func loopPair(t *testing.T, l *eventLoop) (*loopConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns, err := detachConns(l, newSysConn(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conns[0].Close() })
+	return conns[0], peer
+}
+
+// waitRegistered waits until n pumps are registered on l, so what is sent next is read by the
+// loop's goroutine rather than by the first step, which runs on the pump's caller.
+func waitRegistered(t *testing.T, l *eventLoop, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l.mu.Lock()
+		got := len(l.regs)
+		l.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pumps registered, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func noFlush() error { return nil }
+
+var syncMessage = []byte{'S', 0, 0, 0, 4}
+
+// A step that blocks on the loop's goroutine must not stall the other sessions on the loop.
+func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, aPeer := loopPair(t, l)
+	b, bPeer := loopPair(t, l)
+
+	blocked := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unblock() // before l.stop, which waits for the blocked step when the test fails
+	pa := newPump(nil, 1<<20, func(byte, []byte) error {
+		close(blocked)
+		l.beforeBlock() // what a full socket, a gate or a settle wait does before it waits
+		<-release
+		return errStopPump
+	}, noFlush, nil)
+	got := make(chan byte, 1)
+	pb := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
+		got <- typ
+		return errStopPump
+	}, noFlush, nil)
+	done := make(chan error, 2)
+	go func() { done <- pa.runOnLoop(l, a) }()
+	go func() { done <- pb.runOnLoop(l, b) }()
+	waitRegistered(t, l, 2)
+
+	if _, err := aPeer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	<-blocked
+	if _, err := bPeer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case typ := <-got:
+		if typ != 'S' {
+			t.Fatalf("second session read message %q", typ)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a session blocked on the loop's goroutine stalled another session on the loop")
+	}
+	unblock()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("pump: %v", err)
+		}
+	}
+	if n := l.handoffs.Load(); n != 1 {
+		t.Fatalf("%d hand-offs, want 1", n)
+	}
+}
+
+// Messages split across reads, and many of them in one read, reach the handler whole and in order.
+func TestEventLoopPumpsMessagesInOrder(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, aPeer := loopPair(t, l)
+	var got []byte
+	p := newPump(nil, 1<<20, func(typ byte, body []byte) error {
+		if typ == 'X' {
+			return errStopPump
+		}
+		got = append(got, body...)
+		return nil
+	}, noFlush, clientMayRest)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+
+	var want, stream []byte
+	for i := range 2000 {
+		body := bytes.Repeat([]byte{byte(i)}, i%300)
+		want = append(want, body...)
+		stream = appendMessage(stream, 'd', body)
+	}
+	stream = appendMessage(stream, 'X', nil)
+	for len(stream) > 0 { // odd-sized writes split headers and bodies
+		n := min(len(stream), 777)
+		if _, err := aPeer.Write(stream[:n]); err != nil {
+			t.Fatal(err)
+		}
+		stream = stream[n:]
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("pump: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pump did not end")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes of bodies, want %d (or different content)", len(got), len(want))
+	}
+}
+
+// Closing a connection ends its pump waiting on the loop, and the peer sees the close.
+func TestEventLoopCloseEndsPump(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, aPeer := loopPair(t, l)
+	p := newPump(nil, 1<<20, func(byte, []byte) error { return nil }, noFlush, nil)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("pump ended with %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pump still running after Close")
+	}
+	_ = aPeer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := aPeer.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("peer read %d bytes after close", n)
+	}
+	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after close: %v, want net.ErrClosed", err)
+	}
+}
+
+// A write waiting for room ends at its deadline, and at Close.
+func TestLoopConnBlockedWriteEnds(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, _ := loopPair(t, l) // the peer never reads
+	big := make([]byte, 64<<20)
+
+	result := make(chan error, 1)
+	go func() {
+		_, err := a.Write(big)
+		result <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the socket fills
+	if err := a.SetWriteDeadline(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write ended with %v, want a deadline error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("write still blocked after its deadline")
+	}
+
+	_ = a.SetWriteDeadline(time.Time{})
+	go func() {
+		_, err := a.Write(big)
+		result <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("write ended with %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("write still blocked after Close")
+	}
+}

@@ -1,0 +1,26 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"errors"
+	"net"
+)
+
+// Event loops need epoll; elsewhere every session keeps a goroutine per direction.
+
+type eventLoop struct{}
+
+type loopConn struct{ net.Conn }
+
+var errNoEventLoops = errors.New("event loops need Linux (epoll)")
+
+func newEventLoop(Metrics) (*eventLoop, error) { return nil, errNoEventLoops }
+
+func (l *eventLoop) beforeBlock() {}
+
+func (l *eventLoop) stop() {}
+
+func detachConns(*eventLoop, ...net.Conn) ([]*loopConn, error) { return nil, errNoEventLoops }
+
+func (p *pump) runOnLoop(*eventLoop, *loopConn) error { return errNoEventLoops }
