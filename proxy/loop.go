@@ -3,6 +3,7 @@ package proxy
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // sessionMutex guards state a session's two pumps share. Taking it when another goroutine holds
@@ -10,17 +11,25 @@ import (
 // running on the loop's goroutine, which must not wait on a session's behalf.
 type sessionMutex struct {
 	sync.Mutex
-	loop *eventLoop
+	loop atomic.Pointer[eventLoop] // nil when the session does not run on a loop
 }
 
 func (m *sessionMutex) Lock() {
 	if m.TryLock() {
 		return
 	}
-	if m.loop != nil {
-		m.loop.beforeBlock()
+	if l := m.loop.Load(); l != nil {
+		l.beforeBlock()
 	}
 	m.Mutex.Lock()
+}
+
+// setLoop sets the loop the session's mutexes hand on when contended.
+func (s *session) setLoop(l *eventLoop) {
+	s.loop = l
+	s.mu.loop.Store(l)
+	s.smu.loop.Store(l)
+	s.cmu.loop.Store(l)
 }
 
 // beforeBlock is called before the session waits for something other than a mutex (a gate, the

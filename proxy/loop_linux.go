@@ -36,11 +36,12 @@ type eventLoop struct {
 	nextID uint64
 	// queue holds the registrations with events not yet dispatched. The loop's goroutine takes
 	// them one at a time, so a hand-off leaves the rest to its successor.
-	queue       []uint64
+	queue       []*loopReg
 	head        int
 	active      *loopWorker // the goroutine that runs the loop
 	dispatching bool        // the active goroutine is running a step (it may be about to block)
 	stopped     bool
+	pollSoon    bool          // a pump yielded: poll epoll before the next dispatch
 	fdsClosed   bool          // epfd and wakefd are closed (or about to be): no more epoll_ctl
 	done        chan struct{} // closed when the loop's last goroutine has exited
 	handoffs    atomic.Uint64
@@ -52,6 +53,31 @@ type loopWorker struct{ n uint64 }
 
 // wakeID is the epoll data of the eventfd; registrations count from 1.
 const wakeID = 0
+
+// epollET is EPOLLET as the uint32 the event mask is (syscall.EPOLLET is negative on some
+// architectures, positive on others).
+const epollET = uint32(1) << 31
+
+// readEvents and writeEvents are the event bits that call for a read (the pump's step) and those
+// that wake a writer waiting for room.
+const (
+	readEvents  = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLERR | syscall.EPOLLHUP
+	writeEvents = syscall.EPOLLOUT | syscall.EPOLLERR | syscall.EPOLLHUP
+)
+
+// loopStepBudget bounds the bytes one step reads before the pump yields to the other sessions on
+// the loop (it is queued again): a session streaming a large result, where the proxy is the
+// bottleneck, must not starve them.
+const loopStepBudget = 256 << 10
+
+// stepResult is what a registration's step reports.
+type stepResult int
+
+const (
+	stepWait  stepResult = iota // the socket is empty: wait for the next event
+	stepDone                    // the pump ended
+	stepAgain                   // the pump yielded with bytes left: run it again after the others
+)
 
 // Registration states: a step runs on one goroutine at a time; an event that comes while it runs
 // makes it run again (regPending) instead of running twice at once.
@@ -67,9 +93,12 @@ type loopReg struct {
 	id    uint64
 	loop  *eventLoop
 	conn  *loopConn
-	step  func(fd uintptr) bool // reads until the socket is empty (false) or the pump ends (true)
+	step  func(fd uintptr) stepResult
 	state atomic.Int32
 	done  chan struct{}
+	// queued: r is in its loop's queue (guarded by the loop's mu). A registration is queued once
+	// however many events come before it runs, so a busy socket cannot push others back.
+	queued bool
 }
 
 func newEventLoop(metrics Metrics) (*eventLoop, error) {
@@ -123,18 +152,27 @@ func (l *eventLoop) run(w *loopWorker) {
 			close(l.done)
 			return
 		}
+		if l.pollSoon {
+			// A pump yielded: look for other sockets' events before it runs again, or they
+			// would wait behind it for as long as it streams.
+			l.pollSoon = false
+			l.mu.Unlock()
+			n := l.wait(events, false)
+			l.mu.Lock()
+			l.enqueueLocked(events[:n])
+			continue
+		}
 		if l.head < len(l.queue) {
-			id := l.queue[l.head]
+			r := l.queue[l.head]
+			l.queue[l.head] = nil
+			r.queued = false
 			l.head++
 			if l.head == len(l.queue) {
 				l.queue, l.head = l.queue[:0], 0
 			}
-			r := l.regs[id]
 			l.dispatching = true
 			l.mu.Unlock()
-			if r != nil {
-				r.dispatch()
-			}
+			r.dispatch()
 			l.mu.Lock()
 			if l.active == w {
 				l.dispatching = false
@@ -143,24 +181,43 @@ func (l *eventLoop) run(w *loopWorker) {
 		}
 		// Not dispatching: no hand-off can take the loop from this goroutine while it waits.
 		l.mu.Unlock()
-		n := l.wait(events)
+		n := l.wait(events, true)
 		l.mu.Lock()
-		for i := range events[:n] {
-			if id := eventID(&events[i]); id != wakeID {
-				l.queue = append(l.queue, id)
-			}
+		l.enqueueLocked(events[:n])
+	}
+}
+
+// enqueueLocked queues the registrations events call to read, and wakes writers waiting for room.
+// Holds l.mu.
+func (l *eventLoop) enqueueLocked(events []syscall.EpollEvent) {
+	for i := range events {
+		id := eventID(&events[i])
+		if id == wakeID {
+			var buf [8]byte // reset the eventfd's count
+			_, _, _ = syscall.RawSyscall(syscall.SYS_READ, uintptr(l.wakefd), uintptr(unsafe.Pointer(&buf[0])), 8)
+			continue
+		}
+		r := l.regs[id]
+		if r == nil {
+			continue
+		}
+		if events[i].Events&writeEvents != 0 {
+			r.conn.wakeWriter()
+		}
+		if events[i].Events&readEvents != 0 {
+			l.queueLocked(r)
 		}
 	}
 }
 
 // wait returns the next events. It polls first with a raw system call, which the scheduler does
-// not hear of; only when nothing is ready does it block, in a system call the scheduler knows
-// about, so the goroutine's thread gives up its P meanwhile.
-func (l *eventLoop) wait(events []syscall.EpollEvent) int {
+// not hear of; only when nothing is ready, and block is set, does it block, in a system call the
+// scheduler knows about, so the goroutine's thread gives up its P meanwhile.
+func (l *eventLoop) wait(events []syscall.EpollEvent, block bool) int {
 	p := uintptr(unsafe.Pointer(&events[0]))
 	for {
 		n, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), p, uintptr(len(events)), 0, 0, 0)
-		if errno == 0 && n == 0 {
+		if errno == 0 && n == 0 && block {
 			n, _, errno = syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), p, uintptr(len(events)), ^uintptr(0), 0, 0)
 		}
 		if errno == 0 {
@@ -205,7 +262,7 @@ var errLoopStopped = errors.New("event loop stopped")
 // serve runs a pump on the loop until the pump ends: step runs at once, on the caller's goroutine
 // (there may be bytes buffered already), then on the loop whenever c is readable. It holds a
 // reference to c until then, so c's descriptor stays open while the loop may read it.
-func (l *eventLoop) serve(c *loopConn, step func(fd uintptr) bool) error {
+func (l *eventLoop) serve(c *loopConn, step func(fd uintptr) stepResult) error {
 	if !c.acquire() {
 		return opError("read", c, net.ErrClosed)
 	}
@@ -220,11 +277,13 @@ func (l *eventLoop) serve(c *loopConn, step func(fd uintptr) bool) error {
 	l.nextID++
 	r.id = l.nextID
 	l.regs[r.id] = r
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | -syscall.EPOLLET}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET}
 	setEventID(&ev, r.id)
 	err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, c.fd, &ev)
 	if err != nil {
 		delete(l.regs, r.id)
+	} else {
+		c.registered.Store(true)
 	}
 	l.mu.Unlock()
 	if err != nil {
@@ -259,8 +318,14 @@ func (r *loopReg) dispatch() {
 // runSteps runs the step (the caller set regRunning) until it waits with no event pending.
 func (r *loopReg) runSteps() {
 	for {
-		if r.step(uintptr(r.conn.fd)) {
+		switch r.step(uintptr(r.conn.fd)) {
+		case stepDone:
 			r.finish()
+			return
+		case stepAgain:
+			// Idle first: the queued run may start on another goroutine as soon as it is queued.
+			r.state.Store(regIdle)
+			r.loop.requeue(r)
 			return
 		}
 		if r.state.CompareAndSwap(regRunning, regIdle) {
@@ -270,11 +335,35 @@ func (r *loopReg) runSteps() {
 	}
 }
 
+// queueLocked puts r at the end of the queue unless it is there already. Holds l.mu.
+func (l *eventLoop) queueLocked(r *loopReg) {
+	if !r.queued {
+		r.queued = true
+		l.queue = append(l.queue, r)
+	}
+}
+
+// requeue queues a registration that yielded. The loop's goroutine finds it after its current
+// step; if it is not in one, it may be waiting in epoll, and the eventfd wakes it.
+func (l *eventLoop) requeue(r *loopReg) {
+	l.mu.Lock()
+	l.queueLocked(r)
+	l.pollSoon = true
+	wake := !l.dispatching && !l.stopped
+	l.mu.Unlock()
+	if wake {
+		one := uint64(1)
+		_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, uintptr(l.wakefd), uintptr(unsafe.Pointer(&one)), 8)
+	}
+}
+
 // finish takes an ended pump off the loop and releases its socket.
 func (r *loopReg) finish() {
 	l := r.loop
 	l.mu.Lock()
 	delete(l.regs, r.id)
+	r.conn.registered.Store(false)
+	r.conn.wakeWriter() // to wait without the loop's EPOLLOUT from now on
 	if !l.fdsClosed {
 		_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, r.conn.fd, nil)
 	}
@@ -287,12 +376,21 @@ func (r *loopReg) finish() {
 // runOnLoop pumps c on loop until the connection fails, closes, or the handler stops the pump,
 // as run does on Go's netpoller.
 func (p *pump) runOnLoop(l *eventLoop, c *loopConn) error {
-	err := l.serve(c, func(fd uintptr) bool {
+	p.budget = loopStepBudget
+	p.ownClose = c.closed
+	err := l.serve(c, func(fd uintptr) stepResult {
 		if c.closed() {
 			p.err = opError("read", c, net.ErrClosed)
-			return true
+			return stepDone
 		}
-		return p.step(fd)
+		switch {
+		case p.step(fd):
+			return stepDone
+		case p.yielded:
+			p.yielded = false
+			return stepAgain
+		}
+		return stepWait
 	})
 	if p.err != nil {
 		err = p.err

@@ -248,3 +248,131 @@ func TestLoopConnBlockedWriteEnds(t *testing.T) {
 		t.Fatal("write still blocked after Close")
 	}
 }
+
+// A session streaming more than the proxy relays at once (its socket never empties) yields to the
+// other sessions on its loop after loopStepBudget bytes.
+func TestEventLoopStreamingSessionYields(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, aPeer := loopPair(t, l)
+	b, bPeer := loopPair(t, l)
+	var sink byte
+	pa := newPump(nil, 1<<20, func(typ byte, body []byte) error {
+		if typ == 'X' {
+			return errStopPump
+		}
+		for i := range 20000 { // work per message (planning, copying): the proxy is the bottleneck
+			sink ^= body[i%len(body)]
+		}
+		return nil
+	}, noFlush, nil)
+	got := make(chan time.Time, 1)
+	pb := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
+		if typ == 'X' {
+			return errStopPump
+		}
+		got <- time.Now()
+		return nil
+	}, noFlush, nil)
+	done := make(chan error, 2)
+	go func() { done <- pa.runOnLoop(l, a) }()
+	go func() { done <- pb.runOnLoop(l, b) }()
+	waitRegistered(t, l, 2)
+
+	var chunk []byte
+	for len(chunk) < 1<<20 {
+		chunk = appendMessage(chunk, 'd', make([]byte, 8000))
+	}
+	stop := make(chan struct{})
+	streamed := make(chan struct{})
+	go func() {
+		defer close(streamed)
+		for {
+			select {
+			case <-stop:
+				_, _ = aPeer.Write(appendMessage(nil, 'X', nil))
+				return
+			default:
+			}
+			if _, err := aPeer.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the stream is under way
+	var worst time.Duration
+	for range 5 {
+		sent := time.Now()
+		if _, err := bPeer.Write(syncMessage); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case at := <-got:
+			worst = max(worst, at.Sub(sent))
+		case <-time.After(5 * time.Second):
+			close(stop)
+			t.Fatal("a session got no service in 5 s while another on its loop streamed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	<-streamed
+	_, _ = bPeer.Write(appendMessage(nil, 'X', nil))
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("pump: %v", err)
+		}
+	}
+	t.Logf("worst %v", worst)
+	if worst > time.Second {
+		t.Fatalf("a session waited %v while another on its loop streamed", worst)
+	}
+	_ = sink
+}
+
+// A write waiting for room on a socket that is on the loop is woken by the loop's EPOLLOUT as the
+// peer reads, not by its safety-net timer.
+func TestLoopConnWriteWokenByLoop(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.stop()
+	a, aPeer := loopPair(t, l)
+	p := newPump(nil, 1<<20, func(byte, []byte) error { return errStopPump }, noFlush, nil)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+
+	const size = 32 << 20
+	written := make(chan error, 1)
+	go func() {
+		_, err := a.Write(make([]byte, size))
+		written <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // the socket fills; the write parks
+	buf := make([]byte, 1<<20)
+	for n := 0; n < size; {
+		time.Sleep(time.Millisecond) // a slow reader: the writer waits for room many times
+		m, err := aPeer.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += m
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	if n := a.slowWakes.Load(); n > 0 {
+		t.Fatalf("%d waits for room ended by the timer, not by the loop", n)
+	}
+	_, _ = aPeer.Write(syncMessage)
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+}

@@ -26,13 +26,19 @@ type loopConn struct {
 	laddr, raddr net.Addr
 	refs         atomic.Int64
 	wdeadline    atomic.Int64 // UnixNano; 0 for none
+	// registered: the socket is on the loop's epoll set (its pump runs), whose EPOLLOUT then
+	// wakes a writer waiting for room through writable.
+	registered    atomic.Bool
+	writerWaiting atomic.Bool
+	writable      chan struct{}
+	slowWakes     atomic.Uint64 // parked writes that woke by their timer, not the loop (tests)
 }
 
 const closedBit = 1 << 62
 
-// writePollSlice bounds one wait for room in the send buffer, so that a deadline moved while a
-// write waits (SetWriteDeadline(now) cuts a write short) takes effect within this long.
-const writePollSlice = 20 * time.Millisecond
+// writePollSlice bounds one wait for room in the send buffer: a safety net, since a moved deadline
+// and a close wake the writer anyway.
+const writePollSlice = 100 * time.Millisecond
 
 // detachConns moves plain TCP or Unix-socket connections out of Go's netpoller onto loop. Either
 // all of them move or none (the error says why); the originals are closed when they move.
@@ -53,7 +59,7 @@ func detachConns(loop *eventLoop, conns ...net.Conn) ([]*loopConn, error) {
 		if err != nil {
 			return fail(err)
 		}
-		out = append(out, &loopConn{fd: fd, loop: loop, laddr: c.LocalAddr(), raddr: c.RemoteAddr()})
+		out = append(out, &loopConn{fd: fd, loop: loop, laddr: c.LocalAddr(), raddr: c.RemoteAddr(), writable: make(chan struct{}, 1)})
 	}
 	for _, c := range conns {
 		_ = c.Close() // Go's netpoller forgets the descriptor; the duplicate keeps the socket open
@@ -102,18 +108,24 @@ func (c *loopConn) release() {
 func (c *loopConn) closed() bool { return c.refs.Load()&closedBit != 0 }
 
 // Close shuts the socket down, which ends a pump reading it and a write waiting on it; the
-// descriptor closes when the last of them lets go.
+// descriptor closes when the last of them lets go. Close holds a reference of its own across the
+// shutdown: were the last one let go in between, the number could already name another socket.
 func (c *loopConn) Close() error {
 	for {
 		v := c.refs.Load()
 		if v&closedBit != 0 {
 			return opError("close", c, net.ErrClosed)
 		}
-		if c.refs.CompareAndSwap(v, v|closedBit) {
-			if v == 0 {
+		if v == 0 {
+			if c.refs.CompareAndSwap(0, closedBit) {
 				return os.NewSyscallError("close", syscall.Close(c.fd))
 			}
+			continue
+		}
+		if c.refs.CompareAndSwap(v, (v+1)|closedBit) {
 			_ = syscall.Shutdown(c.fd, syscall.SHUT_RDWR)
+			c.wakeWriter()
+			c.release()
 			return nil
 		}
 	}
@@ -126,6 +138,9 @@ func (c *loopConn) Write(p []byte) (int, error) {
 		return 0, opError("write", c, net.ErrClosed)
 	}
 	defer c.release()
+	if c.pastDeadline() {
+		return 0, opError("write", c, os.ErrDeadlineExceeded)
+	}
 	n := 0
 	for n < len(p) {
 		rest := p[n:]
@@ -148,17 +163,21 @@ func (c *loopConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// waitWritable waits until the socket may take more, the deadline passes, or it is closed.
+func (c *loopConn) pastDeadline() bool {
+	d := c.wdeadline.Load()
+	return d != 0 && time.Now().UnixNano() >= d
+}
+
+// waitWritable waits until the socket may take more, the deadline passes, or it is closed. While
+// the socket is on the loop, the loop's EPOLLOUT wakes the writer, which waits as a parked
+// goroutine; otherwise (its pump has ended) it waits in ppoll, in slices so a moved deadline is
+// seen.
 func (c *loopConn) waitWritable() error {
 	if c.loop != nil {
 		c.loop.beforeBlock()
 	}
-	type pollFd struct {
-		fd      int32
-		events  int16
-		revents int16
-	}
-	const pollOut = 0x4
+	c.writerWaiting.Store(true)
+	defer c.writerWaiting.Store(false)
 	for {
 		if c.closed() {
 			return net.ErrClosed
@@ -171,14 +190,53 @@ func (c *loopConn) waitWritable() error {
 			}
 			wait = min(wait, left)
 		}
-		ts := syscall.NsecToTimespec(int64(wait))
-		pfd := pollFd{fd: int32(c.fd), events: pollOut}
-		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
-		if errno != 0 && errno != syscall.EINTR {
-			return os.NewSyscallError("ppoll", errno)
+		// Room may have come before writerWaiting was set, its wake-up missed: look once first.
+		if c.pollWritable(0) {
+			return nil
 		}
-		if n > 0 {
-			return nil // room, or an error or hang-up the next write reports
+		if !c.registered.Load() {
+			if c.pollWritable(wait) {
+				return nil
+			}
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-c.writable:
+		case <-t.C:
+			c.slowWakes.Add(1)
+		}
+		t.Stop()
+	}
+}
+
+// pollWritable reports whether the socket takes more (or has an error or hang-up the next write
+// reports), waiting up to wait.
+func (c *loopConn) pollWritable(wait time.Duration) bool {
+	type pollFd struct {
+		fd      int32
+		events  int16
+		revents int16
+	}
+	const pollOut = 0x4
+	pfd := pollFd{fd: int32(c.fd), events: pollOut}
+	ts := syscall.NsecToTimespec(int64(wait))
+	var n uintptr
+	var errno syscall.Errno
+	if wait == 0 {
+		n, _, errno = syscall.RawSyscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	} else {
+		n, _, errno = syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	}
+	return errno == 0 && n > 0
+}
+
+// wakeWriter wakes a write waiting for room, to look again (room, a deadline moved, a close).
+func (c *loopConn) wakeWriter() {
+	if c.writerWaiting.Load() {
+		select {
+		case c.writable <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -201,5 +259,6 @@ func (c *loopConn) SetWriteDeadline(t time.Time) error {
 		d = t.UnixNano()
 	}
 	c.wdeadline.Store(d)
+	c.wakeWriter()
 	return nil
 }

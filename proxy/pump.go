@@ -40,6 +40,13 @@ type pump struct {
 	last       byte // the type of the last message handled
 	err        error
 	fn         func(fd uintptr) bool
+	// budget, when not 0, bounds the bytes one step reads: the step then flushes and returns
+	// with yielded set, bytes possibly left in the socket (an event loop runs it again later).
+	budget  int
+	yielded bool
+	// ownClose, when set, tells that the proxy closed the connection itself: what was handled
+	// is then not passed on as the pump ends.
+	ownClose func() bool
 }
 
 const (
@@ -78,6 +85,7 @@ func (p *pump) run(rc syscall.RawConn) error {
 // so on entry the socket may hold bytes.
 func (p *pump) step(fd uintptr) bool {
 	p.readable = true
+	read := 0
 	for {
 		if err := p.process(); err != nil {
 			p.err = err
@@ -93,6 +101,14 @@ func (p *pump) step(fd uintptr) bool {
 				return true
 			}
 			return false // wait for the next readiness event
+		}
+		if p.budget > 0 && read >= p.budget {
+			if err := p.flush(); err != nil {
+				p.err = err
+				return true
+			}
+			p.yielded = true
+			return false
 		}
 		p.makeRoom()
 		space := p.buf[p.end:]
@@ -116,6 +132,7 @@ func (p *pump) step(fd uintptr) bool {
 			return p.stop()
 		}
 		p.end += int(n)
+		read += int(n)
 		p.short = int(n) < len(space)
 	}
 }
@@ -123,7 +140,9 @@ func (p *pump) step(fd uintptr) bool {
 // stop ends the pump after a read error or EOF, first passing on what was already handled: a
 // peer's last words (Postgres's FATAL before it closes) must reach the other side.
 func (p *pump) stop() bool {
-	_ = p.flush()
+	if p.ownClose == nil || !p.ownClose() {
+		_ = p.flush()
+	}
 	return true
 }
 

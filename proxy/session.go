@@ -138,12 +138,8 @@ type session struct {
 }
 
 func newSession(srv *Server, client net.Conn, loop *eventLoop) *session {
-	return &session{
+	s := &session{
 		srv:     srv,
-		loop:    loop,
-		mu:      sessionMutex{loop: loop},
-		smu:     sessionMutex{loop: loop},
-		cmu:     sessionMutex{loop: loop},
 		client:  client,
 		log:     srv.log.With("client", clientName(client)),
 		stmts:   make(map[string]*stmtInfo),
@@ -151,6 +147,8 @@ func newSession(srv *Server, client net.Conn, loop *eventLoop) *session {
 		cout:    make([]byte, 0, 8<<10),
 		sout:    make([]byte, 0, 8<<10),
 	}
+	s.setLoop(loop)
+	return s
 }
 
 // run serves the session until either side goes away.
@@ -499,13 +497,13 @@ func (s *session) attachLoop() {
 	_, plainClient := s.client.(*sysConn)
 	_, plainServer := s.server.(*sysConn)
 	if !plainClient || !plainServer {
-		s.loop = nil
+		s.setLoop(nil)
 		return
 	}
 	conns, err := detachConns(s.loop, s.client, s.server)
 	if err != nil {
 		s.log.Warn("cannot relay the session on an event loop; it keeps a goroutine per direction", "err", err)
-		s.loop = nil
+		s.setLoop(nil)
 		return
 	}
 	s.client, s.server = conns[0], conns[1]
