@@ -2,8 +2,11 @@
 # bench/floor.sh — where pgcanary's passthrough cost comes from: pgcanary against PgBouncer and
 # against two protocol-blind Go relays (bench/relayfloor), interleaved in one run.
 #
-#   relay-goroutines  pgcanary's I/O design without its protocol handling: what the design costs
-#   relay-epoll       PgBouncer's design (one thread, one epoll loop) written in Go
+#   pgcanary             as deployed: sessions on epoll event loops (proxy/loop_linux.go)
+#   pgcanary-goroutines  the same binary with --event-loops -1: a goroutine per direction of each
+#                        session, waiting in Go's netpoller (what TLS sessions use)
+#   relay-goroutines     that second design without any protocol handling
+#   relay-epoll          PgBouncer's design (one thread, one epoll loop) without protocol handling
 #
 # For each target it prints the median TPS of `pgbench -n -S`, the relay's CPU time per
 # transaction (user + system, from /proc) and its context switches per transaction, and TPS
@@ -40,6 +43,12 @@ PROXY_PID=$!
 PORT[pgcanary]=$PROXYPORT
 PID[pgcanary]=$PROXY_PID
 RELAY_PIDS=()
+port=$(free_port)
+"$BIN" serve --event-loops -1 --listen "127.0.0.1:$port" --upstream "$CANARY_UPSTREAM" --admin "127.0.0.1:$(free_port)" \
+	--upstream-sslmode disable --log-level warn 2>"$TMP/pgcanary-goroutines.log" &
+RELAY_PIDS+=($!)
+PORT[pgcanary-goroutines]=$port
+PID[pgcanary-goroutines]=$!
 for design in goroutines epoll; do
 	port=$(free_port)
 	"$TMP/relayfloor" --design "$design" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PGPORT" 2>>"$TMP/relayfloor.log" &
@@ -48,7 +57,7 @@ for design in goroutines epoll; do
 	PID[relay-$design]=$!
 done
 trap 'kill "${RELAY_PIDS[@]}" 2>/dev/null || true; bench_cleanup' EXIT
-TARGETS=(pgbouncer pgcanary relay-goroutines relay-epoll)
+TARGETS=(pgbouncer pgcanary pgcanary-goroutines relay-goroutines relay-epoll)
 for t in "${TARGETS[@]}"; do
 	for _ in $(seq 50); do "$PSQL" -X -q -h 127.0.0.1 -p "${PORT[$t]}" -U postgres -d bench -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
 done
@@ -79,9 +88,9 @@ done
 
 med() { tr ' ' '\n' <<<"$1" | grep -v '^NA$' | grep . | median; }
 echo "pgbench -S -M $MODE, $CLIENTS clients, median of $ROUNDS round(s) x ${DURATION}s, $(nproc) CPUs"
-printf '%-17s %8s %12s %12s %14s\n' target tps cpu_us/tx switches/tx tps/pgbouncer
+printf '%-20s %8s %12s %12s %14s\n' target tps cpu_us/tx switches/tx tps/pgbouncer
 base=$(med "${TPS[pgbouncer]}")
 for t in "${TARGETS[@]}"; do
 	tps=$(med "${TPS[$t]}")
-	printf '%-17s %8.0f %12.2f %12.2f %14.2f\n' "$t" "$tps" "$(med "${CPU[$t]}")" "$(med "${CS[$t]}")" "$(awk -v a="$tps" -v b="$base" 'BEGIN {print a / b}')"
+	printf '%-20s %8.0f %12.2f %12.2f %14.2f\n' "$t" "$tps" "$(med "${CPU[$t]}")" "$(med "${CS[$t]}")" "$(awk -v a="$tps" -v b="$base" 'BEGIN {print a / b}')"
 done
