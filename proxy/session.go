@@ -39,11 +39,12 @@ var noDeadline time.Time
 
 // session relays one client connection to one server connection.
 //
-// Two goroutines own the two directions. The client loop reads client messages, records what
-// response each one expects, and writes to the server; the server loop reads server messages,
-// matches them against the FIFO of expected responses, and writes to the client. Neither waits on
-// the other: Postgres answers requests in order, so the FIFO head always names the request a
-// server message belongs to.
+// Two pumps own the two directions, each run by the session's event loop (loop_linux.go) when
+// both connections are plain sockets, else by a goroutine of its own. The client loop reads client
+// messages, records what response each one expects, and writes to the server; the server loop
+// reads server messages, matches them against the FIFO of expected responses, and writes to the
+// client. Neither waits on the other: Postgres answers requests in order, so the FIFO head always
+// names the request a server message belongs to.
 type session struct {
 	srv    *Server
 	log    *slog.Logger
