@@ -35,6 +35,24 @@ func startAdmin(t *testing.T, reg *prometheus.Registry, ready admin.ReadinessFun
 	return "http://" + adm.Addr().String()
 }
 
+// metricsAfterRead returns /metrics once pgcanary_bytes_total{direction="server_to_client"}
+// passes n. The proxy counts bytes after its write returns, and the client may have read them and
+// asked for /metrics before that: the counter may lag the client by a moment.
+func metricsAfterRead(t *testing.T, base string, n float64) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := adminGet(t, base+"/metrics")
+		if code != http.StatusOK {
+			t.Fatalf("/metrics: %d", code)
+		}
+		if parsePromText(t, body)[`pgcanary_bytes_total{direction="server_to_client"}`] > n || time.Now().After(deadline) {
+			return body
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // checkProxyMetrics asserts the proxy's series after one open client that ran some queries.
 func checkProxyMetrics(t *testing.T, body string, wantClients float64) map[string]float64 {
 	t.Helper()
@@ -76,11 +94,7 @@ func TestAdminEndpoints(t *testing.T) {
 	if err := conn.QueryRow(testCtx(t), "select repeat('x', 10000)").Scan(&s); err != nil || len(s) != 10000 {
 		t.Fatalf("query: %d bytes, %v", len(s), err)
 	}
-	code, body := adminGet(t, base+"/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d", code)
-	}
-	checkProxyMetrics(t, body, 1)
+	checkProxyMetrics(t, metricsAfterRead(t, base, 10000), 1)
 
 	// The exported numbers are the registry's: the in-process view agrees.
 	if got := gatheredValue(t, reg, "pgcanary_bytes_total", map[string]string{"direction": "server_to_client"}); got <= 10000 {
@@ -147,11 +161,7 @@ func TestAdminBinary(t *testing.T) {
 	if err := conn.QueryRow(testCtx(t), "select repeat('x', 10000)").Scan(&s); err != nil || len(s) != 10000 {
 		t.Fatalf("query: %d bytes, %v", len(s), err)
 	}
-	code, body := adminGet(t, base+"/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d", code)
-	}
-	m := checkProxyMetrics(t, body, 1)
+	m := checkProxyMetrics(t, metricsAfterRead(t, base, 10000), 1)
 	if v, ok := m["go_goroutines"]; !ok || v <= 0 {
 		t.Errorf("go_goroutines = %v (present %v), want > 0", v, ok)
 	}
