@@ -14,6 +14,22 @@ import (
 	"go.uber.org/goleak"
 )
 
+// startLoop starts an event loop for a test. When the test ends the loop stops, after the
+// test's own cleanups (its connections close first), and no goroutine the test started may be left.
+func startLoop(t *testing.T) *eventLoop {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	l, err := newEventLoop(nopMetrics{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.stop()
+		goleak.VerifyNone(t, ignore)
+	})
+	return l
+}
+
 // loopPair returns a connected pair of TCP sockets: one moved onto l, and its peer.
 func loopPair(t *testing.T, l *eventLoop) (*loopConn, net.Conn) {
 	t.Helper()
@@ -64,12 +80,7 @@ var syncMessage = []byte{'S', 0, 0, 0, 4}
 
 // A step that blocks on the loop's goroutine must not stall the other sessions on the loop.
 func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	b, bPeer := loopPair(t, l)
 
@@ -77,7 +88,7 @@ func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	defer unblock() // before l.stop, which waits for the blocked step when the test fails
+	defer unblock() // before the loop stops, which waits for the blocked step when the test fails
 	pa := newPump(nil, 1<<20, func(byte, []byte) error {
 		close(blocked)
 		l.beforeBlock() // what a full socket, a gate or a settle wait does before it waits
@@ -122,12 +133,7 @@ func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
 
 // Messages split across reads, and many of them in one read, reach the handler whole and in order.
 func TestEventLoopPumpsMessagesInOrder(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	var got []byte
 	p := newPump(nil, 1<<20, func(typ byte, body []byte) error {
@@ -170,12 +176,7 @@ func TestEventLoopPumpsMessagesInOrder(t *testing.T) {
 
 // Closing a connection ends its pump waiting on the loop, and the peer sees the close.
 func TestEventLoopCloseEndsPump(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	p := newPump(nil, 1<<20, func(byte, []byte) error { return nil }, noFlush, nil)
 	done := make(chan error, 1)
@@ -203,12 +204,7 @@ func TestEventLoopCloseEndsPump(t *testing.T) {
 
 // A write waiting for room ends at its deadline, and at Close.
 func TestLoopConnBlockedWriteEnds(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, _ := loopPair(t, l) // the peer never reads
 	big := make([]byte, 64<<20)
 
@@ -252,12 +248,7 @@ func TestLoopConnBlockedWriteEnds(t *testing.T) {
 // A session streaming more than the proxy relays at once (its socket never empties) yields to the
 // other sessions on its loop after loopStepBudget bytes.
 func TestEventLoopStreamingSessionYields(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	b, bPeer := loopPair(t, l)
 	var sink byte
@@ -337,12 +328,7 @@ func TestEventLoopStreamingSessionYields(t *testing.T) {
 // A write waiting for room on a socket that is on the loop is woken by the loop's EPOLLOUT as the
 // peer reads, not by its safety-net timer.
 func TestLoopConnWriteWokenByLoop(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	l, err := newEventLoop(nopMetrics{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.stop()
+	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	p := newPump(nil, 1<<20, func(byte, []byte) error { return errStopPump }, noFlush, nil)
 	done := make(chan error, 1)
