@@ -251,10 +251,15 @@ func (l *eventLoop) stop() {
 	l.stopped = true
 	l.mu.Unlock()
 	if first {
-		one := uint64(1)
-		_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, uintptr(l.wakefd), uintptr(unsafe.Pointer(&one)), 8)
+		l.wake()
 	}
 	<-l.done
+}
+
+// wake makes the loop's goroutine return from epoll (the eventfd becomes readable).
+func (l *eventLoop) wake() {
+	one := uint64(1)
+	_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, uintptr(l.wakefd), uintptr(unsafe.Pointer(&one)), 8)
 }
 
 var errLoopStopped = errors.New("event loop stopped")
@@ -352,8 +357,7 @@ func (l *eventLoop) requeue(r *loopReg) {
 	wake := !l.dispatching && !l.stopped
 	l.mu.Unlock()
 	if wake {
-		one := uint64(1)
-		_, _, _ = syscall.RawSyscall(syscall.SYS_WRITE, uintptr(l.wakefd), uintptr(unsafe.Pointer(&one)), 8)
+		l.wake()
 	}
 }
 
