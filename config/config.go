@@ -30,6 +30,9 @@ type Config struct {
 	// EventLoops is how many event loops relay plain (non-TLS) sessions: 0 for one per two CPUs,
 	// -1 for none (a goroutine per direction of each session).
 	EventLoops int `yaml:"event_loops"`
+	// BusyPoll is how long an event loop polls before it sleeps: auto (0, the default), off, or a
+	// duration.
+	BusyPoll BusyPoll `yaml:"busy_poll"`
 
 	// SideDSN is the proxy's own connection (catalog, comparisons, backfill); a migration's
 	// database replaces the DSN's database name.
@@ -290,6 +293,52 @@ func yamlError(path string, err error) error {
 		report = append(report, f)
 	}
 	return report
+}
+
+// BusyPoll is busy_poll: 0 for auto (the proxy's default: 50µs, none under a CPU quota), -1 for
+// off, or how long an event loop polls its sockets before it sleeps.
+type BusyPoll time.Duration
+
+// BusyPollOff is the BusyPoll of busy_poll: off.
+const BusyPollOff = BusyPoll(-1)
+
+// UnmarshalYAML accepts auto, off, or a duration (0 is off).
+func (b *BusyPoll) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseBusyPoll(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// ParseBusyPoll parses "auto", "off", "0" (off) or a positive duration such as "50us".
+func ParseBusyPoll(s string) (BusyPoll, error) {
+	switch s = strings.TrimSpace(s); s {
+	case "auto", "":
+		return 0, nil
+	case "off", "0":
+		return BusyPollOff, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("invalid busy_poll %q: want auto, off, or a duration such as 50us", s)
+	}
+	if d == 0 {
+		return BusyPollOff, nil
+	}
+	return BusyPoll(d), nil
+}
+
+// String is how busy_poll is written.
+func (b BusyPoll) String() string {
+	switch {
+	case b == 0:
+		return "auto"
+	case b < 0:
+		return "off"
+	}
+	return time.Duration(b).String()
 }
 
 // ByteSize is a size in bytes, written as a number or with a unit: 512KiB, 64MiB, 1GiB (also kB,

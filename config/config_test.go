@@ -41,6 +41,8 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 		{"no listener", "listen: \"\"\n", "listen and listen_unix are both empty"},
 		{"relative socket", "listen_unix: run/pgcanary\n", "c.yaml:1: error: listen_unix \"run/pgcanary\": want an absolute path"},
 		{"event loops", "listen: a:1\nevent_loops: -2\n", "c.yaml:2: error: event_loops -2: want 0 (one per two CPUs), -1 (none) or a positive count"},
+		{"busy poll", "listen: a:1\nbusy_poll: soon\n", `c.yaml:2: error: invalid busy_poll "soon": want auto, off, or a duration such as 50us`},
+		{"negative busy poll", "busy_poll: -5us\n", `c.yaml:1: error: invalid busy_poll "-5us"`},
 		{"TLS on a socket", "upstream: /var/run/postgresql\nupstream_tls: {sslmode: require}\n", "is a Unix socket, where Postgres offers no TLS"},
 	}
 	for _, tc := range cases {

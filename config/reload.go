@@ -243,6 +243,7 @@ func restartOnly(old, cur *Config, log *slog.Logger) {
 	changed("max_message_size", old.MaxMessageSize, cur.MaxMessageSize)
 	changed("drain_timeout", old.DrainTimeout, cur.DrainTimeout)
 	changed("event_loops", old.EventLoops, cur.EventLoops)
+	changed("busy_poll", old.BusyPoll, cur.BusyPoll)
 	changed("connect_timeout", old.ConnectTimeout, cur.ConnectTimeout)
 	changed("log_format", old.LogFormat, cur.LogFormat)
 	changed("admin.pprof", old.Admin.Pprof, cur.Admin.Pprof)

@@ -52,7 +52,7 @@ func (s *Server) pickLoopLocked() *eventLoop {
 	}
 	if s.loops == nil {
 		for range s.eventLoops {
-			l, err := newEventLoop(s.metrics)
+			l, err := newEventLoop(s.metrics, s.busyPoll)
 			if err != nil {
 				s.log.Warn("event loops unavailable: each session keeps a goroutine per direction", "err", err)
 				for _, started := range s.loops {

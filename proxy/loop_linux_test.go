@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,8 +19,14 @@ import (
 // test's own cleanups (its connections close first), and no goroutine the test started may be left.
 func startLoop(t *testing.T) *eventLoop {
 	t.Helper()
+	return startLoopWith(t, nopMetrics{}, 0, loopTuning{contended: busyPollContended})
+}
+
+// startLoopWith is startLoop with the loop's metrics and busy poll.
+func startLoopWith(t *testing.T, m Metrics, busyPoll time.Duration, tune loopTuning) *eventLoop {
+	t.Helper()
 	ignore := goleak.IgnoreCurrent()
-	l, err := newEventLoop(nopMetrics{})
+	l, err := startEventLoop(m, busyPoll, tune)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,5 +367,138 @@ func TestLoopConnWriteWokenByLoop(t *testing.T) {
 	_, _ = aPeer.Write(syncMessage)
 	if err := <-done; err != nil {
 		t.Fatalf("pump: %v", err)
+	}
+}
+
+// busyPollMetrics adds up the time loops report polling.
+type busyPollMetrics struct {
+	nopMetrics
+	polled atomic.Int64
+}
+
+func (m *busyPollMetrics) LoopBusyPoll(d time.Duration) { m.polled.Add(int64(d)) }
+
+// A loop that busy polls hands on what arrives while it polls, and stops when told to, however
+// long its busy poll: with an hour's, either would otherwise wait for the hour.
+func TestEventLoopBusyPollDeliversEvents(t *testing.T) {
+	m := &busyPollMetrics{}
+	l := startLoopWith(t, m, time.Hour, loopTuning{contended: busyPollContended, cpus: 1 << 20})
+	a, aPeer := loopPair(t, l)
+	got := make(chan byte, 4)
+	p := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
+		got <- typ
+		if typ == 'X' {
+			return errStopPump
+		}
+		return nil
+	}, noFlush, clientMayRest)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+	for _, msg := range [][]byte{syncMessage, {'X', 0, 0, 0, 4}} {
+		time.Sleep(20 * time.Millisecond) // the loop is polling by now
+		if _, err := aPeer.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case typ := <-got:
+			if typ != msg[0] {
+				t.Fatalf("handler got %q, want %q", typ, msg[0])
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %q not handed on while the loop busy polls", msg[0])
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+	if m.polled.Load() == 0 {
+		t.Fatal("the loop found its events without busy polling")
+	}
+	// startLoopWith's cleanup stops the loop, which is polling again.
+}
+
+// Busy polling stops after its window: an idle loop sleeps.
+func TestEventLoopBusyPollSleepsWhenIdle(t *testing.T) {
+	const window = 5 * time.Millisecond
+	m := &busyPollMetrics{}
+	// The window alone ends each poll, however busy the machine.
+	l := startLoopWith(t, m, window, loopTuning{contended: time.Hour, cpus: 1 << 20})
+	a, aPeer := loopPair(t, l)
+	got := make(chan byte, 1)
+	p := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
+		got <- typ
+		return errStopPump
+	}, noFlush, nil)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+	if _, err := aPeer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	<-got
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	l.stop() // a poll reports its time when it ends: the stop ends one that would go on
+	// The loop has polled at most a window after each of its few wake-ups (the first wait, the
+	// message, the pump's end), each poll being up to a scheduling delay late to stop; a loop
+	// that kept polling would report the whole 300 ms.
+	if polled := time.Duration(m.polled.Load()); polled > 150*time.Millisecond {
+		t.Fatalf("an idle loop busy polled for %v in 300 ms, with a window of %v", polled, window)
+	}
+}
+
+// A loop does not busy poll while the machine's CPUs are all taken: here it counts against no
+// CPU at all, so it never polls, and what comes is handed on after the loop's sleep.
+func TestEventLoopBusyPollOnlyWithFreeCPUs(t *testing.T) {
+	m := &busyPollMetrics{}
+	l := startLoopWith(t, m, time.Hour, loopTuning{contended: time.Hour, cpus: -1})
+	if l.runq == nil {
+		t.Skip("/proc/loadavg is unreadable: loops poll without asking")
+	}
+	a, aPeer := loopPair(t, l)
+	got := make(chan byte, 1)
+	p := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
+		got <- typ
+		return errStopPump
+	}, noFlush, nil)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, a) }()
+	waitRegistered(t, l, 1)
+	time.Sleep(20 * time.Millisecond) // the loop waits by now
+	if _, err := aPeer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	<-got
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
+	}
+	l.stop()
+	if polled := time.Duration(m.polled.Load()); polled != 0 {
+		t.Fatalf("the loop busy polled for %v with every CPU taken", polled)
+	}
+}
+
+func TestLoadavgRunnable(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"0.50 0.60 0.70 3/113 12345\n", 3, true},
+		{"12.01 8.00 4.13 117/2048 99\n", 117, true},
+		{"0.50 0.60 0.70 /113 1\n", 0, false},
+		{"0.50 0.60\n", 0, false},
+		{"", 0, false},
+	} {
+		got, ok := loadavgRunnable([]byte(tc.in))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("loadavgRunnable(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+	if n := onlineCPUs(); n < 1 {
+		t.Errorf("onlineCPUs() = %d", n)
 	}
 }

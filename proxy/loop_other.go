@@ -5,6 +5,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"time"
 )
 
 // Event loops need epoll; elsewhere every session keeps a goroutine per direction.
@@ -15,7 +16,9 @@ type loopConn struct{ net.Conn }
 
 var errNoEventLoops = errors.New("event loops need Linux (epoll)")
 
-func newEventLoop(Metrics) (*eventLoop, error) { return nil, errNoEventLoops }
+func newEventLoop(Metrics, time.Duration) (*eventLoop, error) { return nil, errNoEventLoops }
+
+func defaultBusyPoll() (time.Duration, string) { return 0, "" }
 
 func (l *eventLoop) beforeBlock() {}
 

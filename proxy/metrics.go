@@ -30,6 +30,9 @@ type Metrics interface {
 	// LoopHandoff: an event loop moved to a new goroutine because a step was about to block
 	// (loop_linux.go).
 	LoopHandoff()
+	// LoopBusyPoll: an event loop polled for d before it found events or went to sleep
+	// (Config.BusyPoll).
+	LoopBusyPoll(d time.Duration)
 }
 
 // PromMetrics exports the proxy's metrics to a Prometheus registry.
@@ -49,6 +52,7 @@ type PromMetrics struct {
 	fallbacks     *prometheus.CounterVec
 	spilled       prometheus.Counter
 	handoffs      prometheus.Counter
+	busyPoll      prometheus.Counter
 }
 
 // NewPromMetrics registers the proxy's metrics with reg.
@@ -115,8 +119,12 @@ func NewPromMetrics(reg prometheus.Registerer) *PromMetrics {
 		Name: "pgcanary_event_loop_handoffs_total",
 		Help: "Times an event loop went on in a new goroutine because a session's step was about to wait (a full socket, a held batch); a few per second is normal, a steady high rate means sessions often wait.",
 	})
+	m.busyPoll = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgcanary_event_loop_busy_poll_seconds_total",
+		Help: "Time event loops spent polling for events before sleeping (busy_poll): CPU time spent to answer sooner. Up to one CPU per loop while sessions are active; 0 with busy_poll off.",
+	})
 	reg.MustRegister(m.clients, m.clientsTotal, m.connectErrors, bytes, m.mirrored, m.unmirrored, m.statements,
-		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks, m.spilled, m.handoffs)
+		m.readPercent, m.flagErrors, m.duration, m.errors, m.fallbacks, m.spilled, m.handoffs, m.busyPoll)
 	return m
 }
 
@@ -147,6 +155,7 @@ func (m *PromMetrics) StatementError(migration, route, class string) {
 func (m *PromMetrics) ReadFallback(migration string) { m.fallbacks.WithLabelValues(migration).Inc() }
 func (m *PromMetrics) GateSpill(n int)               { m.spilled.Add(float64(n)) }
 func (m *PromMetrics) LoopHandoff()                  { m.handoffs.Inc() }
+func (m *PromMetrics) LoopBusyPoll(d time.Duration)  { m.busyPoll.Add(d.Seconds()) }
 
 // nopMetrics discards everything; used when no Metrics is configured.
 type nopMetrics struct{}
@@ -166,3 +175,4 @@ func (nopMetrics) StatementError(string, string, string)           {}
 func (nopMetrics) ReadFallback(string)                             {}
 func (nopMetrics) GateSpill(int)                                   {}
 func (nopMetrics) LoopHandoff()                                    {}
+func (nopMetrics) LoopBusyPoll(time.Duration)                      {}

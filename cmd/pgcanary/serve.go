@@ -90,6 +90,7 @@ up to --drain-timeout, closes the rest and exits 0.`,
 	f.String("upstream-sslmode", d.UpstreamTLS.SSLMode, "TLS to the upstream: disable, prefer, require, verify-ca or verify-full (libpq meanings)")
 	f.String("upstream-sslrootcert", "", "PEM CA bundle to verify the upstream's certificate (verify-ca, verify-full; with require it verifies the chain)")
 	f.Int("event-loops", d.EventLoops, "event loops relaying plain TCP and Unix-socket sessions: 0 for one per two CPUs, -1 for none (each session then keeps a goroutine per direction, as TLS sessions do)")
+	f.String("busy-poll", "auto", "how long an event loop polls its sockets before it sleeps, to answer sooner at low load: auto (50us, or off under a CPU quota), off, or a duration; polling spends up to one CPU per loop while sessions are active")
 	f.String("max-message-size", "1GiB", "largest message accepted from a client (bytes, or with KiB, MiB, GiB); larger frames are refused with 08P01")
 	return cmd
 }
@@ -145,6 +146,12 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 			cfg.ConnectTimeout, _ = f.GetDuration(fl.Name)
 		case "event-loops":
 			cfg.EventLoops, _ = f.GetInt(fl.Name)
+		case "busy-poll":
+			b, e := config.ParseBusyPoll(v)
+			if e != nil {
+				err = fmt.Errorf("--busy-poll: %w", e)
+			}
+			cfg.BusyPoll = b
 		case "tls-cert":
 			cfg.TLS.Cert = v
 		case "tls-key":
@@ -154,10 +161,9 @@ func applyFlags(f *pflag.FlagSet, cfg *config.Config) error {
 		case "upstream-sslrootcert":
 			cfg.UpstreamTLS.SSLRootCert = v
 		case "max-message-size":
-			var n config.ByteSize
-			n, err = config.ParseByteSize(v)
-			if err != nil {
-				err = fmt.Errorf("--max-message-size: %w", err)
+			n, e := config.ParseByteSize(v)
+			if e != nil {
+				err = fmt.Errorf("--max-message-size: %w", e)
 			}
 			cfg.MaxMessageSize = n
 		}
@@ -273,6 +279,7 @@ func serve(ctx context.Context, gen *config.Generation, loader *config.Loader) e
 		MaxMessageSize:      int(cfg.MaxMessageSize),
 		ConnectTimeout:      cfg.ConnectTimeout,
 		EventLoops:          cfg.EventLoops,
+		BusyPoll:            time.Duration(cfg.BusyPoll),
 		Logger:              log,
 		Metrics:             proxy.NewPromMetrics(reg),
 	})
