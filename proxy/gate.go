@@ -770,7 +770,7 @@ func (s *session) release(g *gate) {
 
 // holdOutput adds one server message to the gate's held output. Holds mu.
 func (s *session) holdOutput(g *gate, typ byte, body []byte) {
-	if n := g.out.add(typ, body, g.spill); n > 0 {
+	if n := g.out.add(typ, body, g.spill, s.beforeBlock); n > 0 {
 		s.srv.metrics.GateSpill(n)
 	}
 }

@@ -29,14 +29,16 @@ const spillChunk = 64 << 10
 
 // add holds one message. Past maxGateOutput it goes to the file when spill is set; without spill,
 // or when the file failed (full), it stays in memory and the caller releases early. It returns
-// the bytes written to the file now.
-func (h *heldOutput) add(typ byte, body []byte, spill bool) (spilled int) {
+// the bytes written to the file now. beforeIO, when not nil, is called before each use of the
+// disk, which may block: on an event loop, it hands the loop on (session.beforeBlock).
+func (h *heldOutput) add(typ byte, body []byte, spill bool, beforeIO func()) (spilled int) {
 	h.size += int64(headerLen + len(body))
 	if h.file == nil && (!spill || h.full || len(h.mem)+headerLen+len(body) <= maxGateOutput) {
 		h.mem = appendMessage(h.mem, typ, body)
 		return 0
 	}
 	if h.file == nil {
+		callIf(beforeIO)
 		f, err := os.CreateTemp("", "pgcanary-held-*")
 		if err != nil {
 			h.full, h.err = true, err
@@ -51,6 +53,7 @@ func (h *heldOutput) add(typ byte, body []byte, spill bool) (spilled int) {
 	if len(h.tail) < spillChunk || h.full {
 		return 0
 	}
+	callIf(beforeIO)
 	n, err := h.file.Write(h.tail)
 	h.inFile += int64(n)
 	h.tail = append(h.tail[:0], h.tail[n:]...)
@@ -70,8 +73,8 @@ func (h *heldOutput) mustRelease(spill bool) bool {
 }
 
 // writeTo sends what is held to w (the client) and drops it, whatever the outcome. It returns
-// the bytes written.
-func (h *heldOutput) writeTo(w io.Writer) (int64, error) {
+// the bytes written. beforeIO is add's, called before the file is read back.
+func (h *heldOutput) writeTo(w io.Writer, beforeIO func()) (int64, error) {
 	defer h.drop()
 	var total int64
 	write := func(b []byte) error {
@@ -85,6 +88,7 @@ func (h *heldOutput) writeTo(w io.Writer) (int64, error) {
 	if err := write(h.mem); err != nil || h.file == nil {
 		return total, err
 	}
+	callIf(beforeIO)
 	if _, err := h.file.Seek(0, io.SeekStart); err != nil {
 		return total, fmt.Errorf("read back a gated batch's held output: %w", err)
 	}
@@ -105,4 +109,10 @@ func (h *heldOutput) drop() {
 		_ = h.file.Close()
 	}
 	*h = heldOutput{}
+}
+
+func callIf(f func()) {
+	if f != nil {
+		f()
+	}
 }

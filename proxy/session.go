@@ -1178,7 +1178,7 @@ func (s *session) flushClientLocked() error {
 	}
 	if h := s.coutHeld; h != nil {
 		s.coutHeld = nil
-		n, err := h.writeTo(s.client)
+		n, err := h.writeTo(s.client, s.beforeBlock)
 		s.srv.metrics.BytesToClient(int(n))
 		if err != nil {
 			s.log.Debug("send a gated batch's held output", "err", err)
