@@ -295,7 +295,7 @@ func yamlError(path string, err error) error {
 	return report
 }
 
-// BusyPoll is busy_poll: 0 for auto (the proxy's default: 50µs, none under a CPU quota), -1 for
+// BusyPoll is busy_poll: 0 for auto (the proxy's default: 200µs, none under a CPU quota), -1 for
 // off, or how long an event loop polls its sockets before it sleeps.
 type BusyPoll time.Duration
 

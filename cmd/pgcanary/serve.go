@@ -90,7 +90,7 @@ up to --drain-timeout, closes the rest and exits 0.`,
 	f.String("upstream-sslmode", d.UpstreamTLS.SSLMode, "TLS to the upstream: disable, prefer, require, verify-ca or verify-full (libpq meanings)")
 	f.String("upstream-sslrootcert", "", "PEM CA bundle to verify the upstream's certificate (verify-ca, verify-full; with require it verifies the chain)")
 	f.Int("event-loops", d.EventLoops, "event loops relaying plain TCP and Unix-socket sessions: 0 for one per two CPUs, -1 for none (each session then keeps a goroutine per direction, as TLS sessions do)")
-	f.String("busy-poll", "auto", "how long an event loop polls its sockets before it sleeps, to answer sooner at low load: auto (50us, or off under a CPU quota), off, or a duration; polling spends up to one CPU per loop while sessions are active")
+	f.String("busy-poll", "auto", "how long an event loop polls its sockets before it sleeps, to answer sooner at low load: auto (200us, or off under a CPU quota), off, or a duration; polling spends up to one CPU per loop while sessions are active")
 	f.String("max-message-size", "1GiB", "largest message accepted from a client (bytes, or with KiB, MiB, GiB); larger frames are refused with 08P01")
 	return cmd
 }
