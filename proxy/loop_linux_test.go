@@ -425,21 +425,7 @@ func TestEventLoopBusyPollSleepsWhenIdle(t *testing.T) {
 	// The window alone ends each poll, however busy the machine.
 	l := startLoopWith(t, m, window, loopTuning{contended: time.Hour, cpus: 1 << 20})
 	a, aPeer := loopPair(t, l)
-	got := make(chan byte, 1)
-	p := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
-		got <- typ
-		return errStopPump
-	}, noFlush, nil)
-	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
-	waitRegistered(t, l, 1)
-	if _, err := aPeer.Write(syncMessage); err != nil {
-		t.Fatal(err)
-	}
-	<-got
-	if err := <-done; err != nil {
-		t.Fatalf("pump: %v", err)
-	}
+	relayOneMessage(t, l, a, aPeer, 0)
 	time.Sleep(300 * time.Millisecond)
 	l.stop() // a poll reports its time when it ends: the stop ends one that would go on
 	// The loop has polled at most a window after each of its few wake-ups (the first wait, the
@@ -459,22 +445,7 @@ func TestEventLoopBusyPollOnlyWithFreeCPUs(t *testing.T) {
 		t.Skip("/proc/loadavg is unreadable: loops poll without asking")
 	}
 	a, aPeer := loopPair(t, l)
-	got := make(chan byte, 1)
-	p := newPump(nil, 1<<20, func(typ byte, _ []byte) error {
-		got <- typ
-		return errStopPump
-	}, noFlush, nil)
-	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
-	waitRegistered(t, l, 1)
-	time.Sleep(20 * time.Millisecond) // the loop waits by now
-	if _, err := aPeer.Write(syncMessage); err != nil {
-		t.Fatal(err)
-	}
-	<-got
-	if err := <-done; err != nil {
-		t.Fatalf("pump: %v", err)
-	}
+	relayOneMessage(t, l, a, aPeer, 20*time.Millisecond) // the loop waits by then
 	l.stop()
 	if polled := time.Duration(m.polled.Load()); polled != 0 {
 		t.Fatalf("the loop busy polled for %v with every CPU taken", polled)
@@ -500,5 +471,22 @@ func TestLoadavgRunnable(t *testing.T) {
 	}
 	if n := onlineCPUs(); n < 1 {
 		t.Errorf("onlineCPUs() = %d", n)
+	}
+}
+
+// relayOneMessage runs a pump for c on l until its first message, which peer sends after delay,
+// and waits for the pump to end.
+func relayOneMessage(t *testing.T, l *eventLoop, c *loopConn, peer net.Conn, delay time.Duration) {
+	t.Helper()
+	p := newPump(nil, 1<<20, func(byte, []byte) error { return errStopPump }, noFlush, nil)
+	done := make(chan error, 1)
+	go func() { done <- p.runOnLoop(l, c) }()
+	waitRegistered(t, l, 1)
+	time.Sleep(delay)
+	if _, err := peer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("pump: %v", err)
 	}
 }
