@@ -5,6 +5,7 @@ package proxy
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -34,14 +35,18 @@ func cpuQuotaFile(root string) string {
 			}
 			continue
 		}
-		for c := range strings.SplitSeq(controllers, ",") {
-			if c != "cpu" {
-				continue
-			}
-			for _, mount := range []string{controllers, "cpu"} {
-				if f := quotaUp(filepath.Join(root, "sys/fs/cgroup", mount), path, "cpu.cfs_quota_us", limitedV1); f != "" {
-					return f
-				}
+		if !slices.Contains(strings.Split(controllers, ","), "cpu") {
+			continue
+		}
+		// The hierarchy is mounted under its controllers' names ("cpu,cpuacct"), often with a
+		// "cpu" link to it.
+		mounts := []string{controllers}
+		if controllers != "cpu" {
+			mounts = append(mounts, "cpu")
+		}
+		for _, mount := range mounts {
+			if f := quotaUp(filepath.Join(root, "sys/fs/cgroup", mount), path, "cpu.cfs_quota_us", limitedV1); f != "" {
+				return f
 			}
 		}
 	}

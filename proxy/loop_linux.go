@@ -139,9 +139,7 @@ func startEventLoop(metrics Metrics, busyPoll time.Duration, tune loopTuning) (*
 	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.wakefd, &ev); err != nil {
 		_ = syscall.Close(epfd)
 		_ = syscall.Close(l.wakefd)
-		if l.runq != nil {
-			l.runq.close()
-		}
+		l.runq.close()
 		return nil, fmt.Errorf("epoll_ctl (eventfd): %w", err)
 	}
 	l.active = &loopWorker{}
@@ -182,9 +180,7 @@ func (l *eventLoop) run(w *loopWorker) {
 			l.mu.Unlock()
 			_ = syscall.Close(l.epfd)
 			_ = syscall.Close(l.wakefd)
-			if l.runq != nil {
-				l.runq.close()
-			}
+			l.runq.close()
 			close(l.done)
 			return
 		}

@@ -62,7 +62,12 @@ func (q *runQueue) saturated() bool {
 	return false
 }
 
-func (q *runQueue) close() { _ = syscall.Close(q.fd) }
+// close releases the descriptor; a nil runQueue (none was opened) has nothing to release.
+func (q *runQueue) close() {
+	if q != nil {
+		_ = syscall.Close(q.fd)
+	}
+}
 
 // loadavgRunnable parses the runnable count out of /proc/loadavg: "0.50 0.60 0.70 3/113 12345".
 func loadavgRunnable(b []byte) (int, bool) {
