@@ -34,9 +34,8 @@ type eventLoop struct {
 	epfd   int
 	wakefd int // an eventfd that wakes the loop to stop
 
-	mu     sync.Mutex
-	regs   map[uint64]*loopReg
-	nextID uint64
+	mu   sync.Mutex
+	regs registry
 	// queue holds the registrations with events not yet dispatched. The loop's goroutine takes
 	// them one at a time, so a hand-off leaves the rest to its successor.
 	queue       []*loopReg
@@ -129,7 +128,7 @@ func startEventLoop(metrics Metrics, busyPoll time.Duration, tune loopTuning) (*
 		_ = syscall.Close(epfd)
 		return nil, fmt.Errorf("eventfd: %w", errno)
 	}
-	l := &eventLoop{epfd: epfd, wakefd: int(wfd), regs: make(map[uint64]*loopReg), done: make(chan struct{}), metrics: metrics,
+	l := &eventLoop{epfd: epfd, wakefd: int(wfd), done: make(chan struct{}), metrics: metrics,
 		busyPoll: busyPoll, contended: tune.contended}
 	if busyPoll > 0 {
 		l.runq = openRunQueue(tune.cpus)
@@ -229,7 +228,7 @@ func (l *eventLoop) enqueueLocked(events []syscall.EpollEvent) {
 			_, _, _ = syscall.RawSyscall(syscall.SYS_READ, uintptr(l.wakefd), uintptr(unsafe.Pointer(&buf[0])), 8)
 			continue
 		}
-		r := l.regs[id]
+		r := l.regs.get(id)
 		if r == nil {
 			continue
 		}
@@ -358,14 +357,12 @@ func (l *eventLoop) serve(c *loopConn, step func(fd uintptr) stepResult) error {
 		c.release()
 		return errLoopStopped
 	}
-	l.nextID++
-	r.id = l.nextID
-	l.regs[r.id] = r
+	r.id = l.regs.add(r)
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET}
 	setEventID(&ev, r.id)
 	err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, c.fd, &ev)
 	if err != nil {
-		delete(l.regs, r.id)
+		l.regs.remove(r.id)
 	} else {
 		c.registered.Store(true)
 	}
@@ -440,11 +437,58 @@ func (l *eventLoop) requeue(r *loopReg) {
 	}
 }
 
+// registry holds a loop's registrations by the number epoll hands back with their events: a
+// slot, reused once free (an index, where a map would hash every event), and the slot's
+// generation, so an event still queued for a slot's previous holder finds nothing. Guarded by the
+// loop's mu.
+type registry struct {
+	slots []*loopReg
+	gens  []uint32
+	free  []uint32
+	n     int
+}
+
+// add registers r and returns its number (never wakeID).
+func (g *registry) add(r *loopReg) uint64 {
+	var i uint32
+	if k := len(g.free); k > 0 {
+		i, g.free = g.free[k-1], g.free[:k-1]
+	} else {
+		i = uint32(len(g.slots))
+		g.slots, g.gens = append(g.slots, nil), append(g.gens, 0)
+	}
+	g.gens[i]++
+	g.slots[i] = r
+	g.n++
+	return uint64(g.gens[i])<<32 | uint64(i+1)
+}
+
+// get returns the registration numbered id, or nil when it is gone.
+func (g *registry) get(id uint64) *loopReg {
+	i := uint32(id) - 1
+	if int(i) >= len(g.slots) || g.gens[i] != uint32(id>>32) {
+		return nil
+	}
+	return g.slots[i]
+}
+
+// remove forgets the registration numbered id.
+func (g *registry) remove(id uint64) {
+	if r := g.get(id); r != nil {
+		i := uint32(id) - 1
+		g.slots[i] = nil
+		g.free = append(g.free, i)
+		g.n--
+	}
+}
+
+func (g *registry) len() int { return g.n }
+
 // finish takes an ended pump off the loop and releases its socket.
 func (r *loopReg) finish() {
 	l := r.loop
 	l.mu.Lock()
-	delete(l.regs, r.id)
+	l.regs.remove(r.id)
 	r.conn.registered.Store(false)
 	r.conn.wakeWriter() // to wait without the loop's EPOLLOUT from now on
 	if !l.fdsClosed {

@@ -69,7 +69,7 @@ func waitRegistered(t *testing.T, l *eventLoop, n int) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		l.mu.Lock()
-		got := len(l.regs)
+		got := l.regs.len()
 		l.mu.Unlock()
 		if got == n {
 			return
@@ -488,5 +488,28 @@ func relayOneMessage(t *testing.T, l *eventLoop, c *loopConn, peer net.Conn, del
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("pump: %v", err)
+	}
+}
+
+// TestRegistryForgetsReusedSlots: an event still queued for a registration that ended must not
+// reach the one that took its slot.
+func TestRegistryForgetsReusedSlots(t *testing.T) {
+	var g registry
+	a, b, c := &loopReg{}, &loopReg{}, &loopReg{}
+	ida, idb := g.add(a), g.add(b)
+	if ida == wakeID || idb == wakeID || ida == idb {
+		t.Fatalf("numbers %d and %d", ida, idb)
+	}
+	g.remove(ida)
+	if g.get(ida) != nil || g.get(idb) != b || g.len() != 1 {
+		t.Fatalf("after removing a: get(a) %p, get(b) %p, len %d", g.get(ida), g.get(idb), g.len())
+	}
+	idc := g.add(c) // takes a's slot
+	if g.get(idc) != c || g.get(ida) != nil {
+		t.Fatalf("a's slot reused: get(c) %p, get(a) %p", g.get(idc), g.get(ida))
+	}
+	g.remove(ida) // a stale removal leaves c alone
+	if g.get(idc) != c || g.len() != 2 {
+		t.Fatalf("stale removal: get(c) %p, len %d", g.get(idc), g.len())
 	}
 }
