@@ -265,17 +265,7 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 	hasEntry := e.kind != 0
 	releasedOnFlush, syncAfter := false, false
 	s.mu.Lock()
-	if typ == 'S' || typ == 'Q' {
-		s.batch++ // what follows is planned in the next batch, held by a gate or not
-	}
-	if !e.suppress {
-		switch typ {
-		case 'S':
-			s.inBatch = false
-		case 'P', 'B', 'E', 'D', 'C', 'H':
-			s.inBatch = true
-		}
-	}
+	s.noteSent(typ, e.suppress)
 	if hasEntry && !e.suppress {
 		if s.closing {
 			s.mu.Unlock()
@@ -350,6 +340,22 @@ func (s *session) emit(typ byte, body []byte, e expected, rec *recorded) error {
 		return s.flushClient()
 	}
 	return nil
+}
+
+// noteSent counts the batches sent and whether the client's extended-protocol batch is under way,
+// for a message about to go to the server. Holds mu.
+func (s *session) noteSent(typ byte, suppress bool) {
+	if typ == 'S' || typ == 'Q' {
+		s.batch++ // what follows is planned in the next batch, held by a gate or not
+	}
+	if !suppress {
+		switch typ {
+		case 'S':
+			s.inBatch = false
+		case 'P', 'B', 'E', 'D', 'C', 'H':
+			s.inBatch = true
+		}
+	}
 }
 
 // endAttempt is the entry of a Sync of the proxy's own that ends a failed attempt of a batch the
@@ -782,8 +788,10 @@ func (s *session) releaseOutput(g *gate) {
 	if g.out.len() == 0 {
 		return
 	}
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
+	if !s.runHoldsCmu { // a run of server messages holds it already (onServerMessages)
+		s.cmu.Lock()
+		defer s.cmu.Unlock()
+	}
 	if g.out.file == nil {
 		s.cout = append(s.cout, g.out.mem...)
 		g.out.drop()

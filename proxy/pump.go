@@ -40,6 +40,13 @@ type pump struct {
 	last       byte // the type of the last message handled
 	err        error
 	fn         func(fd uintptr) bool
+	// handleRun, when set, takes the place of handle: it gets every whole message buffered at
+	// once, headers included and checked, as a run of one or more (valid until it returns). With
+	// last set, the pump waits for input after the run (the read that brought it found the
+	// socket empty, as far as mayRest lets it tell): the handler flushes then, while it holds
+	// what the flush needs, and the pump does not.
+	handleRun  func(run []byte, last bool) error
+	runFlushed bool // the last run's handler flushed
 	// budget, when not 0, bounds the bytes one step reads: the step then flushes and returns
 	// with yielded set, bytes possibly left in the socket (an event loop runs it again later).
 	budget  int
@@ -91,11 +98,15 @@ func (p *pump) step(fd uintptr) bool {
 			p.err = err
 			return true
 		}
-		if p.short && p.start == p.end && p.mayRest != nil && p.mayRest(p.last) {
+		if p.restsAfter(p.start) {
 			p.readable = false
 		}
 		p.short = false
 		if !p.readable {
+			if p.runFlushed {
+				p.runFlushed = false
+				return false
+			}
 			if err := p.flush(); err != nil {
 				p.err = err
 				return true
@@ -148,20 +159,18 @@ func (p *pump) stop() bool {
 
 // process hands every complete buffered message to the handler.
 func (p *pump) process() error {
+	if p.handleRun != nil {
+		return p.processRun()
+	}
 	for p.end-p.start >= headerLen {
-		hdr := p.buf[p.start : p.start+headerLen]
-		typ := hdr[0]
-		n := int(binary.BigEndian.Uint32(hdr[1:]))
-		if n < 4 {
-			return fmt.Errorf("%w: message %q declares length %d", errMalformed, typ, n)
-		}
-		if n-4 > p.maxBody {
-			return fmt.Errorf("%w: message %q of %d bytes, limit %d", errTooLarge, typ, n-4, p.maxBody)
+		n, err := p.frameLen(p.start)
+		if err != nil {
+			return err
 		}
 		if p.end-p.start < 1+n {
 			return nil // incomplete
 		}
-		body := p.buf[p.start+headerLen : p.start+1+n]
+		typ, body := p.buf[p.start], p.buf[p.start+headerLen:p.start+1+n]
 		p.start += 1 + n
 		p.last = typ
 		if err := p.handle(typ, body); err != nil {
@@ -169,6 +178,57 @@ func (p *pump) process() error {
 		}
 	}
 	return nil
+}
+
+// processRun hands every complete buffered message to handleRun, as one run. A bad frame ends
+// the pump after the messages before it are handled.
+func (p *pump) processRun() error {
+	end := p.start
+	var bad error
+	for p.end-end >= headerLen {
+		n, err := p.frameLen(end)
+		if err != nil {
+			bad = err
+			break
+		}
+		if p.end-end < 1+n {
+			break // incomplete
+		}
+		p.last = p.buf[end]
+		end += 1 + n
+	}
+	p.runFlushed = false
+	if end > p.start {
+		run := p.buf[p.start:end]
+		p.start = end
+		last := bad == nil && p.restsAfter(end)
+		if err := p.handleRun(run, last); err != nil {
+			return err
+		}
+		p.runFlushed = last
+	}
+	return bad
+}
+
+// restsAfter reports whether the pump may wait for input once the messages before buf[at] are
+// handled: they are all it holds, the read that brought them was short, and the last one vouches
+// for an EOF that came with it being noticed (mayRest).
+func (p *pump) restsAfter(at int) bool {
+	return p.short && at == p.end && p.mayRest != nil && p.mayRest(p.last)
+}
+
+// frameLen returns the length field of the message header at buf[at:], which must be buffered,
+// checked against the protocol's minimum and the pump's limit.
+func (p *pump) frameLen(at int) (int, error) {
+	typ := p.buf[at]
+	n := int(binary.BigEndian.Uint32(p.buf[at+1 : at+headerLen]))
+	if n < 4 {
+		return 0, fmt.Errorf("%w: message %q declares length %d", errMalformed, typ, n)
+	}
+	if n-4 > p.maxBody {
+		return 0, fmt.Errorf("%w: message %q of %d bytes, limit %d", errTooLarge, typ, n-4, p.maxBody)
+	}
+	return n, nil
 }
 
 // makeRoom ensures space to read into: the whole of a partly received message, or at least

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -291,5 +292,102 @@ func TestPumpRestsAfterVouchedMessage(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the pump missed data that arrived after it rested")
+	}
+}
+
+// TestPumpRunsHoldWholeMessages: with handleRun, each run is whole messages, in order, however the
+// bytes arrive; the messages before a bad frame are handled before the pump fails.
+func TestPumpRunsHoldWholeMessages(t *testing.T) {
+	client, server := tcpPair(t)
+	var stream []byte
+	for i := range 50 {
+		stream = append(stream, frame('Q', []byte(strings.Repeat("q", i)+"\x00"))...)
+	}
+	stream = append(stream, 'Q', 0, 0, 0, 2) // a length below the minimum
+	go func() {
+		half := len(stream) / 2
+		for i := 0; i < half; i += 7 { // headers and bodies split across reads
+			_, _ = client.Write(stream[i:min(i+7, half)])
+			time.Sleep(100 * time.Microsecond)
+		}
+		_, _ = client.Write(stream[half:]) // many messages in one read
+		_ = client.(*net.TCPConn).CloseWrite()
+	}()
+	rc, err := server.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	runs := 0
+	p := newPump(nil, DefaultMaxMessageSize, nil, func() error { return nil }, nil)
+	p.handleRun = func(run []byte, _ bool) error {
+		runs++
+		for len(run) > 0 {
+			if len(run) < headerLen {
+				t.Fatalf("run ends in a partial header: %q", run)
+			}
+			n := int(binary.BigEndian.Uint32(run[1:headerLen]))
+			if len(run) < 1+n {
+				t.Fatalf("run ends in a partial message: %q", run)
+			}
+			msgs = append(msgs, string(run[headerLen:1+n]))
+			run = run[1+n:]
+		}
+		return nil
+	}
+	if err := p.run(rc); !errors.Is(err, errMalformed) {
+		t.Fatalf("error %v, want %v", err, errMalformed)
+	}
+	if len(msgs) != 50 {
+		t.Fatalf("%d messages handled, want 50", len(msgs))
+	}
+	for i, m := range msgs {
+		if m != strings.Repeat("q", i)+"\x00" {
+			t.Fatalf("message %d: %q", i, m)
+		}
+	}
+	if runs >= len(msgs) {
+		t.Fatalf("%d messages in %d runs: none held several", len(msgs), runs)
+	}
+}
+
+// TestPumpRunTellsLast: the run before the pump waits is marked last, and its handler's flush
+// stands for the pump's; a run the pump cannot rest after (no mayRest vouching) is not.
+func TestPumpRunTellsLast(t *testing.T) {
+	client, server := tcpPair(t)
+	rc, err := server.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		typ     byte
+		last    bool
+		flushes int // the pump's flushes before the run
+	}
+	var runs []call
+	flushes := 0
+	p := newPump(nil, DefaultMaxMessageSize, nil, func() error { flushes++; return nil }, func(typ byte) bool { return typ == 'Q' })
+	p.handleRun = func(run []byte, last bool) error {
+		runs = append(runs, call{run[0], last, flushes})
+		return nil
+	}
+	go func() {
+		_, _ = client.Write(frame('Q', []byte("select 1\x00")))
+		time.Sleep(50 * time.Millisecond)
+		_, _ = client.Write(frame('H', nil))
+		time.Sleep(50 * time.Millisecond)
+		_ = client.Close()
+	}()
+	if err := p.run(rc); !errors.Is(err, io.EOF) {
+		t.Fatalf("error %v, want EOF", err)
+	}
+	// The pump flushes before its first wait; not after the Query, whose handler flushed; after
+	// the Flush, once a read confirmed the socket empty; and as it ends.
+	want := []call{{'Q', true, 1}, {'H', false, 1}}
+	if len(runs) != len(want) || runs[0] != want[0] || runs[1] != want[1] {
+		t.Fatalf("runs %+v, want %+v", runs, want)
+	}
+	if flushes != 3 {
+		t.Fatalf("the pump flushed %d times, want 3", flushes)
 	}
 }

@@ -59,8 +59,11 @@ type session struct {
 	sout         []byte // server-bound output
 	partialWrite bool   // a server write stopped mid-message: the stream cannot take a Terminate
 
-	cmu  sessionMutex // guards cout and writes to client
+	cmu  sessionMutex // guards cout and writes to client; taken after mu when both are
 	cout []byte       // client-bound output
+	// runHoldsCmu: the server loop holds cmu, with mu, for a run of messages (onServerMessages).
+	// Guarded by mu.
+	runHoldsCmu bool
 	// coutHeld: a gate's output kept in a file, to go to the client after cout (releaseOutput).
 	coutHeld *heldOutput
 
@@ -471,10 +474,12 @@ var errUpstreamWrite = errors.New("write to upstream failed")
 func (s *session) clientLoop() {
 	var err error
 	if lc, ok := s.client.(*loopConn); ok {
-		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer, clientMayRest)
+		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, nil, s.flushServer, clientMayRest)
+		p.handleRun = s.onClientMessages
 		err = p.runOnLoop(s.loop, lc)
 	} else if sc, ok := s.client.(*sysConn); ok {
-		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, s.onClientMessage, s.flushServer, clientMayRest)
+		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, nil, s.flushServer, clientMayRest)
+		p.handleRun = s.onClientMessages
 		err = p.run(sc.rc)
 	} else {
 		err = s.readLoop(s.cr, s.onClientMessage, s.flushServer)
@@ -554,6 +559,82 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errMalformed, err)
 	}
+	return s.clientMessage(typ, body, expected{kind: kind, name: name})
+}
+
+// onClientMessages handles a run of whole client messages, as the pump read them: what
+// onClientMessage does for each. Without migrations to plan for, the messages that need nothing
+// but relaying take mu and smu once for the run rather than once each (an extended-protocol
+// transaction is a run of four or five), for the reason onServerMessages gives, and flush after
+// the last run before the pump waits under the smu they hold.
+func (s *session) onClientMessages(run []byte, last bool) error {
+	planning := s.srv.planner != nil && s.srv.planner.Active(s.database)
+	locked := false
+	for len(run) > 0 {
+		typ, n := run[0], int(binary.BigEndian.Uint32(run[1:headerLen]))
+		body := run[headerLen : 1+n]
+		run = run[1+n:]
+		kind, name, err := classifyFrontend(typ, body)
+		if err != nil {
+			if locked {
+				s.smu.Unlock()
+				s.mu.Unlock()
+			}
+			return fmt.Errorf("%w: %v", errMalformed, err)
+		}
+		if !planning && typ != 'X' {
+			if !locked {
+				s.mu.Lock()
+				s.smu.Lock()
+				locked = true
+			}
+			if s.relayLocked(typ, body, kind, name) {
+				continue
+			}
+		}
+		if locked {
+			s.smu.Unlock()
+			s.mu.Unlock()
+			locked = false
+		}
+		if err := s.clientMessage(typ, body, expected{kind: kind, name: name}); err != nil {
+			return err
+		}
+	}
+	if !locked {
+		if last {
+			return s.flushServer()
+		}
+		return nil
+	}
+	s.mu.Unlock()
+	var err error
+	if last {
+		err = s.flushServerLocked()
+	}
+	s.smu.Unlock()
+	return err
+}
+
+// relayLocked sends a client message as emit would, when that takes nothing but queuing it: no
+// gate, no draining or closing session, no discarding server, no write due. It reports whether
+// it did; otherwise emit must. Holds mu and smu.
+func (s *session) relayLocked(typ byte, body []byte, kind requestKind, name string) bool {
+	if s.gate != nil || s.closing || s.draining || s.discarding.Load() ||
+		len(body) >= directWriteThreshold || len(s.sout)+headerLen+len(body) >= flushThreshold {
+		return false
+	}
+	s.noteSent(typ, false)
+	if kind != 0 {
+		s.fifo.pushRequest(kind, name)
+	}
+	s.sout = appendHeader(s.sout, typ, len(body))
+	s.sout = append(s.sout, body...)
+	return true
+}
+
+// clientMessage is onClientMessage for a message classified already.
+func (s *session) clientMessage(typ byte, body []byte, e expected) error {
 	if typ == 'X' { // Terminate: finish passes it on, once a gated batch has settled
 		s.mu.Lock()
 		g := s.gate
@@ -563,7 +644,6 @@ func (s *session) onClientMessage(typ byte, body []byte) error {
 		}
 		return errStopPump
 	}
-	e := expected{kind: kind, name: name}
 	// While the server discards until Sync, a message is relayed unplanned: planning it would
 	// change what the session foresees (a SET in a Query) for a statement that never runs. Unless
 	// a failed batch may still be re-run (awaitBatchEnd): then it will run, as planned now.
@@ -621,10 +701,12 @@ func classifyFrontend(typ byte, body []byte) (requestKind, string, error) {
 func (s *session) serverLoop() {
 	var err error
 	if lc, ok := s.server.(*loopConn); ok {
-		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient, serverMayRest)
+		p := newPump(bufferedBytes(s.sr), maxServerMessage, nil, s.flushClient, serverMayRest)
+		p.handleRun = s.onServerMessages
 		err = p.runOnLoop(s.loop, lc)
 	} else if sc, ok := s.server.(*sysConn); ok {
-		p := newPump(bufferedBytes(s.sr), maxServerMessage, s.onServerMessage, s.flushClient, serverMayRest)
+		p := newPump(bufferedBytes(s.sr), maxServerMessage, nil, s.flushClient, serverMayRest)
+		p.handleRun = s.onServerMessages
 		err = p.run(sc.rc)
 	} else {
 		err = s.readLoop(s.sr, s.onServerMessage, s.flushClient)
@@ -649,6 +731,93 @@ var errClientWrite = errors.New("write to client failed")
 // transform, and queues the message for the client (or holds it, while a gate is open).
 func (s *session) onServerMessage(typ byte, body []byte) error {
 	s.mu.Lock()
+	out, outBody, idleDrain := s.serverMessageLocked(typ, body)
+	s.mu.Unlock()
+	return s.passToClient(out, outBody, idleDrain)
+}
+
+// onServerMessages handles a run of whole server messages, as the pump read them: what
+// onServerMessage does for each, with mu and cmu taken once for the run rather than for every
+// message. Each lock costs two atomic instructions, and on a host where Postgres and the clients
+// share the CPUs with the proxy, the session's state is out of the cache when a run arrives: per
+// message those were the larger part of the proxy's own CPU per transaction (a pgbench -S
+// transaction is a run of four messages). Holding both while a write to the client may block
+// would stop the client loop too, so a message whose output needs a write lets go of both first.
+// After the last run before the pump waits, it flushes under the cmu it holds.
+func (s *session) onServerMessages(run []byte, last bool) error {
+	s.mu.Lock()
+	s.lockClientOutputForRun()
+	for len(run) > 0 {
+		typ, n := run[0], int(binary.BigEndian.Uint32(run[1:headerLen]))
+		body := run[headerLen : 1+n]
+		run = run[1+n:]
+		out, outBody, idleDrain := s.serverMessageLocked(typ, body)
+		if out == 0 && !idleDrain {
+			continue
+		}
+		if !idleDrain && s.coutHeld == nil && len(outBody) < directWriteThreshold && len(s.cout)+headerLen+len(outBody) < flushThreshold {
+			s.cout = appendHeader(s.cout, out, len(outBody))
+			s.cout = append(s.cout, outBody...)
+			continue
+		}
+		s.unlockClientOutputForRun()
+		s.mu.Unlock()
+		if err := s.passToClient(out, outBody, idleDrain); err != nil || idleDrain {
+			return err
+		}
+		s.mu.Lock()
+		s.lockClientOutputForRun()
+	}
+	s.runHoldsCmu = false
+	s.mu.Unlock()
+	var err error
+	if last {
+		err = s.flushClientLocked()
+	}
+	s.cmu.Unlock()
+	return err
+}
+
+// lockClientOutputForRun takes cmu for a run of server messages (onServerMessages); what the
+// messages set off under mu meanwhile (releaseOutput) finds it taken. Holds mu.
+func (s *session) lockClientOutputForRun() {
+	s.cmu.Lock()
+	s.runHoldsCmu = true
+}
+
+// unlockClientOutputForRun lets go of cmu, before mu. Holds mu.
+func (s *session) unlockClientOutputForRun() {
+	s.runHoldsCmu = false
+	s.cmu.Unlock()
+}
+
+// passToClient queues a server message's output for the client (out 0 for none), flushing when
+// the buffer is full, and ends a draining session that became idle.
+func (s *session) passToClient(out byte, body []byte, idleDrain bool) error {
+	if out != 0 {
+		s.cmu.Lock()
+		s.appendClient(out, body)
+		var err error
+		if len(s.cout) >= flushThreshold {
+			err = s.flushClientLocked()
+		}
+		s.cmu.Unlock()
+		if err != nil {
+			return errClientWrite
+		}
+	}
+	if idleDrain {
+		s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
+		s.close()
+		return errStopPump
+	}
+	return nil
+}
+
+// serverMessageLocked is the part of handling a server message that needs mu: the FIFO, the
+// session's records, a gate. It returns the message to pass on (type 0 for none) and whether the
+// session, draining, is now idle and must close. Holds mu.
+func (s *session) serverMessageLocked(typ byte, body []byte) (out byte, outBody []byte, idleDrain bool) {
 	ref := s.fifo.headRef()
 	origTyp, origBody := typ, body
 	if ref != nil && ref.describeLater != "" {
@@ -739,14 +908,15 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 		}
 	}
 	// head is the FIFO's head entry; one this message completes is copied before it leaves the
-	// FIFO (the gate still looks at it). Most messages (rows) complete nothing: no copy.
+	// FIFO when a gate will look at it. Most messages (rows) complete nothing: no copy. (Only the
+	// client loop opens gates, under mu: s.gate cannot appear until this returns.)
 	head := ref
 	if head == nil {
 		head = &expected{}
 	}
 	batchEnded := false
 	effect := effectOf(origTyp, head.kind)
-	if effect != effNone && ref != nil {
+	if effect != effNone && ref != nil && s.gate != nil {
 		popped := *ref
 		head = &popped
 	}
@@ -768,32 +938,12 @@ func (s *session) onServerMessage(typ byte, body []byte) error {
 	if g := s.gate; g != nil {
 		typ = s.gateOnServer(g, origTyp, typ, body, head, effect, batchEnded)
 	}
-	idleDrain := s.draining && origTyp == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil
+	idleDrain = s.draining && origTyp == 'Z' && s.fifo.len() == 0 && s.txStatus == 'I' && s.gate == nil
 	if idleDrain {
 		s.closing = true
 	}
 	s.settleChanged()
-	s.mu.Unlock()
-	if typ == 0 {
-		return nil // consumed by a response transform, or held by a gate
-	}
-
-	s.cmu.Lock()
-	s.appendClient(typ, body)
-	var err error
-	if len(s.cout) >= flushThreshold {
-		err = s.flushClientLocked()
-	}
-	s.cmu.Unlock()
-	if err != nil {
-		return errClientWrite
-	}
-	if idleDrain {
-		s.fatalToClient(codeAdminShutdown, "terminating connection because pgcanary is shutting down")
-		s.close()
-		return errStopPump
-	}
-	return nil
+	return typ, body, idleDrain // typ 0: consumed by a response transform, or held by a gate
 }
 
 // followSettings moves the confirmed settings with one server message (confirmedSettings). e is
