@@ -141,9 +141,19 @@ func (sp *shapePlan) instantiate(sql string, lits map[int]string) *Plan {
 }
 
 // liftedLiterals recovers, by parameter number, the literal text that Normalize replaced: the
-// normalized text is the original with each constant's span replaced by $N, and the scanner gives
-// each constant's exact span. Any disagreement returns !ok.
+// normalized text is the original with each constant's span replaced by $N. Where each constant
+// ends is read by plainConstantEnd for plain numbers and strings, the usual case, and otherwise by
+// pg_query's scanner, which costs a call into C and a protobuf per text (about half of planning a
+// short statement by its shape). Any disagreement returns !ok.
 func liftedLiterals(orig, norm string) (map[int]string, bool) {
+	if lits, ok := alignLiterals(orig, norm, func(i int) (int, bool) { return plainConstantEnd(orig, i) }); ok {
+		return lits, true
+	}
+	return liftedLiteralsScanned(orig, norm)
+}
+
+// liftedLiteralsScanned is liftedLiterals with every constant's span from the scanner.
+func liftedLiteralsScanned(orig, norm string) (map[int]string, bool) {
 	res, err := pg_query.Scan(orig)
 	if err != nil {
 		return nil, false
@@ -156,6 +166,21 @@ func liftedLiterals(orig, norm string) (map[int]string, bool) {
 			next[int(tok.Start)] = int(res.Tokens[i+1].Start)
 		}
 	}
+	return alignLiterals(orig, norm, func(i int) (int, bool) {
+		end, ok := tokenEnd[i]
+		if ok && orig[i] == '-' { // a negative number is one constant to the parser
+			if n, found := next[i]; found {
+				end = tokenEnd[n]
+			}
+		}
+		return end, ok
+	})
+}
+
+// alignLiterals walks the original and normalized texts together; at each $N of the normalized
+// text that the original does not have itself, constantEnd(i) says where the constant that starts
+// at orig[i] ends.
+func alignLiterals(orig, norm string, constantEnd func(i int) (int, bool)) (map[int]string, bool) {
 	lits := map[int]string{}
 	i, j := 0, 0
 	for j < len(norm) {
@@ -169,14 +194,12 @@ func liftedLiterals(orig, norm string) (map[int]string, bool) {
 				i, j = i+len(param), k // the client's own parameter
 				continue
 			}
-			end, ok := tokenEnd[i]
-			if !ok {
+			if i >= len(orig) {
 				return nil, false
 			}
-			if orig[i] == '-' { // a negative number is one constant to the parser
-				if n, ok := next[i]; ok {
-					end = tokenEnd[n]
-				}
+			end, ok := constantEnd(i)
+			if !ok {
+				return nil, false
 			}
 			n, _ := strconv.Atoi(param[1:])
 			lits[n] = orig[i:end]
@@ -190,6 +213,90 @@ func liftedLiterals(orig, norm string) (map[int]string, bool) {
 		j++
 	}
 	return lits, i == len(orig) && len(lits) > 0
+}
+
+// plainConstantEnd returns where the constant at orig[i] ends when it is a plain number
+// (digits, a fraction, an exponent) or a plain string ('...' with ” for a quote), as Postgres's
+// scanner would end it; !ok for any other form (negative, prefixed, dollar-quoted, continued on a
+// later line, holding a backslash, followed by what could extend it), which the scanner then reads.
+func plainConstantEnd(orig string, i int) (int, bool) {
+	n := len(orig)
+	switch c := orig[i]; {
+	case isDigit(c):
+		j := i
+		for j < n && isDigit(orig[j]) {
+			j++
+		}
+		if j < n && orig[j] == '.' {
+			j++
+			for j < n && isDigit(orig[j]) {
+				j++
+			}
+		}
+		if j+1 < n && (orig[j] == 'e' || orig[j] == 'E') {
+			k := j + 1
+			if orig[k] == '+' || orig[k] == '-' {
+				k++
+			}
+			if k < n && isDigit(orig[k]) {
+				for k < n && isDigit(orig[k]) {
+					k++
+				}
+				j = k
+			}
+		}
+		// A letter, digit, underscore, dollar or dot here would make it another token (0x1F,
+		// 1_000, 1..2, trailing junk): leave those to the scanner.
+		if j < n && (isIdentChar(orig[j]) || orig[j] == '.') {
+			return 0, false
+		}
+		return j, true
+	case c == '\'':
+		j := i + 1
+		for {
+			if j >= n {
+				return 0, false // unterminated: Postgres reports it
+			}
+			switch orig[j] {
+			case '\\':
+				return 0, false // an escape only where standard_conforming_strings is off
+			case '\'':
+				if j+1 < n && orig[j+1] == '\'' {
+					j += 2
+					continue
+				}
+				j++
+				if continuedString(orig[j:]) {
+					return 0, false
+				}
+				return j, true
+			}
+			j++
+		}
+	}
+	return 0, false
+}
+
+// continuedString reports whether rest, what follows a string constant, continues it: Postgres
+// joins 'a' and 'b' into one constant when only whitespace holding a line break separates them.
+func continuedString(rest string) bool {
+	newline := false
+	for k := 0; k < len(rest); k++ {
+		switch rest[k] {
+		case '\n', '\r':
+			newline = true
+		case ' ', '\t', '\f', '\v':
+		case '\'':
+			return newline
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+func isIdentChar(c byte) bool {
+	return c == '_' || c == '$' || isDigit(c) || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
