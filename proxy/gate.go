@@ -51,7 +51,8 @@ type gate struct {
 	// ranNotRead: a statement other than a read of a migration completed in the batch (it may
 	// have written). A read's failure after it cannot be re-run. Before it, the batch can be,
 	// with its writes sent again as they were sent (mirrored), unless one of them cannot be
-	// (noWriteReplay: bound to a variant of the proxy's, or changing session settings).
+	// (noWriteReplay: changing session settings, dropping statements, or rebound in a way the
+	// re-run cannot make again; a Bind through a variant of the proxy's records its text for that).
 	ranNotRead    bool
 	noWriteReplay bool
 	recorded      []*recorded
@@ -103,6 +104,10 @@ type recorded struct {
 	write      bool
 	sent       []byte
 	portalInfo *portalInfo // a write's Bind: the portal it made
+	// boundSQL and boundOIDs: a write's Bind sent through a variant of the proxy's (boundVariant)
+	// binds that variant's text, with these parameter types.
+	boundSQL  string
+	boundOIDs []uint32
 }
 
 // maybeStartGate opens a gate when the session is idle: nothing in flight, outside a transaction,
@@ -411,7 +416,7 @@ func (s *session) recordInGate(g *gate, typ byte, body []byte, e *expected, rec 
 		if typ == 'B' {
 			rec.portalInfo = s.portals[rec.portal]
 		}
-		if len(e.ops) > 0 || e.drops != nil || typ == 'B' && !bytes.Equal(body, rec.body) {
+		if len(e.ops) > 0 || e.drops != nil || typ == 'B' && !bytes.Equal(body, rec.body) && rec.boundSQL == "" {
 			g.noWriteReplay = true
 		}
 	}
@@ -859,7 +864,18 @@ func (s *session) buildReplay(g *gate) ([]byte, []expected) {
 		body := r.body
 		if g.kind == "read" && r.write && !(r.typ == 'P' && r.parsed && name != "") {
 			s.rerunAsSent(r)
-			add(r.typ, r.sent, rerunEntry(r))
+			sent := r.sent
+			if r.typ == 'B' && r.boundSQL != "" {
+				// Bound through a variant of the proxy's, whose Parse the failure may have
+				// skipped, and which later batches may be preparing again already: the re-run
+				// binds a copy under a name of its own, closed at the next Sync.
+				s.variantSeq++
+				own := "pgcanary_noop_" + strconv.FormatUint(s.variantSeq, 10)
+				add('P', parseBody(own, r.boundSQL, r.boundOIDs), expected{kind: reqParse, suppress: true})
+				sent = rebindStatement(sent, r.portal, own)
+				s.orphans = append(s.orphans, &variant{name: own, sent: true})
+			}
+			add(r.typ, sent, rerunEntry(r))
 			reparsed = reparsed || r.typ == 'P' && name == ""
 			continue
 		}

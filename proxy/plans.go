@@ -1267,6 +1267,14 @@ func (s *session) bindMoved(body []byte, e expected, rec *recorded, info *stmtIn
 	return s.emit('B', rebindStatement(body, portal, v.name), e, rec)
 }
 
+// boundVariant notes, for a gated batch's re-run, the text and parameter types of the variant a
+// write's Bind is sent through (rec is nil when no gate may record it).
+func boundVariant(rec *recorded, sql string, oids []uint32) {
+	if rec != nil {
+		rec.boundSQL, rec.boundOIDs = sql, oids
+	}
+}
+
 // bindMovedWrite binds a statement whose names now mean a migrated relation with mirrored writes
 // (say users is public.users again after RESET search_path, though it was app.users when the
 // client prepared it) to that write's mirrored form under the current search_path, prepared as a
@@ -1291,6 +1299,7 @@ func (s *session) bindMovedWrite(body []byte, e expected, rec *recorded, info *s
 		return err
 	}
 	out := rebindStatement(body, portal, v.name)
+	boundVariant(rec, st.Write.SQL, types)
 	if st.Write.Passthrough {
 		e.newForm = "write" // a failure re-runs the client's own Bind: its text, unmirrored
 		return s.emitGatable('B', out, e, rec, "write", st.Migrations, true)

@@ -719,7 +719,9 @@ func TestVariantFailureReachesClient(t *testing.T) {
 // sends at once, can reach the proxy before the rest of the batch. The proxy holds it for the
 // batch's end (here up to 5 s, so that the test does not depend on timing), and re-runs then.
 func TestReadFallbackBeforeWrites(t *testing.T) {
-	cs := customProxy(t, "fallback_before_writes", accountsSchema, accountsMigration("fail"), proxyOpts{batchEndWait: 5 * time.Second})
+	// app.accounts is not migrated: a statement prepared under search_path app names it.
+	schema := accountsSchema + "create schema app; create table app.accounts (like public.accounts);\n"
+	cs := customProxy(t, "fallback_before_writes", schema, accountsMigration("fail"), proxyOpts{batchEndWait: 5 * time.Second})
 	cs.setFlags(map[string]float64{"accounts-text": 100})
 	ctx := testCtx(t)
 	conn := connectDSN(t, cs.dsn(pgtest.SuperUser, ""))
@@ -836,6 +838,31 @@ func TestReadFallbackBeforeWrites(t *testing.T) {
 	}
 	if got := mirrored(9); got != "sixth/94.50" {
 		t.Fatalf("accounts_v2 row 9: %q, want the write mirrored", got)
+	}
+	// A named write prepared where its name meant another table (search_path app), bound after a
+	// SET in its batch makes it the migrated one: it runs through a variant of the proxy's, its
+	// mirrored form, whose Parse the read's failure skipped. The re-run prepares it again.
+	if _, err := conn.Exec(ctx, "set search_path to app, public"); err != nil {
+		t.Fatal(err)
+	}
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendPrepare("movedowner", "UPDATE accounts SET owner = $1 WHERE id = $2", nil)
+	if got := strings.Join(results(pipe), "|"); got != "prepared" {
+		t.Fatalf("prepare answered %q", got)
+	}
+	before = fallbacks()
+	pipe = conn.PgConn().StartPipeline(ctx)
+	pipe.SendQueryParams("SELECT balance::text FROM public.accounts WHERE id = $1", param("7"), nil, nil, nil)
+	pipe.SendQueryParams("SET search_path TO public", nil, nil, nil, nil)
+	pipe.SendQueryPrepared("movedowner", [][]byte{[]byte("seventh"), []byte("10")}, nil, nil)
+	if got := strings.Join(results(pipe), "|"); got != "73.50|SET|UPDATE 1" {
+		t.Fatalf("read, SET, moved write answered %q", got)
+	}
+	if n := fallbacks() - before; n != 1 {
+		t.Fatalf("%v fallbacks, want 1", n)
+	}
+	if got := mirrored(10); got != "seventh/105.00" {
+		t.Fatalf("accounts_v2 row 10: %q, want the moved write mirrored", got)
 	}
 	var diff int
 	if err := direct.QueryRow(ctx, `select count(*) from accounts a full join accounts_v2 b using (id)
