@@ -366,28 +366,41 @@ func TestPumpRunTellsLast(t *testing.T) {
 	}
 	var runs []call
 	flushes := 0
-	p := newPump(nil, DefaultMaxMessageSize, nil, func() error { flushes++; return nil }, func(typ byte) bool { return typ == 'Q' })
+	handled := make(chan struct{}, 2)  // a run was handled
+	flushedLate := make(chan struct{}) // the pump flushed after the second run
+	p := newPump(nil, DefaultMaxMessageSize, nil, func() error {
+		flushes++
+		if len(runs) == 2 && flushes == runs[1].flushes+1 {
+			close(flushedLate)
+		}
+		return nil
+	}, func(typ byte) bool { return typ == 'Q' })
 	p.handleRun = func(run []byte, last bool) error {
 		runs = append(runs, call{run[0], last, flushes})
+		handled <- struct{}{}
 		return nil
 	}
 	go func() {
+		// Each message once the one before is handled, so that each is a run of its own.
 		_, _ = client.Write(frame('Q', []byte("select 1\x00")))
-		time.Sleep(50 * time.Millisecond)
+		<-handled
 		_, _ = client.Write(frame('H', nil))
-		time.Sleep(50 * time.Millisecond)
+		<-handled
+		<-flushedLate
 		_ = client.Close()
 	}()
 	if err := p.run(rc); !errors.Is(err, io.EOF) {
 		t.Fatalf("error %v, want EOF", err)
 	}
-	// The pump flushes before its first wait; not after the Query, whose handler flushed; after
-	// the Flush, once a read confirmed the socket empty; and as it ends.
-	want := []call{{'Q', true, 1}, {'H', false, 1}}
-	if len(runs) != len(want) || runs[0] != want[0] || runs[1] != want[1] {
-		t.Fatalf("runs %+v, want %+v", runs, want)
+	if len(runs) != 2 || runs[0].typ != 'Q' || !runs[0].last || runs[1].typ != 'H' || runs[1].last {
+		t.Fatalf("runs %+v, want a Query marked last, then a Flush not marked", runs)
 	}
-	if flushes != 3 {
-		t.Fatalf("the pump flushed %d times, want 3", flushes)
+	// Not after the Query, whose handler flushed; after the Flush, once a read found the socket
+	// empty; and as the pump ends.
+	if runs[1].flushes != runs[0].flushes {
+		t.Fatalf("the pump flushed %d times between the runs, want 0", runs[1].flushes-runs[0].flushes)
+	}
+	if n := flushes - runs[1].flushes; n != 2 {
+		t.Fatalf("the pump flushed %d times after the Flush, want 2", n)
 	}
 }
