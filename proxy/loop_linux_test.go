@@ -436,6 +436,21 @@ func TestEventLoopBusyPollSleepsWhenIdle(t *testing.T) {
 	}
 }
 
+// A loop stops busy polling as soon as a turn (a yield, a poll) takes longer than a thread alone
+// on its CPU would: another thread wanted the CPU. Here every turn counts as contended, so with
+// an hour's window the loop still sleeps at once; without the check it would poll the whole time.
+func TestEventLoopBusyPollStopsWhenContended(t *testing.T) {
+	m := &busyPollMetrics{}
+	l := startLoopWith(t, m, time.Hour, loopTuning{contended: time.Nanosecond, cpus: 1 << 20})
+	a, aPeer := loopPair(t, l)
+	relayOneMessage(t, l, a, aPeer, 0)
+	time.Sleep(300 * time.Millisecond)
+	l.stop()
+	if polled := time.Duration(m.polled.Load()); polled > 150*time.Millisecond {
+		t.Fatalf("a loop whose every yield was late busy polled for %v in 300 ms", polled)
+	}
+}
+
 // A loop does not busy poll while the machine's CPUs are all taken: here it counts against no
 // CPU at all, so it never polls, and what comes is handed on after the loop's sleep.
 func TestEventLoopBusyPollOnlyWithFreeCPUs(t *testing.T) {
