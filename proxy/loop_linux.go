@@ -36,10 +36,11 @@ type eventLoop struct {
 
 	mu   sync.Mutex
 	regs registry
-	// queue holds the registrations with events not yet dispatched. The loop's goroutine takes
-	// them one at a time, so a hand-off leaves the rest to its successor.
-	queue       []*loopReg
-	head        int
+	// The queues hold the registrations with events not yet dispatched, by lane: every request
+	// before any answer (see loopLane). The loop's goroutine takes them one at a time, so a
+	// hand-off leaves the rest to its successor.
+	requests    regQueue
+	answers     regQueue
 	active      *loopWorker // the goroutine that runs the loop
 	dispatching bool        // the active goroutine is running a step (it may be about to block)
 	stopped     bool
@@ -98,12 +99,36 @@ type loopReg struct {
 	id    uint64
 	loop  *eventLoop
 	conn  *loopConn
+	lane  loopLane
 	step  func(fd uintptr) stepResult
 	state atomic.Int32
 	done  chan struct{}
-	// queued: r is in its loop's queue (guarded by the loop's mu). A registration is queued once
-	// however many events come before it runs, so a busy socket cannot push others back.
+	// queued: r is in one of its loop's queues (guarded by the loop's mu). A registration is
+	// queued once however many events come before it runs, so a busy socket cannot push others
+	// back.
 	queued bool
+}
+
+// regQueue is a FIFO of registrations that reuses its slice once it empties.
+type regQueue struct {
+	items []*loopReg
+	head  int
+}
+
+func (q *regQueue) push(r *loopReg) { q.items = append(q.items, r) }
+
+// pop returns the first registration, or nil when the queue is empty.
+func (q *regQueue) pop() *loopReg {
+	if q.head == len(q.items) {
+		return nil
+	}
+	r := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return r
 }
 
 func newEventLoop(metrics Metrics, busyPoll time.Duration) (*eventLoop, error) {
@@ -193,14 +218,12 @@ func (l *eventLoop) run(w *loopWorker) {
 			l.enqueueLocked(events[:n])
 			continue
 		}
-		if l.head < len(l.queue) {
-			r := l.queue[l.head]
-			l.queue[l.head] = nil
+		r := l.requests.pop()
+		if r == nil {
+			r = l.answers.pop()
+		}
+		if r != nil {
 			r.queued = false
-			l.head++
-			if l.head == len(l.queue) {
-				l.queue, l.head = l.queue[:0], 0
-			}
 			l.dispatching = true
 			l.mu.Unlock()
 			r.dispatch()
@@ -236,7 +259,11 @@ func (l *eventLoop) enqueueLocked(events []syscall.EpollEvent) {
 			r.conn.wakeWriter()
 		}
 		if events[i].Events&readEvents != 0 {
-			l.queueLocked(r)
+			q := &l.answers
+			if r.lane == laneRequests {
+				q = &l.requests
+			}
+			l.queueLocked(r, q)
 		}
 	}
 }
@@ -345,11 +372,11 @@ var errLoopStopped = errors.New("event loop stopped")
 // serve runs a pump on the loop until the pump ends: step runs at once, on the caller's goroutine
 // (there may be bytes buffered already), then on the loop whenever c is readable. It holds a
 // reference to c until then, so c's descriptor stays open while the loop may read it.
-func (l *eventLoop) serve(c *loopConn, step func(fd uintptr) stepResult) error {
+func (l *eventLoop) serve(c *loopConn, lane loopLane, step func(fd uintptr) stepResult) error {
 	if !c.acquire() {
 		return opError("read", c, net.ErrClosed)
 	}
-	r := &loopReg{loop: l, conn: c, step: step, done: make(chan struct{})}
+	r := &loopReg{loop: l, conn: c, lane: lane, step: step, done: make(chan struct{})}
 	r.state.Store(regRunning)
 	l.mu.Lock()
 	if l.stopped {
@@ -416,19 +443,20 @@ func (r *loopReg) runSteps() {
 	}
 }
 
-// queueLocked puts r at the end of the queue unless it is there already. Holds l.mu.
-func (l *eventLoop) queueLocked(r *loopReg) {
+// queueLocked puts r at the end of q unless it is queued already. Holds l.mu.
+func (l *eventLoop) queueLocked(r *loopReg, q *regQueue) {
 	if !r.queued {
 		r.queued = true
-		l.queue = append(l.queue, r)
+		q.push(r)
 	}
 }
 
 // requeue queues a registration that yielded. The loop's goroutine finds it after its current
-// step; if it is not in one, it may be waiting in epoll, and the eventfd wakes it.
+// step; if it is not in one, it may be waiting in epoll, and the eventfd wakes it. It goes behind
+// the answers whatever its lane: a client streaming a COPY must not keep them waiting.
 func (l *eventLoop) requeue(r *loopReg) {
 	l.mu.Lock()
-	l.queueLocked(r)
+	l.queueLocked(r, &l.answers)
 	l.pollSoon = true
 	wake := !l.dispatching && !l.stopped
 	l.mu.Unlock()
@@ -501,11 +529,11 @@ func (r *loopReg) finish() {
 }
 
 // runOnLoop pumps c on loop until the connection fails, closes, or the handler stops the pump,
-// as run does on Go's netpoller.
-func (p *pump) runOnLoop(l *eventLoop, c *loopConn) error {
+// as run does on Go's netpoller. lane tells whether c is a client's socket or a server's.
+func (p *pump) runOnLoop(l *eventLoop, c *loopConn, lane loopLane) error {
 	p.budget = loopStepBudget
 	p.ownClose = c.closed
-	err := l.serve(c, func(fd uintptr) stepResult {
+	err := l.serve(c, lane, func(fd uintptr) stepResult {
 		if c.closed() {
 			p.err = opError("read", c, net.ErrClosed)
 			return stepDone

@@ -9,8 +9,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 )
@@ -108,8 +110,8 @@ func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
 		return errStopPump
 	}, noFlush, nil)
 	done := make(chan error, 2)
-	go func() { done <- pa.runOnLoop(l, a) }()
-	go func() { done <- pb.runOnLoop(l, b) }()
+	go func() { done <- pa.runOnLoop(l, a, laneAnswers) }()
+	go func() { done <- pb.runOnLoop(l, b, laneAnswers) }()
 	waitRegistered(t, l, 2)
 
 	if _, err := aPeer.Write(syncMessage); err != nil {
@@ -151,7 +153,7 @@ func TestEventLoopPumpsMessagesInOrder(t *testing.T) {
 		return nil
 	}, noFlush, clientMayRest)
 	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
+	go func() { done <- p.runOnLoop(l, a, laneAnswers) }()
 	waitRegistered(t, l, 1)
 
 	var want, stream []byte
@@ -187,7 +189,7 @@ func TestEventLoopCloseEndsPump(t *testing.T) {
 	a, aPeer := loopPair(t, l)
 	p := newPump(nil, 1<<20, func(byte, []byte) error { return nil }, noFlush, nil)
 	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
+	go func() { done <- p.runOnLoop(l, a, laneAnswers) }()
 	waitRegistered(t, l, 1)
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
@@ -253,8 +255,21 @@ func TestLoopConnBlockedWriteEnds(t *testing.T) {
 }
 
 // A session streaming more than the proxy relays at once (its socket never empties) yields to the
-// other sessions on its loop after loopStepBudget bytes.
+// other sessions on its loop after loopStepBudget bytes: a server sending a large result, or a
+// client sending a COPY, whose requests must not keep other sessions' answers waiting.
 func TestEventLoopStreamingSessionYields(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		stream, other loopLane
+	}{
+		{"answers", laneAnswers, laneAnswers},
+		{"requests", laneRequests, laneAnswers},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testStreamingSessionYields(t, tc.stream, tc.other) })
+	}
+}
+
+func testStreamingSessionYields(t *testing.T, stream, other loopLane) {
 	l := startLoop(t)
 	a, aPeer := loopPair(t, l)
 	b, bPeer := loopPair(t, l)
@@ -277,8 +292,8 @@ func TestEventLoopStreamingSessionYields(t *testing.T) {
 		return nil
 	}, noFlush, nil)
 	done := make(chan error, 2)
-	go func() { done <- pa.runOnLoop(l, a) }()
-	go func() { done <- pb.runOnLoop(l, b) }()
+	go func() { done <- pa.runOnLoop(l, a, stream) }()
+	go func() { done <- pb.runOnLoop(l, b, other) }()
 	waitRegistered(t, l, 2)
 
 	var chunk []byte
@@ -332,6 +347,93 @@ func TestEventLoopStreamingSessionYields(t *testing.T) {
 	_ = sink
 }
 
+// Of the events one wait brings, a client's request is dispatched before a server's answer that
+// came first (loopLane).
+func TestEventLoopDispatchesRequestsFirst(t *testing.T) {
+	l := startLoop(t)
+	hold, holdPeer := loopPair(t, l)
+	answer, answerPeer := loopPair(t, l)
+	request, requestPeer := loopPair(t, l)
+
+	held := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unblock()
+	// The first pump holds the loop's goroutine (no hand-off) while both other sockets fill, so
+	// one wait brings both their events.
+	ph := newPump(nil, 1<<20, func(byte, []byte) error {
+		close(held)
+		<-release
+		return errStopPump
+	}, noFlush, nil)
+	var mu sync.Mutex
+	var order []string
+	record := func(name string) *pump {
+		return newPump(nil, 1<<20, func(byte, []byte) error {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+			return errStopPump
+		}, noFlush, nil)
+	}
+	done := make(chan error, 3)
+	go func() { done <- ph.runOnLoop(l, hold, laneAnswers) }()
+	go func() { done <- record("answer").runOnLoop(l, answer, laneAnswers) }()
+	go func() { done <- record("request").runOnLoop(l, request, laneRequests) }()
+	waitRegistered(t, l, 3)
+
+	if _, err := holdPeer.Write(syncMessage); err != nil {
+		t.Fatal(err)
+	}
+	<-held
+	for _, w := range []struct {
+		peer net.Conn
+		c    *loopConn
+	}{{answerPeer, answer}, {requestPeer, request}} {
+		if _, err := w.peer.Write(syncMessage); err != nil {
+			t.Fatal(err)
+		}
+		waitReadable(t, w.c)
+	}
+	unblock()
+	for range 3 {
+		if err := <-done; err != nil {
+			t.Fatalf("pump: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != 2 || order[0] != "request" {
+		t.Fatalf("dispatched %v, want the request before the answer", order)
+	}
+}
+
+// waitReadable waits until c's socket holds bytes to read.
+func waitReadable(t *testing.T, c *loopConn) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pfd := struct {
+			fd      int32
+			events  int16
+			revents int16
+		}{fd: int32(c.fd), events: 0x1} // POLLIN
+		var ts syscall.Timespec
+		n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+		if errno != 0 {
+			t.Fatalf("ppoll: %v", errno)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no bytes arrived in 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // A write waiting for room on a socket that is on the loop is woken by the loop's EPOLLOUT as the
 // peer reads, not by its safety-net timer.
 func TestLoopConnWriteWokenByLoop(t *testing.T) {
@@ -339,7 +441,7 @@ func TestLoopConnWriteWokenByLoop(t *testing.T) {
 	a, aPeer := loopPair(t, l)
 	p := newPump(nil, 1<<20, func(byte, []byte) error { return errStopPump }, noFlush, nil)
 	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
+	go func() { done <- p.runOnLoop(l, a, laneAnswers) }()
 	waitRegistered(t, l, 1)
 
 	const size = 32 << 20
@@ -393,7 +495,7 @@ func TestEventLoopBusyPollDeliversEvents(t *testing.T) {
 		return nil
 	}, noFlush, clientMayRest)
 	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, a) }()
+	go func() { done <- p.runOnLoop(l, a, laneAnswers) }()
 	waitRegistered(t, l, 1)
 	for _, msg := range [][]byte{syncMessage, {'X', 0, 0, 0, 4}} {
 		time.Sleep(20 * time.Millisecond) // the loop is polling by now
@@ -495,7 +597,7 @@ func relayOneMessage(t *testing.T, l *eventLoop, c *loopConn, peer net.Conn, del
 	t.Helper()
 	p := newPump(nil, 1<<20, func(byte, []byte) error { return errStopPump }, noFlush, nil)
 	done := make(chan error, 1)
-	go func() { done <- p.runOnLoop(l, c) }()
+	go func() { done <- p.runOnLoop(l, c, laneAnswers) }()
 	waitRegistered(t, l, 1)
 	time.Sleep(delay)
 	if _, err := peer.Write(syncMessage); err != nil {

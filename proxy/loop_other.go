@@ -26,4 +26,4 @@ func (l *eventLoop) stop() {}
 
 func detachConns(*eventLoop, ...net.Conn) ([]*loopConn, error) { return nil, errNoEventLoops }
 
-func (p *pump) runOnLoop(*eventLoop, *loopConn) error { return errNoEventLoops }
+func (p *pump) runOnLoop(*eventLoop, *loopConn, loopLane) error { return errNoEventLoops }

@@ -476,7 +476,7 @@ func (s *session) clientLoop() {
 	if lc, ok := s.client.(*loopConn); ok {
 		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, nil, s.flushServer, clientMayRest)
 		p.handleRun = s.onClientMessages
-		err = p.runOnLoop(s.loop, lc)
+		err = p.runOnLoop(s.loop, lc, laneRequests)
 	} else if sc, ok := s.client.(*sysConn); ok {
 		p := newPump(bufferedBytes(s.cr), s.srv.maxMessageSize, nil, s.flushServer, clientMayRest)
 		p.handleRun = s.onClientMessages
@@ -703,7 +703,7 @@ func (s *session) serverLoop() {
 	if lc, ok := s.server.(*loopConn); ok {
 		p := newPump(bufferedBytes(s.sr), maxServerMessage, nil, s.flushClient, serverMayRest)
 		p.handleRun = s.onServerMessages
-		err = p.runOnLoop(s.loop, lc)
+		err = p.runOnLoop(s.loop, lc, laneAnswers)
 	} else if sc, ok := s.server.(*sysConn); ok {
 		p := newPump(bufferedBytes(s.sr), maxServerMessage, nil, s.flushClient, serverMayRest)
 		p.handleRun = s.onServerMessages
