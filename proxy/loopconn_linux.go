@@ -144,7 +144,7 @@ func (c *loopConn) Write(p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
 		rest := p[n:]
-		w, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		w, errno := sendRaw(uintptr(c.fd), rest)
 		switch errno {
 		case 0:
 			n += int(w)

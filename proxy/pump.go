@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"syscall"
-	"unsafe"
 )
 
 // pump reads typed messages from a plain TCP socket and hands each complete one to a handler. The
@@ -123,7 +122,7 @@ func (p *pump) step(fd uintptr) bool {
 		}
 		p.makeRoom()
 		space := p.buf[p.end:]
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&space[0])), uintptr(len(space)))
+		n, errno := recvRaw(fd, space)
 		switch errno {
 		case 0:
 		case syscall.EINTR:
