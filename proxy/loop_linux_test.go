@@ -85,6 +85,17 @@ func waitRegistered(t *testing.T, l *eventLoop, n int) {
 
 func noFlush() error { return nil }
 
+// releaseLater returns a channel for a test's step to block on and the function that closes it
+// (once). The test's end closes it too, before the loop stops: the loop waits for its steps, and
+// a test that fails while one is blocked would otherwise hang.
+func releaseLater(t *testing.T) (<-chan struct{}, func()) {
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	return release, unblock
+}
+
 var syncMessage = []byte{'S', 0, 0, 0, 4}
 
 // A step that blocks on the loop's goroutine must not stall the other sessions on the loop.
@@ -94,10 +105,7 @@ func TestEventLoopHandsOffBeforeBlocking(t *testing.T) {
 	b, bPeer := loopPair(t, l)
 
 	blocked := make(chan struct{})
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	defer unblock() // before the loop stops, which waits for the blocked step when the test fails
+	release, unblock := releaseLater(t)
 	pa := newPump(nil, 1<<20, func(byte, []byte) error {
 		close(blocked)
 		l.beforeBlock() // what a full socket, a gate or a settle wait does before it waits
@@ -356,10 +364,7 @@ func TestEventLoopDispatchesRequestsFirst(t *testing.T) {
 	request, requestPeer := loopPair(t, l)
 
 	held := make(chan struct{})
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	unblock := func() { releaseOnce.Do(func() { close(release) }) }
-	defer unblock()
+	release, unblock := releaseLater(t)
 	// The first pump holds the loop's goroutine (no hand-off) while both other sockets fill, so
 	// one wait brings both their events.
 	ph := newPump(nil, 1<<20, func(byte, []byte) error {
