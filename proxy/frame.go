@@ -120,6 +120,12 @@ func appendHeader(dst []byte, typ byte, bodyLen int) []byte {
 	return append(dst, typ, byte((bodyLen+4)>>24), byte((bodyLen+4)>>16), byte((bodyLen+4)>>8), byte(bodyLen+4))
 }
 
+// appendMessage appends one protocol message.
+func appendMessage(buf []byte, typ byte, body []byte) []byte {
+	buf = appendHeader(buf, typ, len(body))
+	return append(buf, body...)
+}
+
 // cstring splits a NUL-terminated string off the front of b.
 func cstring(b []byte) (s []byte, rest []byte, ok bool) {
 	for i, c := range b {

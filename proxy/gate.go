@@ -1211,12 +1211,6 @@ func describeStatementBody(name string) []byte {
 	return append(append([]byte{'S'}, name...), 0)
 }
 
-// appendMessage appends one protocol message.
-func appendMessage(buf []byte, typ byte, body []byte) []byte {
-	buf = appendHeader(buf, typ, len(body))
-	return append(buf, body...)
-}
-
 // queryBody is a Query message's body.
 func queryBody(sql string) []byte { return append([]byte(sql), 0) }
 

@@ -35,6 +35,12 @@ const (
 	maxServerMessage = 1<<31 - 1
 )
 
+// bufferable reports whether a message with this body joins the output buffer buf with no write:
+// it is not large enough to be written through, and buf stays below flushThreshold.
+func bufferable(buf, body []byte) bool {
+	return len(body) < directWriteThreshold && len(buf)+headerLen+len(body) < flushThreshold
+}
+
 var noDeadline time.Time
 
 // session relays one client connection to one server connection.
@@ -620,16 +626,14 @@ func (s *session) onClientMessages(run []byte, last bool) error {
 // gate, no draining or closing session, no discarding server, no write due. It reports whether
 // it did; otherwise emit must. Holds mu and smu.
 func (s *session) relayLocked(typ byte, body []byte, kind requestKind, name string) bool {
-	if s.gate != nil || s.closing || s.draining || s.discarding.Load() ||
-		len(body) >= directWriteThreshold || len(s.sout)+headerLen+len(body) >= flushThreshold {
+	if s.gate != nil || s.closing || s.draining || s.discarding.Load() || !bufferable(s.sout, body) {
 		return false
 	}
 	s.noteSent(typ, false)
 	if kind != 0 {
 		s.fifo.pushRequest(kind, name)
 	}
-	s.sout = appendHeader(s.sout, typ, len(body))
-	s.sout = append(s.sout, body...)
+	s.sout = appendMessage(s.sout, typ, body)
 	return true
 }
 
@@ -755,9 +759,8 @@ func (s *session) onServerMessages(run []byte, last bool) error {
 		if out == 0 && !idleDrain {
 			continue
 		}
-		if !idleDrain && s.coutHeld == nil && len(outBody) < directWriteThreshold && len(s.cout)+headerLen+len(outBody) < flushThreshold {
-			s.cout = appendHeader(s.cout, out, len(outBody))
-			s.cout = append(s.cout, outBody...)
+		if !idleDrain && s.coutHeld == nil && bufferable(s.cout, outBody) {
+			s.cout = appendMessage(s.cout, out, outBody)
 			continue
 		}
 		s.unlockClientOutputForRun()
@@ -1258,8 +1261,7 @@ func (s *session) toServerLocked(typ byte, body []byte) {
 		}
 		return
 	}
-	s.sout = appendHeader(s.sout, typ, len(body))
-	s.sout = append(s.sout, body...)
+	s.sout = appendMessage(s.sout, typ, body)
 }
 
 func (s *session) flushServer() error {
@@ -1306,8 +1308,7 @@ func (s *session) appendClient(typ byte, body []byte) {
 		s.srv.metrics.BytesToClient(int(n))
 		return
 	}
-	s.cout = appendHeader(s.cout, typ, len(body))
-	s.cout = append(s.cout, body...)
+	s.cout = appendMessage(s.cout, typ, body)
 }
 
 func (s *session) flushClient() error {
